@@ -1,0 +1,1 @@
+//! The builder: for each target checkout -> actions -> changes -> layer -> checkin -> tag.

@@ -1,0 +1,188 @@
+//! The command line: one file per command.
+
+pub mod abort;
+pub mod build;
+pub mod checkin;
+pub mod checkout;
+pub mod chroot;
+pub mod gc;
+pub mod ls;
+pub mod setup;
+pub mod status;
+pub mod unpack;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Compression, Config, DriverKind, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "genoci",
+    version,
+    about = "Build OCI images from a YAML spec, one layer per target"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Config file (default: ./atom_config.yaml, then ~/.config/atom/config.yaml)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Snapshot driver, over the config's `driver`
+    #[arg(long, global = true, value_enum)]
+    pub driver: Option<DriverArg>,
+    /// OCI layout directory, over the config's `layoutdir`
+    #[arg(long, global = true, value_name = "DIR")]
+    pub layout: Option<PathBuf>,
+    /// Plain store directory, over the config's `storedir`
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Layer compression, over the config's `compression`
+    #[arg(long, global = true, value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// More output (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DriverArg {
+    Plain,
+    Btrfs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the targets of a spec
+    Build(build::BuildArgs),
+    /// List the tags of the layout
+    Ls,
+    /// Remove blobs and snapshots that no tag reaches, and dated tags with --dated
+    Gc(gc::GcArgs),
+    /// Create, format and mount the btrfs loopback store
+    Setup,
+    /// Unmount, detach and remove the btrfs loopback store
+    Unsetup(setup::UnsetupArgs),
+    /// Materialise every tag in the store
+    Unpack,
+    /// Check out a writable tree of TAG and print its path
+    Checkout(checkout::CheckoutArgs),
+    /// Commit the checked-out tree as a new image and tag
+    Checkin(checkin::CheckinArgs),
+    /// Throw away the checked-out tree
+    Abort,
+    /// Show the store, the checkout in progress and the tags
+    Status,
+    /// Run a shell (or CMD) inside TAG, or inside the current checkout
+    Chroot(chroot::ChrootArgs),
+    /// Internal: the sandbox helper process
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+impl GlobalArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            driver: self.driver.map(|d| match d {
+                DriverArg::Plain => DriverKind::Plain,
+                DriverArg::Btrfs => DriverKind::Btrfs,
+            }),
+            layoutdir: self.layout.clone(),
+            storedir: self.store.clone(),
+            compression: self.compression.map(|c| match c {
+                CompressionArg::Gzip => Compression::Gzip,
+                CompressionArg::Zstd => Compression::Zstd,
+            }),
+        }
+    }
+
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), &self.overrides())?)
+    }
+}
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// A target, a command or a hook failed.
+    pub const FAILED: i32 = 1;
+    /// Bad usage, spec or config: nothing was done.
+    pub const USAGE: i32 = 2;
+    /// Interrupted by Ctrl-C or SIGTERM: nothing half-done is left.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Parse the command line (accepting `genoci SPEC` for `genoci build SPEC`).
+pub fn parse() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        let known = Cli::command_names();
+        if !first.starts_with('-') && !known.iter().any(|k| k == first) {
+            args.insert(1, "build".into());
+        }
+    }
+    Cli::parse_from(args)
+}
+
+impl Cli {
+    fn command_names() -> Vec<String> {
+        use clap::CommandFactory;
+        let mut names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        names.push("help".into());
+        names
+    }
+}
+
+/// Run one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Build(args) => build::run(g, &args),
+        Command::Ls => ls::run(g),
+        Command::Gc(args) => gc::run(g, &args),
+        Command::Setup => setup::setup(g),
+        Command::Unsetup(args) => setup::unsetup(g, &args),
+        Command::Unpack => unpack::run(g),
+        Command::Checkout(args) => checkout::run(g, &args),
+        Command::Checkin(args) => checkin::run(g, &args),
+        Command::Abort => abort::run(g),
+        Command::Status => status::run(g),
+        Command::Chroot(args) => chroot::run(g, &args),
+        Command::Sandbox { args } => crate::sandbox::helper_main(&args),
+    }
+}
+
+/// The exit code for an error: usage errors and interruptions have their own.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if crate::signals::interrupted() {
+        return exit::INTERRUPTED;
+    }
+    for cause in err.chain() {
+        if cause.is::<crate::spec::SpecError>() || cause.is::<crate::config::ConfigError>() {
+            return exit::USAGE;
+        }
+    }
+    exit::FAILED
+}

@@ -1,0 +1,349 @@
+//! The canonical change set between a base tree and a work tree.
+//!
+//! Every driver finds *candidate* paths its own way (the plain driver by
+//! walking, btrfs from a send stream) and hands them here, so that both give
+//! the same list for the same two trees and hence byte-identical layers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::{Change, DriverError, Result};
+
+/// The changes that turn `base` into `tree`, looking only at `candidates`.
+///
+/// `candidates` must name every path (relative, no leading `/`) at which the
+/// two trees may differ; paths that are the same in both are ignored, and the
+/// descendants of a directory that is new in `tree` need not be listed. An
+/// entry reached through a symlink in either tree counts as absent there.
+pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Result<Vec<Change>> {
+    let mut base_view = TreeView::new(base);
+    let mut tree_view = TreeView::new(tree);
+    let mut writes = BTreeSet::new();
+    let mut deletes = BTreeSet::new();
+
+    for rel in candidates {
+        crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+        if rel.as_os_str().is_empty() || !is_plain_relative(rel) {
+            continue;
+        }
+        let old = base_view.lstat(rel)?;
+        let new = tree_view.lstat(rel)?;
+        match (old, new) {
+            (None, None) => {}
+            (Some(_), None) => {
+                // Only the topmost deleted entry needs a whiteout; anything
+                // whose parent vanished or became a file goes with it.
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                if tree_view.is_dir(parent)? && base_view.is_dir(parent)? {
+                    deletes.insert(rel.clone());
+                }
+            }
+            (None, Some(meta)) => add_with_descendants(tree, rel, &meta, &mut writes)?,
+            (Some(old), Some(new)) => {
+                if differs(&base.join(rel), &old, &tree.join(rel), &new)? {
+                    if new.is_dir() && !old.is_dir() {
+                        add_with_descendants(tree, rel, &new, &mut writes)?;
+                    } else {
+                        writes.insert(rel.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    let opaque = opaque_dirs(base, &deletes)?;
+    let mut changes: Vec<Change> = writes.into_iter().map(Change::Write).collect();
+    for dir in &opaque {
+        changes.push(Change::Opaque(dir.clone()));
+    }
+    for path in deletes {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !opaque.contains(parent) {
+            changes.push(Change::Delete(path));
+        }
+    }
+    changes.sort();
+    Ok(changes)
+}
+
+fn is_plain_relative(p: &Path) -> bool {
+    p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Directories all of whose base entries were deleted: one `.wh..wh..opq`
+/// says that more briefly than a whiteout per entry.
+fn opaque_dirs(base: &Path, deletes: &BTreeSet<PathBuf>) -> Result<BTreeSet<PathBuf>> {
+    let mut per_parent: BTreeMap<&Path, usize> = BTreeMap::new();
+    for path in deletes {
+        *per_parent
+            .entry(path.parent().unwrap_or(Path::new("")))
+            .or_default() += 1;
+    }
+    let mut opaque = BTreeSet::new();
+    for (dir, deleted) in per_parent {
+        if dir.as_os_str().is_empty() || deleted < 2 {
+            continue;
+        }
+        let full = base.join(dir);
+        let entries = fs::read_dir(&full)
+            .map_err(DriverError::io("read directory", &full))?
+            .count();
+        if entries == deleted {
+            opaque.insert(dir.to_path_buf());
+        }
+    }
+    Ok(opaque)
+}
+
+fn add_with_descendants(
+    tree: &Path,
+    rel: &Path,
+    meta: &Metadata,
+    writes: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    writes.insert(rel.to_path_buf());
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let full = tree.join(rel);
+    for entry in fs::read_dir(&full).map_err(DriverError::io("read directory", &full))? {
+        let entry = entry.map_err(DriverError::io("read directory", &full))?;
+        let child = rel.join(entry.file_name());
+        let child_meta = entry
+            .metadata()
+            .map_err(DriverError::io("stat", tree.join(&child)))?;
+        add_with_descendants(tree, &child, &child_meta, writes)?;
+    }
+    Ok(())
+}
+
+/// Whether two entries would give different tar entries (or different content).
+fn differs(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) -> Result<bool> {
+    let (ot, nt) = (old.file_type(), new.file_type());
+    let same_kind = ot.is_dir() == nt.is_dir()
+        && ot.is_file() == nt.is_file()
+        && ot.is_symlink() == nt.is_symlink()
+        && ot.is_char_device() == nt.is_char_device()
+        && ot.is_block_device() == nt.is_block_device()
+        && ot.is_fifo() == nt.is_fifo()
+        && ot.is_socket() == nt.is_socket();
+    if !same_kind
+        || old.mode() != new.mode()
+        || old.uid() != new.uid()
+        || old.gid() != new.gid()
+        || old.mtime() != new.mtime()
+        || old.mtime_nsec() != new.mtime_nsec()
+    {
+        return Ok(true);
+    }
+    if (ot.is_char_device() || ot.is_block_device()) && old.rdev() != new.rdev() {
+        return Ok(true);
+    }
+    if ot.is_symlink() {
+        let a = fs::read_link(old_path).map_err(DriverError::io("read link", old_path))?;
+        let b = fs::read_link(new_path).map_err(DriverError::io("read link", new_path))?;
+        if a != b {
+            return Ok(true);
+        }
+    }
+    if xattrs(old_path)? != xattrs(new_path)? {
+        return Ok(true);
+    }
+    if ot.is_file() {
+        return Ok(old.len() != new.len() || !same_content(old_path, new_path)?);
+    }
+    Ok(false)
+}
+
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    let mut fa = File::open(a).map_err(DriverError::io("open", a))?;
+    let mut fb = File::open(b).map_err(DriverError::io("open", b))?;
+    let mut ba = vec![0u8; 1 << 16];
+    let mut bb = vec![0u8; 1 << 16];
+    loop {
+        let n = read_full(&mut fa, &mut ba).map_err(DriverError::io("read", a))?;
+        let m = read_full(&mut fb, &mut bb).map_err(DriverError::io("read", b))?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The extended attributes of an entry (not following symlinks), sorted.
+pub fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    crate::xattr::list(path).map_err(DriverError::io("read xattrs", path))
+}
+
+/// `lstat` of paths inside one tree, treating anything reached through a
+/// symlink or a non-directory as absent, so a candidate like `a/passwd`
+/// with `a -> /etc` never looks at the host.
+struct TreeView<'a> {
+    root: &'a Path,
+    dirs: HashMap<PathBuf, bool>,
+}
+
+impl<'a> TreeView<'a> {
+    fn new(root: &'a Path) -> Self {
+        TreeView {
+            root,
+            dirs: HashMap::new(),
+        }
+    }
+
+    fn is_dir(&mut self, rel: &Path) -> Result<bool> {
+        if rel.as_os_str().is_empty() {
+            return Ok(true);
+        }
+        if let Some(&known) = self.dirs.get(rel) {
+            return Ok(known);
+        }
+        let is_dir = self.lstat(rel)?.is_some_and(|m| m.is_dir());
+        self.dirs.insert(rel.to_path_buf(), is_dir);
+        Ok(is_dir)
+    }
+
+    fn lstat(&mut self, rel: &Path) -> Result<Option<Metadata>> {
+        if let Some(parent) = rel.parent() {
+            if !self.is_dir(parent)? {
+                return Ok(None);
+            }
+        }
+        let full = self.root.join(rel);
+        match fs::symlink_metadata(&full) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::Io {
+                op: "stat",
+                path: full,
+                source: e,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn all_paths(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
+        for e in fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            out.insert(child.clone());
+            if e.file_type().unwrap().is_dir() {
+                all_paths(root, &child, out);
+            }
+        }
+    }
+
+    fn diff(base: &Path, tree: &Path) -> Vec<Change> {
+        let mut c = BTreeSet::new();
+        all_paths(base, Path::new(""), &mut c);
+        all_paths(tree, Path::new(""), &mut c);
+        compare(base, tree, &c).unwrap()
+    }
+
+    fn pair() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for root in [&a, &b] {
+            fs::create_dir_all(root.join("etc/sub")).unwrap();
+            fs::write(root.join("etc/passwd"), "root:x:0:0").unwrap();
+            fs::write(root.join("etc/sub/one"), "1").unwrap();
+            fs::write(root.join("etc/sub/two"), "2").unwrap();
+        }
+        // Same mtimes everywhere, as a copy that keeps times would have.
+        let now = filetime::FileTime::from_unix_time(1_000_000, 0);
+        for root in [&a, &b] {
+            for p in ["etc/passwd", "etc/sub/one", "etc/sub/two", "etc/sub", "etc"] {
+                filetime::set_symlink_file_times(root.join(p), now, now).unwrap();
+            }
+        }
+        (t, a, b)
+    }
+
+    fn w(p: &str) -> Change {
+        Change::Write(PathBuf::from(p))
+    }
+
+    #[test]
+    fn identical_trees_have_no_changes() {
+        let (_t, a, b) = pair();
+        assert_eq!(diff(&a, &b), vec![]);
+    }
+
+    #[test]
+    fn a_rewrite_with_same_size_and_mtime_is_a_change() {
+        let (_t, a, b) = pair();
+        let p = b.join("etc/passwd");
+        let m = fs::metadata(&p).unwrap();
+        fs::write(&p, "ROOT:x:0:0").unwrap();
+        let t = filetime::FileTime::from_last_modification_time(&m);
+        filetime::set_file_mtime(&p, t).unwrap();
+        assert_eq!(diff(&a, &b), vec![w("etc/passwd")]);
+    }
+
+    #[test]
+    fn chmod_and_new_dirs_are_changes() {
+        let (_t, a, b) = pair();
+        fs::set_permissions(b.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::create_dir_all(b.join("etc/sub/new/deep")).unwrap();
+        fs::write(b.join("etc/sub/new/deep/f"), "x").unwrap();
+        let got = diff(&a, &b);
+        assert!(got.contains(&w("etc/passwd")));
+        assert!(got.contains(&w("etc/sub/new")));
+        assert!(got.contains(&w("etc/sub/new/deep")));
+        assert!(got.contains(&w("etc/sub/new/deep/f")));
+    }
+
+    #[test]
+    fn deleting_every_entry_of_a_dir_makes_it_opaque() {
+        let (_t, a, b) = pair();
+        fs::remove_file(b.join("etc/sub/one")).unwrap();
+        fs::remove_file(b.join("etc/sub/two")).unwrap();
+        let got = diff(&a, &b);
+        assert!(got.contains(&Change::Opaque(PathBuf::from("etc/sub"))));
+        assert!(!got.iter().any(|c| matches!(c, Change::Delete(_))));
+    }
+
+    #[test]
+    fn deleting_a_dir_whites_out_only_the_dir() {
+        let (_t, a, b) = pair();
+        fs::remove_dir_all(b.join("etc/sub")).unwrap();
+        let got = diff(&a, &b);
+        assert!(got.contains(&Change::Delete(PathBuf::from("etc/sub"))));
+        assert!(!got.contains(&Change::Delete(PathBuf::from("etc/sub/one"))));
+    }
+
+    #[test]
+    fn a_symlinked_parent_never_reaches_outside() {
+        let (t, a, b) = pair();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "s").unwrap();
+        symlink(&outside, b.join("link")).unwrap();
+        let mut c = BTreeSet::new();
+        c.insert(PathBuf::from("link"));
+        c.insert(PathBuf::from("link/secret"));
+        let got = compare(&a, &b, &c).unwrap();
+        assert_eq!(got, vec![w("link")]);
+    }
+}

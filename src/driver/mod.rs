@@ -1,0 +1,228 @@
+//! Snapshot drivers: where image trees live between builds.
+//!
+//! The model is containerd's snapshotter: a committed snapshot is a read-only
+//! tree named by the OCI ChainID of the layers that produce it, so the store
+//! and the layout agree with no bookkeeping of their own.
+
+pub mod btrfs;
+pub mod diff;
+pub mod plain;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The OCI ChainID of a stack of layers, or the empty stack.
+///
+/// `ChainId(L0) = DiffID(L0)`, `ChainId(L0..Ln) = sha256(ChainId(L0..Ln-1) + " " + DiffID(Ln))`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChainId(Option<String>);
+
+impl ChainId {
+    /// The chain of no layers: an empty tree.
+    pub fn empty() -> Self {
+        ChainId(None)
+    }
+
+    /// The chain of `diff_ids` (each `sha256:<hex>`), bottom layer first.
+    pub fn of<S: AsRef<str>>(diff_ids: &[S]) -> Self {
+        diff_ids.iter().fold(ChainId::empty(), |chain, diff_id| {
+            chain.push(diff_id.as_ref())
+        })
+    }
+
+    /// The chain of this stack with one more layer on top.
+    pub fn push(&self, diff_id: &str) -> Self {
+        match &self.0 {
+            None => ChainId(Some(diff_id.to_string())),
+            Some(parent) => {
+                let hash = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
+                ChainId(Some(format!("sha256:{}", hex::encode(hash))))
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// A name usable as a directory or subvolume name: the hex digest, or `empty`.
+    pub fn store_name(&self) -> String {
+        match &self.0 {
+            None => "empty".to_string(),
+            Some(d) => d.strip_prefix("sha256:").unwrap_or(d).to_string(),
+        }
+    }
+
+    /// Inverse of [`ChainId::store_name`]; `None` for names that are not snapshots.
+    pub fn from_store_name(name: &str) -> Option<Self> {
+        if name == "empty" {
+            Some(ChainId::empty())
+        } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(ChainId(Some(format!("sha256:{name}"))))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("empty"),
+            Some(d) => f.write_str(d),
+        }
+    }
+}
+
+/// One entry of a layer, relative to the root of the tree (no leading `/`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// The entry at this path is new or differs from the base; the layer carries
+    /// it as it is in the work tree (a directory entry alone, not its children).
+    Write(PathBuf),
+    /// The base had an entry here and the work tree has none: a `.wh.NAME` whiteout.
+    Delete(PathBuf),
+    /// Every entry the base had below this directory is gone: a `.wh..wh..opq`
+    /// marker. The directory itself and whatever it now holds are listed as
+    /// `Write`s of their own.
+    Opaque(PathBuf),
+}
+
+impl Change {
+    pub fn path(&self) -> &Path {
+        match self {
+            Change::Write(p) | Change::Delete(p) | Change::Opaque(p) => p,
+        }
+    }
+}
+
+/// A writable tree checked out of a snapshot, owned by whoever called
+/// [`SnapshotDriver::checkout`] until it is handed back through
+/// [`SnapshotDriver::checkin`] or [`SnapshotDriver::discard`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkTree {
+    /// The work tree's name in the store (unique among open work trees).
+    pub name: String,
+    /// The snapshot it was checked out from.
+    pub base: ChainId,
+    /// Its root directory.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot {0} is not in the store")]
+    NoSnapshot(ChainId),
+    #[error("a work tree named {0} is already checked out")]
+    Busy(String),
+    #[error("btrfs store not set up at {0}: run `genoci setup` first")]
+    NotSetUp(PathBuf),
+    #[error("refusing to use {0} as a store: {1}")]
+    UnsafePath(PathBuf, String),
+    #[error("btrfs: {0}")]
+    Btrfs(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl DriverError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| DriverError::Io { op, path, source }
+    }
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+/// A store of read-only snapshots named by ChainID, and of the writable work
+/// trees checked out of them.
+///
+/// Lifecycle:
+/// - The empty snapshot ([`ChainId::empty`]) always exists.
+/// - [`checkout`](Self::checkout) needs a committed base and gives a new
+///   writable tree whose content equals the base; checking out a `name` that
+///   is already open fails with [`DriverError::Busy`].
+/// - [`changes`](Self::changes) reports, sorted by path, exactly the entries
+///   that differ between the base and the tree (content, type, mode, owner,
+///   mtime, xattrs, link target, device number), as
+///   [`diff::compare`] defines them: every driver gives the same list for the
+///   same two trees. After it, the tree may be read-only: the caller reads
+///   it to write the layer and then must `checkin` or `discard` it.
+/// - [`checkin`](Self::checkin) consumes the tree and freezes it as snapshot
+///   `id`; if `id` already exists the tree is discarded instead (same content
+///   by construction of ChainIDs).
+/// - [`discard`](Self::discard) consumes the tree and deletes it.
+/// - A work tree left by a killed process is found by
+///   [`work_trees`](Self::work_trees) and removed with `discard` by the next
+///   command that holds the store lock.
+pub trait SnapshotDriver: Send + Sync {
+    /// Short name for messages: `plain` or `btrfs`.
+    fn name(&self) -> &'static str;
+
+    /// Whether snapshot `id` is committed in the store.
+    fn exists(&self, id: &ChainId) -> Result<bool>;
+
+    /// Read-only root of a committed snapshot.
+    fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf>;
+
+    /// A new writable tree named `name`, equal to snapshot `base`.
+    fn checkout(&self, base: &ChainId, name: &str) -> Result<WorkTree>;
+
+    /// What a layer must hold to turn `tree.base` into `tree`.
+    fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>>;
+
+    /// Freeze `tree` as snapshot `id`.
+    fn checkin(&self, tree: WorkTree, id: &ChainId) -> Result<()>;
+
+    /// Delete `tree`.
+    fn discard(&self, tree: WorkTree) -> Result<()>;
+
+    /// Every committed snapshot.
+    fn snapshots(&self) -> Result<Vec<ChainId>>;
+
+    /// Delete a committed snapshot (the empty one is never removed).
+    fn remove(&self, id: &ChainId) -> Result<()>;
+
+    /// Every open work tree, by name, with its base.
+    fn work_trees(&self) -> Result<Vec<WorkTree>>;
+
+    /// The open work tree called `name`, if any.
+    fn work_tree(&self, name: &str) -> Result<Option<WorkTree>> {
+        Ok(self.work_trees()?.into_iter().find(|t| t.name == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_follows_the_image_spec() {
+        let a = "sha256:aaaa";
+        let b = "sha256:bbbb";
+        assert_eq!(ChainId::of(&[a]).to_string(), a);
+        let expected = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(b"sha256:aaaa sha256:bbbb"))
+        );
+        assert_eq!(ChainId::of(&[a, b]).to_string(), expected);
+        assert!(ChainId::of::<&str>(&[]).is_empty());
+    }
+
+    #[test]
+    fn store_names_round_trip() {
+        let id = ChainId::of(&[format!("sha256:{}", "ab".repeat(32))]);
+        assert_eq!(ChainId::from_store_name(&id.store_name()), Some(id));
+        assert_eq!(ChainId::from_store_name("empty"), Some(ChainId::empty()));
+        assert_eq!(ChainId::from_store_name("work"), None);
+    }
+}

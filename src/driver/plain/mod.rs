@@ -1,0 +1,1 @@
+//! The plain driver: snapshots are directory copies under `storedir`.

@@ -1,0 +1,30 @@
+use genoci::cli::{self, exit};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("GENOCI_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    genoci::signals::install();
+
+    let code = match cli::run(cli) {
+        Ok(()) => exit::OK,
+        Err(err) => {
+            eprintln!("genoci: error: {err:#}");
+            cli::exit_code(&err)
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,145 @@
+//! The build spec, in two stages: [`raw`] serde structs that only check
+//! shape (no I/O), then [`plan`], which resolves paths, bases and order into
+//! a [`BuildPlan`] or reports every problem at once.
+
+pub mod plan;
+pub mod raw;
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+
+pub use plan::load;
+
+/// A checked spec: targets in an order where each comes after its base.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// The spec file.
+    pub file: PathBuf,
+    /// Its folder: relative host paths are resolved against it, hooks run in it.
+    pub dir: PathBuf,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Empty,
+    Tag(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Share the host's network and see its `/etc/resolv.conf`.
+    #[default]
+    Host,
+    /// A network namespace with only a loopback device.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyItem {
+    /// Absolute host path (file or directory).
+    pub src: PathBuf,
+    /// Absolute path inside the image.
+    pub dest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Package {
+    File(PathBuf),
+    Url(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunItem {
+    /// Run by `/bin/sh -e -c` inside the image.
+    Script(String),
+    /// A host file copied in, executed with no arguments, removed.
+    File(PathBuf),
+}
+
+/// The image config keys a target sets; `None`/empty means inherit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigKeys {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: IndexMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub labels: IndexMap<String, String>,
+    pub volumes: Vec<String>,
+    /// `PORT/PROTO`, proto defaulting to `tcp`.
+    pub ports: Vec<String>,
+    pub annotations: IndexMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    /// Line of the target's key in the spec, for messages.
+    pub line: usize,
+    pub base: Base,
+    pub pre: Vec<String>,
+    /// Absolute host paths of tarballs.
+    pub expand: Vec<PathBuf>,
+    pub copy: Vec<CopyItem>,
+    pub install: Vec<Package>,
+    pub run: Vec<RunItem>,
+    pub post: Vec<String>,
+    pub network: Network,
+    pub config: ConfigKeys,
+    /// The target's stanza in a canonical form (JSON with keys in spec order),
+    /// for the build cache.
+    pub stanza: String,
+}
+
+impl Target {
+    /// Host files this target reads (for the build cache): tarballs, copy
+    /// sources, local packages and run scripts.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.expand.clone();
+        files.extend(self.copy.iter().map(|c| c.src.clone()));
+        files.extend(self.install.iter().filter_map(|p| match p {
+            Package::File(f) => Some(f.clone()),
+            Package::Url(_) => None,
+        }));
+        files.extend(self.run.iter().filter_map(|r| match r {
+            RunItem::File(f) => Some(f.clone()),
+            RunItem::Script(_) => None,
+        }));
+        files
+    }
+}
+
+/// Every problem found in a spec; `Display` gives one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct SpecError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem, located as precisely as the spec allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub target: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(t) = &self.target {
+            write!(f, ": target {t}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ", key {k}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}

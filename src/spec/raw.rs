@@ -1,0 +1,1 @@
+//! The spec as YAML gives it: shape only, no I/O.
