@@ -6,6 +6,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod fsutil;
 pub mod layout;
 pub mod sandbox;
 pub mod signals;
