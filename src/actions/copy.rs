@@ -1,1 +1,136 @@
-//! The `copy` action.
+//! The `copy` action: host files and directories into the tree, as docker's
+//! COPY does it: a directory's contents are merged into DEST, a file lands at
+//! DEST (or inside it when DEST is a directory or ends with `/`), parents are
+//! created, and everything copied is owned by root.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{copy_tree, resolve_in, CopyOptions};
+use crate::spec::CopyItem;
+
+#[derive(Debug, thiserror::Error)]
+#[error("copy {} to {dest}: {source}", src.display())]
+pub struct CopyError {
+    pub src: PathBuf,
+    pub dest: String,
+    #[source]
+    pub source: io::Error,
+}
+
+const ROOT_OWNED: CopyOptions = CopyOptions { owner: Some((0, 0)) };
+
+pub fn copy(tree: &Path, item: &CopyItem) -> Result<(), CopyError> {
+    copy_item(tree, item).map_err(|source| CopyError { src: item.src.clone(), dest: item.dest.clone(), source })
+}
+
+fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
+    let src_meta = fs::metadata(&item.src)?;
+    let dest = Path::new(&item.dest);
+    // Symlinks on the way to DEST are followed inside the tree, never out of it.
+    let followed = resolve_in(tree, dest, true)?;
+    if src_meta.is_dir() {
+        merge_dir(&item.src, &followed)
+    } else {
+        let target = if item.dest.ends_with('/') || followed.is_dir() {
+            let name = item.src.file_name().ok_or_else(|| io::Error::other("source has no file name"))?;
+            followed.join(name)
+        } else {
+            resolve_in(tree, dest, false)?
+        };
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        replace_with_copy(&item.src, &target)
+    }
+}
+
+/// Copy the entries of `src` into the directory `dest`, merging with
+/// directories already there and replacing anything else.
+fn merge_dir(src: &Path, dest: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            fs::remove_file(dest)?;
+            fs::create_dir_all(dest)?;
+        }
+        Err(_) => fs::create_dir_all(dest)?,
+    }
+    let mut entries: Vec<_> = fs::read_dir(src)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let from = entry.path();
+        let to = dest.join(entry.file_name());
+        let both_dirs = entry.file_type()?.is_dir() && fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
+        if both_dirs {
+            merge_dir(&from, &to)?;
+        } else {
+            replace_with_copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+fn replace_with_copy(src: &Path, dest: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(dest)?,
+        Ok(_) => fs::remove_file(dest)?,
+        Err(_) => {}
+    }
+    copy_tree(src, dest, ROOT_OWNED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        let host = t.path().join("host");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::create_dir_all(host.join("dir/sub")).unwrap();
+        fs::write(host.join("file"), "f").unwrap();
+        fs::write(host.join("dir/sub/x"), "x").unwrap();
+        (t, tree, host)
+    }
+
+    fn item(src: &Path, dest: &str) -> CopyItem {
+        CopyItem { src: src.to_path_buf(), dest: dest.to_string() }
+    }
+
+    #[test]
+    fn file_into_dir_and_to_a_name() {
+        let (_t, tree, host) = setup();
+        copy(&tree, &item(&host.join("file"), "/etc")).unwrap();
+        copy(&tree, &item(&host.join("file"), "/opt/new/name")).unwrap();
+        copy(&tree, &item(&host.join("file"), "/srv/")).unwrap();
+        assert_eq!(fs::read(tree.join("etc/file")).unwrap(), b"f");
+        assert_eq!(fs::read(tree.join("opt/new/name")).unwrap(), b"f");
+        assert_eq!(fs::read(tree.join("srv/file")).unwrap(), b"f");
+    }
+
+    #[test]
+    fn directory_contents_are_merged() {
+        let (_t, tree, host) = setup();
+        fs::create_dir_all(tree.join("app/sub")).unwrap();
+        fs::write(tree.join("app/sub/keep"), "k").unwrap();
+        copy(&tree, &item(&host.join("dir"), "/app")).unwrap();
+        assert_eq!(fs::read(tree.join("app/sub/x")).unwrap(), b"x");
+        assert_eq!(fs::read(tree.join("app/sub/keep")).unwrap(), b"k");
+    }
+
+    #[test]
+    fn a_symlink_in_the_tree_cannot_lead_out() {
+        let (t, tree, host) = setup();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        symlink(&outside, tree.join("escape")).unwrap();
+        copy(&tree, &item(&host.join("file"), "/escape/")).unwrap();
+        copy(&tree, &item(&host.join("dir"), "/escape/d")).unwrap();
+        assert!(fs::read_dir(&outside).unwrap().next().is_none());
+        assert!(tree.join(outside.strip_prefix("/").unwrap()).join("file").exists());
+    }
+}

@@ -1,1 +1,342 @@
-//! The builder: for each target checkout -> actions -> changes -> layer -> checkin -> tag.
+//! The builder: for each target checkout -> actions -> changes -> layer ->
+//! checkin -> tag. Targets that do not depend on each other build at the
+//! same time, at most `jobs` at once; a failed target stops only what is
+//! built on it.
+
+pub mod cache;
+pub mod commit;
+pub mod image_config;
+pub mod materialize;
+pub mod tags;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+use oci_spec::image::Descriptor;
+
+use crate::actions;
+use crate::config::Compression;
+use crate::driver::{ChainId, DriverError, SnapshotDriver, WorkTree};
+use crate::layout::image::Image;
+use crate::layout::layer::LayerOptions;
+use crate::layout::{Layout, LayoutError};
+use crate::spec::{Base, BuildPlan, Target};
+
+pub use materialize::{discard_after, ensure_snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("target {target}: {step}: {source}")]
+    Step {
+        target: String,
+        step: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Image(String),
+    #[error("{first}; cleaning up {} failed too: {cleanup}", path.display())]
+    Cleanup {
+        first: Box<BuildError>,
+        path: PathBuf,
+        cleanup: DriverError,
+    },
+    #[error("target {target}: not built, because its base {base} failed")]
+    BaseFailed { target: String, base: String },
+    #[error("target {0}: not built, interrupted")]
+    Interrupted(String),
+    #[error("{} of {total} targets failed:\n  {}", .failures.len(), .failures.iter().map(|f| format!("{f:#}")).collect::<Vec<_>>().join("\n  "))]
+    Failed { total: usize, failures: Vec<BuildError> },
+}
+
+impl BuildError {
+    fn step(target: &str, step: impl Into<String>) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let (target, step) = (target.to_string(), step.into());
+        move |source| BuildError::Step { target, step, source }
+    }
+}
+
+/// How targets are built, whatever the spec.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub compression: Compression,
+    /// Clamp mtimes and fix `created` (reproducible builds).
+    pub source_date_epoch: Option<i64>,
+    pub no_cache: bool,
+    /// Targets built at the same time.
+    pub jobs: usize,
+    /// Where the build cache lives (`storedir`).
+    pub storedir: PathBuf,
+}
+
+/// What became of one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Built and tagged; `layer` is `None` when it changed nothing.
+    Built { manifest: String, tags: Vec<String>, layer: Option<String> },
+    /// Inputs unchanged since its last build: its tag already points at it.
+    Cached { manifest: String },
+}
+
+pub struct Builder<'a> {
+    layout: &'a Layout,
+    driver: &'a dyn SnapshotDriver,
+    opts: BuildOptions,
+    cache: cache::Cache,
+    /// index.json is read, changed and rewritten whole: one writer at a time.
+    tagging: Mutex<()>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(layout: &'a Layout, driver: &'a dyn SnapshotDriver, opts: BuildOptions) -> Self {
+        let cache = cache::Cache::new(&opts.storedir);
+        Builder { layout, driver, opts, cache, tagging: Mutex::new(()) }
+    }
+
+    /// Build `plan`'s targets (only `selected` and what they need, when not
+    /// empty). Every target that can be built is; the error lists the rest.
+    pub fn build(&self, plan: &BuildPlan, selected: &[String]) -> Result<Vec<(String, Outcome)>, BuildError> {
+        let targets = select(plan, selected);
+        let in_plan: HashMap<&str, &Target> = targets.iter().map(|t| (t.name.as_str(), *t)).collect();
+        let mut state: HashMap<&str, State> = targets.iter().map(|t| (t.name.as_str(), State::Pending)).collect();
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
+        let jobs = self.opts.jobs.max(1);
+
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(&str, Result<Outcome, BuildError>)>();
+            let mut running = 0;
+            loop {
+                for t in &targets {
+                    if state[t.name.as_str()] != State::Pending {
+                        continue;
+                    }
+                    let base_state = match &t.base {
+                        Base::Tag(b) if in_plan.contains_key(b.as_str()) => state[b.as_str()],
+                        _ => State::Done,
+                    };
+                    match base_state {
+                        State::Failed => {
+                            state.insert(&t.name, State::Failed);
+                            let Base::Tag(base) = &t.base else { unreachable!() };
+                            failures.push(BuildError::BaseFailed { target: t.name.clone(), base: base.clone() });
+                        }
+                        State::Done if crate::signals::interrupted() => {
+                            state.insert(&t.name, State::Failed);
+                            failures.push(BuildError::Interrupted(t.name.clone()));
+                        }
+                        State::Done if running < jobs => {
+                            state.insert(&t.name, State::Running);
+                            running += 1;
+                            let tx = tx.clone();
+                            let target: &Target = t;
+                            let dir = &plan.dir;
+                            scope.spawn(move || {
+                                let result = self.build_target(target, dir);
+                                let _ = tx.send((target.name.as_str(), result));
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let (name, result) = rx.recv().expect("a build thread always reports");
+                running -= 1;
+                match result {
+                    Ok(outcome) => {
+                        state.insert(name, State::Done);
+                        outcomes.push((name.to_string(), outcome));
+                    }
+                    Err(e) => {
+                        tracing::error!(target = name, "{e:#}");
+                        state.insert(name, State::Failed);
+                        failures.push(e);
+                    }
+                }
+            }
+        });
+
+        if failures.is_empty() {
+            Ok(outcomes)
+        } else {
+            Err(BuildError::Failed { total: targets.len(), failures })
+        }
+    }
+
+    fn build_target(&self, t: &Target, spec_dir: &Path) -> Result<Outcome, BuildError> {
+        let started = Instant::now();
+        let name = t.name.as_str();
+        let base = match &t.base {
+            Base::Empty => None,
+            Base::Tag(tag) => {
+                let desc = self.layout.resolve(tag)?.ok_or_else(|| LayoutError::NoTag(tag.clone()))?;
+                Some(self.layout.image(&desc)?)
+            }
+        };
+        let base_digest = base.as_ref().map_or("empty".to_string(), |b| b.manifest_desc.digest().to_string());
+        let key = cache::key(&base_digest, &t.stanza, &self.options_key(), &t.input_files())
+            .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
+        if !self.opts.no_cache {
+            if let Some(manifest) = self.cache.lookup(name, &key) {
+                let current = self.layout.resolve(name)?.map(|d| d.digest().to_string());
+                if current.as_deref() == Some(manifest.as_str()) {
+                    tracing::info!(target = name, "unchanged, using the cached image");
+                    return Ok(Outcome::Cached { manifest });
+                }
+            }
+        }
+
+        let base_chain = match &base {
+            Some(image) => ensure_snapshot(self.layout, self.driver, image)?,
+            None => ChainId::empty(),
+        };
+        let tree = self.driver.checkout(&base_chain, &format!("build-{name}"))?;
+        if let Err(e) = self.fill(t, &tree, base.as_ref(), spec_dir) {
+            return Err(discard_after(self.driver, tree, e));
+        }
+        let (manifest, layer) = commit::commit(
+            self.layout,
+            self.driver,
+            tree,
+            base.as_ref(),
+            &commit::Commit {
+                keys: &t.config,
+                created_by: format!("genoci build {name}"),
+                created: self.created(),
+                layer: self.layer_options(),
+            },
+        )
+        .map_err(|e| match e {
+            e @ BuildError::Step { .. } => e,
+            e => BuildError::step(name, "commit")(e.into()),
+        })?;
+        let tags = self.tag(name, &manifest)?;
+        if let Err(e) = self.cache.record(name, &key, manifest.digest().as_ref()) {
+            tracing::warn!(target = name, "could not record the build cache: {e}");
+        }
+        tracing::info!(
+            target = name,
+            manifest = %manifest.digest(),
+            layer = layer.as_ref().map_or("none".to_string(), |l| format!("{} entries, {} bytes", l.entries, l.descriptor.size())),
+            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "built, tagged {}", tags.join(" ")
+        );
+        Ok(Outcome::Built {
+            manifest: manifest.digest().to_string(),
+            tags,
+            layer: layer.map(|l| l.descriptor.digest().to_string()),
+        })
+    }
+
+    /// Run the target's actions on `tree`.
+    fn fill(&self, t: &Target, tree: &WorkTree, base: Option<&Image>, spec_dir: &Path) -> Result<(), BuildError> {
+        let name = t.name.as_str();
+        let root = tree.path.as_path();
+        let interrupted = || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
+        let run_config = base.and_then(|b| b.config.config().clone()).unwrap_or_default();
+        let ctx = actions::run::RunContext {
+            target: name,
+            env: run_config
+                .env()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
+            workdir: run_config.working_dir().clone().unwrap_or_else(|| "/".to_string()),
+            network: t.network,
+        };
+
+        actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir).map_err(|e| BuildError::step(name, "pre")(e.into()))?;
+        for tarball in &t.expand {
+            interrupted()?;
+            actions::expand::expand(root, tarball)
+                .map_err(|e| BuildError::step(name, format!("expand {}", tarball.display()))(e.into()))?;
+        }
+        for item in &t.copy {
+            interrupted()?;
+            actions::copy::copy(root, item)
+                .map_err(|e| BuildError::step(name, format!("copy {} {}", item.src.display(), item.dest))(e.into()))?;
+        }
+        if !t.install.is_empty() {
+            interrupted()?;
+            actions::install::install(root, &t.install, &ctx).map_err(|e| BuildError::step(name, "install")(e.into()))?;
+        }
+        if !t.run.is_empty() {
+            interrupted()?;
+            actions::run::run_steps(root, &t.run, &ctx).map_err(|e| BuildError::step(name, "run")(e.into()))?;
+        }
+        actions::hooks::run_hooks("post", &t.post, root, name, spec_dir).map_err(|e| BuildError::step(name, "post")(e.into()))?;
+        // A hook may leave something mounted in the tree (a bind-mounted
+        // resolv.conf): it must not reach the diff, nor the host through it.
+        let released = actions::hooks::release_mounts_under(root).map_err(|e| BuildError::step(name, "post")(e.into()))?;
+        for mount in released {
+            tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");
+        }
+        interrupted()?;
+
+        Ok(())
+    }
+
+    /// Move `NAME` and add the next `NAME-YYYY-MM-DD_N`.
+    fn tag(&self, name: &str, manifest: &Descriptor) -> Result<Vec<String>, BuildError> {
+        let _guard = self.tagging.lock().unwrap_or_else(|p| p.into_inner());
+        let existing: Vec<String> = self.layout.tags()?.into_iter().map(|(t, _)| t).collect();
+        let dated = tags::next_dated(name, &tags::today(), &existing);
+        self.layout
+            .set_tags(&[(name.to_string(), manifest.clone()), (dated.clone(), manifest.clone())])?;
+        Ok(vec![name.to_string(), dated])
+    }
+
+    fn created(&self) -> String {
+        commit::created(self.opts.source_date_epoch)
+    }
+
+    fn layer_options(&self) -> LayerOptions {
+        commit::layer_options(self.opts.compression, self.opts.source_date_epoch)
+    }
+
+    /// What else decides a target's bytes, for the cache key.
+    fn options_key(&self) -> String {
+        format!("{:?} {:?}", self.opts.compression, self.opts.source_date_epoch)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// The targets to build: all, or the selected ones and the bases they need, in plan order.
+fn select<'p>(plan: &'p BuildPlan, selected: &[String]) -> Vec<&'p Target> {
+    if selected.is_empty() {
+        return plan.targets.iter().collect();
+    }
+    let by_name: HashMap<&str, &Target> = plan.targets.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut wanted = std::collections::HashSet::new();
+    for name in selected {
+        let mut next = Some(name.as_str());
+        while let Some(n) = next {
+            let Some(t) = by_name.get(n) else { break };
+            if !wanted.insert(n) {
+                break;
+            }
+            next = match &t.base {
+                Base::Tag(b) => Some(b.as_str()),
+                Base::Empty => None,
+            };
+        }
+    }
+    plan.targets.iter().filter(|t| wanted.contains(t.name.as_str())).collect()
+}

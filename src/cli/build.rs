@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
+use anyhow::bail;
 use clap::Args;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, Session};
+use crate::build::{commit, BuildOptions, Builder, Outcome};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -14,9 +16,35 @@ pub struct BuildArgs {
     /// Rebuild even targets whose inputs are unchanged
     #[arg(long)]
     pub no_cache: bool,
+    /// Targets built at the same time (default: the number of cores)
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
 }
 
 pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
-    let _ = (g, args);
-    todo!()
+    let session = Session::open(g)?;
+    let layout = &session.layout;
+    let plan = crate::spec::load(&args.spec, &|tag| matches!(layout.resolve(tag), Ok(Some(_))))?;
+    for name in &args.targets {
+        if !plan.targets.iter().any(|t| &t.name == name) {
+            bail!("--target {name}: no such target in {}", plan.file.display());
+        }
+    }
+    let opts = BuildOptions {
+        compression: session.config.compression,
+        source_date_epoch: commit::source_date_epoch(),
+        no_cache: args.no_cache,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        storedir: session.config.storedir.clone(),
+    };
+    let outcomes = Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets)?;
+    for (name, outcome) in outcomes {
+        match outcome {
+            Outcome::Built { tags, .. } => println!("{name}: built, tagged {}", tags.join(" ")),
+            Outcome::Cached { .. } => println!("{name}: unchanged (cached)"),
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,10 @@
+use anyhow::{anyhow, Context};
 use clap::Args;
 
-use super::GlobalArgs;
+use super::checkout::Record;
+use super::{GlobalArgs, Session, CHECKOUT};
+use crate::build::{commit, tags};
+use crate::spec::ConfigKeys;
 
 #[derive(Debug, Args)]
 pub struct CheckinArgs {
@@ -9,6 +13,52 @@ pub struct CheckinArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
-    let _ = (g, args);
-    todo!()
+    let session = Session::open(g)?;
+    let tree = session
+        .driver
+        .work_tree(CHECKOUT)?
+        .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;
+    let record = Record::load(&session.config.storedir)?
+        .ok_or_else(|| anyhow!("the checkout at {} has no record of its tag", tree.path.display()))?;
+    let base_desc = session
+        .layout
+        .tags()?
+        .into_iter()
+        .map(|(_, d)| d)
+        .find(|d| d.digest().to_string() == record.manifest)
+        .ok_or_else(|| anyhow!("the image {} that was checked out ({}) is no longer tagged", record.tag, record.manifest))?;
+    let base = session.layout.image(&base_desc)?;
+
+    let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();
+    let tag = match &args.tag {
+        Some(t) => {
+            crate::spec::plan::check_tag_name(t).map_err(|m| anyhow!("tag {t}: {m}"))?;
+            t.clone()
+        }
+        None => tags::next_checkin(&tags::today(), &existing),
+    };
+    for mount in crate::actions::hooks::release_mounts_under(&tree.path)? {
+        tracing::warn!(mount = %mount.display(), "unmounted what was left mounted in the checkout");
+    }
+    let sde = commit::source_date_epoch();
+    let (manifest, layer) = commit::commit(
+        &session.layout,
+        session.driver.as_ref(),
+        tree,
+        Some(&base),
+        &commit::Commit {
+            keys: &ConfigKeys::default(),
+            created_by: format!("genoci checkin {tag} (from {})", record.tag),
+            created: commit::created(sde),
+            layer: commit::layer_options(session.config.compression, sde),
+        },
+    )
+    .context("checking in")?;
+    session.layout.set_tags(&[(tag.clone(), manifest)])?;
+    Record::clear(&session.config.storedir)?;
+    match layer {
+        Some(l) => println!("{tag}: {} entries changed", l.entries),
+        None => println!("{tag}: no changes"),
+    }
+    Ok(())
 }

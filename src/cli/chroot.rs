@@ -1,6 +1,9 @@
+use anyhow::{anyhow, bail};
 use clap::Args;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, Session, CHECKOUT};
+use crate::build::ensure_snapshot;
+use crate::sandbox::{self, Output, RunOptions};
 
 #[derive(Debug, Args)]
 pub struct ChrootArgs {
@@ -12,6 +15,46 @@ pub struct ChrootArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
-    let _ = (g, args);
-    todo!()
+    let session = Session::open(g)?;
+    let driver = session.driver.as_ref();
+    let argv = if args.cmd.is_empty() { vec!["/bin/sh".to_string()] } else { args.cmd.clone() };
+    let (tree, image, throwaway) = match &args.tag {
+        Some(tag) => {
+            let image = session.image(tag)?;
+            let chain = ensure_snapshot(&session.layout, driver, &image)?;
+            let tree = driver.checkout(&chain, &format!("chroot-{}", std::process::id()))?;
+            (tree, Some(image), true)
+        }
+        None => {
+            let tree = driver
+                .work_tree(CHECKOUT)?
+                .ok_or_else(|| anyhow!("no tag given and no checkout in progress"))?;
+            (tree, None, false)
+        }
+    };
+    let config = image.and_then(|i| i.config.config().clone()).unwrap_or_default();
+    let opts = RunOptions {
+        root: &tree.path,
+        argv,
+        env: config
+            .env()
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .chain([("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into()))])
+            .collect(),
+        workdir: config.working_dir().clone().unwrap_or_else(|| "/".to_string()),
+        network: crate::spec::Network::Host,
+        output: Output::Inherit,
+    };
+    let status = sandbox::run(&opts);
+    if throwaway {
+        driver.discard(tree)?;
+    }
+    let status = status?;
+    if !status.success() {
+        bail!("{} exited with {status}", opts.argv[0]);
+    }
+    Ok(())
 }

@@ -1,6 +1,10 @@
 use super::GlobalArgs;
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
-    let _ = g;
-    todo!()
+    let config = g.load_config()?;
+    let layout = crate::layout::Layout::open(&config.layoutdir)?;
+    for (tag, _) in layout.tags()? {
+        println!("{tag}");
+    }
+    Ok(())
 }

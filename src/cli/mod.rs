@@ -186,3 +186,53 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
     exit::FAILED
 }
+
+/// What every command that touches images needs: the config, the layout and
+/// the store, both locked for the whole command.
+pub struct Session {
+    pub config: Config,
+    pub layout: crate::layout::Layout,
+    pub driver: Box<dyn crate::driver::SnapshotDriver>,
+    _locks: (crate::layout::lock::Lock, crate::layout::lock::Lock),
+}
+
+/// The work tree `genoci checkout` keeps between commands.
+pub const CHECKOUT: &str = "checkout";
+
+impl Session {
+    /// Open and lock the layout (created if missing) and the store, and
+    /// discard work trees that a killed genoci left behind.
+    pub fn open(g: &GlobalArgs) -> anyhow::Result<Session> {
+        use anyhow::Context;
+        let config = g.load_config()?;
+        std::fs::create_dir_all(&config.storedir)
+            .with_context(|| format!("creating the store {}", config.storedir.display()))?;
+        let store_lock = crate::layout::lock::lock(&config.storedir)?;
+        let layout = crate::layout::Layout::open_or_create(&config.layoutdir)?;
+        let layout_lock = crate::layout::lock::lock(layout.root())?;
+        let driver = open_driver(&config)?;
+        for stale in driver.work_trees()? {
+            if stale.name != CHECKOUT {
+                tracing::info!(tree = %stale.name, "removing a work tree left by an interrupted run");
+                driver.discard(stale)?;
+            }
+        }
+        Ok(Session { config, layout, driver, _locks: (store_lock, layout_lock) })
+    }
+
+    /// The image a tag names.
+    pub fn image(&self, tag: &str) -> anyhow::Result<crate::layout::image::Image> {
+        let desc = self
+            .layout
+            .resolve(tag)?
+            .ok_or_else(|| anyhow::anyhow!("tag {tag} is not in the layout {}", self.layout.root().display()))?;
+        Ok(self.layout.image(&desc)?)
+    }
+}
+
+pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::SnapshotDriver>> {
+    Ok(match config.driver {
+        DriverKind::Plain => Box::new(crate::driver::plain::PlainDriver::open(&config.storedir)?),
+        DriverKind::Btrfs => Box::new(crate::driver::btrfs::BtrfsDriver::open(&config.btrfsmount)?),
+    })
+}

@@ -1,6 +1,13 @@
-use super::GlobalArgs;
+use super::{GlobalArgs, Session};
+use crate::build::ensure_snapshot;
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
-    let _ = g;
-    todo!()
+    let session = Session::open(g)?;
+    let tags = session.layout.tags()?;
+    for (tag, desc) in &tags {
+        let image = session.layout.image(desc)?;
+        let chain = ensure_snapshot(&session.layout, session.driver.as_ref(), &image)?;
+        println!("{tag}: {}", session.driver.snapshot_path(&chain)?.display());
+    }
+    Ok(())
 }

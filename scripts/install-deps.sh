@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything genoci needs on Debian 12 to build, run and test, as root.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  # build: bindgen for loopdev-3 and libbtrfsutil, the btrfs library, mkfs.btrfs
+  libclang-dev libbtrfsutil-dev btrfs-progs pkg-config
+  # fixtures
+  busybox-static debootstrap rpm dpkg-dev zstd xz-utils bzip2 ca-certificates
+  # interop and comparison tools
+  umoci skopeo oci-image-tool podman runc buildah
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }

@@ -1,0 +1,70 @@
+//! Tag names: `NAME` moves with every build, `NAME-YYYY-MM-DD_N` records it.
+
+/// `NAME-DATE_N` with N one above the highest for that name and date among `existing`.
+pub fn next_dated(name: &str, date: &str, existing: &[String]) -> String {
+    let prefix = format!("{name}-{date}_");
+    let highest = existing
+        .iter()
+        .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{prefix}{}", highest + 1)
+}
+
+/// The checkin default `YYYY-MM-DD_vN`.
+pub fn next_checkin(date: &str, existing: &[String]) -> String {
+    let prefix = format!("{date}_v");
+    let highest = existing
+        .iter()
+        .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{prefix}{}", highest + 1)
+}
+
+/// If `tag` is a dated tag, the name it dates and its (date, N) for ordering.
+pub fn parse_dated(tag: &str) -> Option<(&str, (&str, u32))> {
+    let (rest, n) = tag.rsplit_once('_')?;
+    let n: u32 = n.parse().ok()?;
+    if rest.len() < 11 {
+        return None;
+    }
+    let (name, date) = rest.split_at(rest.len() - 11);
+    let date = date.strip_prefix('-')?;
+    let b = date.as_bytes();
+    let shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    (shape && !name.is_empty()).then_some((name, (date, n)))
+}
+
+/// Today's date for tags, in local time as a person reads a calendar.
+pub fn today() -> String {
+    chrono::Local::now().format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dated_tags_count_up_per_day() {
+        let existing = vec![
+            "cirros-2026-01-02_1".to_string(),
+            "cirros-2026-01-02_9".to_string(),
+            "cirros-2026-01-01_12".to_string(),
+            "cirros-extra-2026-01-02_40".to_string(),
+        ];
+        assert_eq!(next_dated("cirros", "2026-01-02", &existing), "cirros-2026-01-02_10");
+        assert_eq!(next_dated("cirros", "2026-01-03", &existing), "cirros-2026-01-03_1");
+        assert_eq!(next_checkin("2026-01-02", &["2026-01-02_v3".into()]), "2026-01-02_v4");
+    }
+
+    #[test]
+    fn parses_dated_tags() {
+        assert_eq!(parse_dated("a-b-2026-01-02_3"), Some(("a-b", ("2026-01-02", 3))));
+        assert_eq!(parse_dated("cirros"), None);
+        assert_eq!(parse_dated("2026-01-02_v3"), None);
+    }
+}
