@@ -146,7 +146,9 @@ impl<'a> Checker<'a> {
             .collect())
     }
 
-    fn into_error(self) -> SpecError {
+    /// The problems in the order of the file, whatever check found them.
+    fn into_error(mut self) -> SpecError {
+        self.problems.sort_by_key(|p| p.line);
         SpecError {
             problems: self.problems,
         }
@@ -678,8 +680,8 @@ d:
         assert_eq!(
             got,
             [
-                ("b", Some("colour"), Some(6)),
                 ("a", Some("base"), Some(2)),
+                ("b", Some("colour"), Some(6)),
                 ("c", Some("copy"), Some(10)),
                 ("c", Some("install"), Some(11)),
                 ("d", None, Some(12)),
