@@ -32,7 +32,9 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
     let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();
     let tag = match &args.tag {
         Some(t) => {
-            crate::spec::plan::check_tag_name(t).map_err(|m| anyhow!("tag {t}: {m}"))?;
+            if let Some(problem) = crate::spec::plan::tag_name_problem(t) {
+                anyhow::bail!("tag {t}: {problem}");
+            }
             t.clone()
         }
         None => tags::next_checkin(&tags::today(), &existing),

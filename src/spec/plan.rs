@@ -405,7 +405,7 @@ impl<'a> Checker<'a> {
 }
 
 /// Why `name` cannot be a target (and so a tag), if it cannot.
-fn tag_name_problem(name: &str) -> Option<String> {
+pub fn tag_name_problem(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let well_formed = chars
         .next()

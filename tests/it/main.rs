@@ -1,0 +1,5 @@
+//! Integration tests: the built binary, driven in temp dirs.
+
+mod util;
+
+mod example;

@@ -1,0 +1,152 @@
+//! The harness: each test gets a temp dir with its own config, layout and
+//! store, and runs the built binary there with a clean environment.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+/// Skip (with a notice) unless root: the sandbox and the store need it.
+macro_rules! require_root {
+    () => {
+        if !nix_is_root() {
+            eprintln!("skipped: needs root (namespaces, mounts, owners)");
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+pub fn nix_is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skip (with a notice) when a tool the test compares against is missing.
+macro_rules! require_tool {
+    ($tool:expr) => {
+        if !$crate::util::have($tool) {
+            eprintln!("skipped: {} is not installed", $tool);
+            return;
+        }
+    };
+}
+pub(crate) use require_tool;
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("genoci-test-").tempdir().expect("temp dir");
+        let env = Env { dir };
+        env.write("atom_config.yaml", "driver: plain\nlayoutdir: ./oci\nstoredir: ./.genoci\n");
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn layout(&self) -> PathBuf {
+        self.path().join("oci")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// A command for the genoci binary, run in the test dir.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_genoci"));
+        c.args(args)
+            .current_dir(self.path())
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", self.path());
+        c
+    }
+
+    pub fn genoci(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("run genoci");
+        eprintln!(
+            "$ genoci {}\n{}{}-> {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status
+        );
+        out
+    }
+
+    /// Run genoci and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.genoci(args);
+        assert!(out.status.success(), "genoci {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Put the busybox rootfs fixture in the test dir as `name`.
+    pub fn busybox(&self, name: &str) -> PathBuf {
+        let src = fixture("busybox");
+        let dst = self.path().join(name);
+        fs::copy(src, &dst).unwrap();
+        dst
+    }
+
+    pub fn tags(&self) -> Vec<String> {
+        let out = self.ok(&["ls"]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// `umoci unpack` a tag into `dir/bundle-TAG` and return its rootfs.
+    pub fn unpack(&self, tag: &str) -> PathBuf {
+        let bundle = self.path().join(format!("bundle-{tag}"));
+        run_ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:{tag}", self.layout().display())).arg(&bundle));
+        bundle.join("rootfs")
+    }
+}
+
+/// Path of a cached fixture tarball (made by scripts/fixtures.sh).
+pub fn fixture(which: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixtures.sh");
+    let out = Command::new("bash").arg(script).arg(which).output().expect("fixtures.sh");
+    assert!(out.status.success(), "fixtures.sh {which}: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+pub fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The mounts below `dir` in this mount namespace.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.to_string_lossy().to_string();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
