@@ -6,3 +6,463 @@
 //! `pub struct LayerOptions { pub compression: Compression, pub source_date_epoch: Option<i64> }`,
 //! `pub struct WrittenLayer { pub descriptor: Descriptor, pub diff_id: String, pub entries: usize, pub uncompressed_size: u64 }`,
 //! `Layout::write_layer(&self, tree: &Path, changes: &[crate::driver::Change], opts: &LayerOptions) -> Result<WrittenLayer>`.
+
+use std::collections::HashMap;
+use std::fs::{self, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path};
+
+use flate2::write::GzEncoder;
+use flate2::GzBuilder;
+use oci_spec::image::{Descriptor, MediaType};
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+use super::blobs::BlobWriter;
+use super::{Layout, LayoutError, Result};
+use crate::driver::Change;
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LayerOptions {
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: no entry is newer than this.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A layer blob in the layout and what the image config needs to know of it.
+#[derive(Debug, Clone)]
+pub struct WrittenLayer {
+    pub descriptor: Descriptor,
+    /// `sha256:` of the uncompressed tar, for `rootfs.diff_ids`.
+    pub diff_id: String,
+    /// Tar entries, whiteouts included.
+    pub entries: usize,
+    pub uncompressed_size: u64,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Longest name (and link name) a ustar header holds without a PAX record.
+const USTAR_NAME_MAX: usize = 100;
+/// Largest number the 7-digit octal uid/gid fields hold.
+const USTAR_ID_MAX: u64 = 0o7_777_777;
+/// Largest size the 11-digit octal size field holds.
+const USTAR_SIZE_MAX: u64 = 0o77_777_777_777;
+const CHECK_SIGNALS_EVERY: usize = 256;
+const ZSTD_LEVEL: i32 = 3;
+
+/// One entry to write, before sorting.
+struct Planned {
+    /// Byte order of the tar path, except that an opaque marker sorts right
+    /// after its directory: a reader that empties the directory when it meets
+    /// the marker must not remove entries of this same layer.
+    key: Vec<u8>,
+    path: Vec<u8>,
+    what: What,
+}
+
+enum What {
+    Entry(Metadata),
+    Whiteout,
+}
+
+impl Layout {
+    /// Write the layer holding `changes` (sorted or not) of `tree`.
+    pub fn write_layer(
+        &self,
+        tree: &Path,
+        changes: &[Change],
+        opts: &LayerOptions,
+    ) -> Result<WrittenLayer> {
+        let plan = plan(tree, changes)?;
+        let blob = self.blob_writer()?;
+        let compressor = match opts.compression {
+            Compression::Gzip => {
+                Compressor::Gzip(GzBuilder::new().write(blob, flate2::Compression::default()))
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::Encoder::new(blob, ZSTD_LEVEL)
+                    .map_err(LayoutError::io("start zstd", self.root()))?;
+                enc.include_checksum(true)
+                    .map_err(LayoutError::io("start zstd", self.root()))?;
+                Compressor::Zstd(enc)
+            }
+        };
+        let mut tar = TarWriter {
+            out: Hashing {
+                inner: compressor,
+                hasher: Sha256::new(),
+                bytes: 0,
+            },
+            clamp: opts.source_date_epoch,
+            links: HashMap::new(),
+            entries: 0,
+        };
+        for item in &plan {
+            if tar.entries.is_multiple_of(CHECK_SIGNALS_EVERY) {
+                crate::signals::check().map_err(|_| LayoutError::Interrupted)?;
+            }
+            tar.write_item(tree, item)?;
+        }
+        let entries = tar.entries;
+        let mut out = tar.out;
+        let root = self.root();
+        // Two zero blocks end a tar archive.
+        out.write_all(&[0u8; 1024])
+            .map_err(LayoutError::io("write layer", root))?;
+        let diff_id = format!("sha256:{}", hex::encode(out.hasher.finalize()));
+        let uncompressed_size = out.bytes;
+        let blob = out
+            .inner
+            .finish()
+            .map_err(LayoutError::io("compress layer", root))?;
+        let media_type = match opts.compression {
+            Compression::Gzip => MediaType::ImageLayerGzip,
+            Compression::Zstd => MediaType::ImageLayerZstd,
+        };
+        let descriptor = blob.finish(media_type)?;
+        tracing::info!(
+            layer = %descriptor.digest(),
+            diff_id = %diff_id,
+            entries,
+            bytes = descriptor.size(),
+            uncompressed = uncompressed_size,
+            "wrote layer"
+        );
+        Ok(WrittenLayer {
+            descriptor,
+            diff_id,
+            entries,
+            uncompressed_size,
+        })
+    }
+}
+
+fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
+    let mut plan = Vec::with_capacity(changes.len());
+    for change in changes {
+        let rel = change.path();
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(LayoutError::Invalid {
+                what: format!("change {}", rel.display()),
+                message: "a change names a relative path inside the tree".to_string(),
+            });
+        }
+        let rel_bytes = rel.as_os_str().as_bytes();
+        match change {
+            Change::Write(_) => {
+                let full = tree.join(rel);
+                let meta = fs::symlink_metadata(&full).map_err(LayoutError::io("stat", &full))?;
+                if meta.file_type().is_socket() {
+                    tracing::debug!(path = %rel.display(), "socket left out of the layer");
+                    continue;
+                }
+                let mut path = rel_bytes.to_vec();
+                if meta.is_dir() {
+                    path.push(b'/');
+                }
+                plan.push(Planned {
+                    key: path.clone(),
+                    path,
+                    what: What::Entry(meta),
+                });
+            }
+            Change::Delete(_) => {
+                let name = rel.file_name().expect("a normal path has a file name");
+                let mut path = parent_prefix(rel);
+                path.extend_from_slice(WHITEOUT_PREFIX);
+                path.extend_from_slice(name.as_bytes());
+                plan.push(Planned {
+                    key: path.clone(),
+                    path,
+                    what: What::Whiteout,
+                });
+            }
+            Change::Opaque(_) => {
+                let mut key = rel_bytes.to_vec();
+                key.extend_from_slice(b"/\0");
+                let mut path = rel_bytes.to_vec();
+                path.push(b'/');
+                path.extend_from_slice(OPAQUE_MARKER);
+                plan.push(Planned {
+                    key,
+                    path,
+                    what: What::Whiteout,
+                });
+            }
+        }
+    }
+    plan.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(plan)
+}
+
+/// `dir/` for `dir/name`, empty for a top-level name.
+fn parent_prefix(rel: &Path) -> Vec<u8> {
+    match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => {
+            let mut v = p.as_os_str().as_bytes().to_vec();
+            v.push(b'/');
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+struct TarWriter {
+    out: Hashing<Compressor>,
+    clamp: Option<i64>,
+    /// First tar path written for each multiply-linked inode.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    entries: usize,
+}
+
+impl TarWriter {
+    fn mtime(&self, secs: i64) -> u64 {
+        let secs = self.clamp.map_or(secs, |c| secs.min(c));
+        secs.max(0) as u64
+    }
+
+    fn write_item(&mut self, tree: &Path, item: &Planned) -> Result<()> {
+        let meta = match &item.what {
+            What::Whiteout => {
+                let mut h = Header::new_ustar();
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_size(0);
+                h.set_mtime(self.clamp.unwrap_or(0).max(0) as u64);
+                return self.append(tree, h, &item.path, None, Vec::new(), None);
+            }
+            What::Entry(meta) => meta,
+        };
+        let rel = Path::new(std::ffi::OsStr::from_bytes(
+            item.path.strip_suffix(b"/").unwrap_or(&item.path),
+        ));
+        let full = tree.join(rel);
+        let ft = meta.file_type();
+        let mut h = Header::new_ustar();
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_uid(meta.uid().into());
+        h.set_gid(meta.gid().into());
+        h.set_mtime(self.mtime(meta.mtime()));
+        h.set_size(0);
+        let mut link_name = None;
+        let mut data = None;
+        if !ft.is_dir() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.links.get(&key) {
+                h.set_entry_type(EntryType::Link);
+                let first = first.clone();
+                return self.append(tree, h, &item.path, Some(first), Vec::new(), None);
+            }
+            self.links.insert(key, item.path.clone());
+        }
+        if ft.is_dir() {
+            h.set_entry_type(EntryType::Directory);
+        } else if ft.is_file() {
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(meta.len());
+            data = Some(meta.len());
+        } else if ft.is_symlink() {
+            h.set_entry_type(EntryType::Symlink);
+            let target = fs::read_link(&full).map_err(LayoutError::io("read link", &full))?;
+            link_name = Some(target.as_os_str().as_bytes().to_vec());
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.set_entry_type(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            let rdev = meta.rdev();
+            let io_err = LayoutError::io("encode device", &full);
+            h.set_device_major(libc::major(rdev)).map_err(io_err)?;
+            let io_err = LayoutError::io("encode device", &full);
+            h.set_device_minor(libc::minor(rdev)).map_err(io_err)?;
+        } else if ft.is_fifo() {
+            h.set_entry_type(EntryType::Fifo);
+        }
+        let xattrs = crate::xattr::list(&full).map_err(LayoutError::io("read xattrs", &full))?;
+        let mut pax = Vec::new();
+        if u64::from(meta.uid()) > USTAR_ID_MAX {
+            pax.push((b"uid".to_vec(), meta.uid().to_string().into_bytes()));
+        }
+        if u64::from(meta.gid()) > USTAR_ID_MAX {
+            pax.push((b"gid".to_vec(), meta.gid().to_string().into_bytes()));
+        }
+        if data.is_some_and(|size| size > USTAR_SIZE_MAX) {
+            pax.push((b"size".to_vec(), meta.len().to_string().into_bytes()));
+        }
+        for (name, value) in xattrs {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(&name);
+            pax.push((key, value));
+        }
+        self.append(tree, h, &item.path, link_name, pax, data)
+    }
+
+    /// Write one entry: its PAX header if it needs one, its header, its data.
+    fn append(
+        &mut self,
+        tree: &Path,
+        mut h: Header,
+        path: &[u8],
+        link_name: Option<Vec<u8>>,
+        mut pax: Vec<(Vec<u8>, Vec<u8>)>,
+        data_len: Option<u64>,
+    ) -> Result<()> {
+        let err = |e| LayoutError::io("write layer", tree)(e);
+        if path.len() > USTAR_NAME_MAX {
+            pax.insert(0, (b"path".to_vec(), path.to_vec()));
+        }
+        set_field(&mut h.as_old_mut().name, path);
+        if let Some(link) = &link_name {
+            if link.len() > USTAR_NAME_MAX {
+                pax.insert(0, (b"linkpath".to_vec(), link.clone()));
+            }
+            set_field(&mut h.as_old_mut().linkname, link);
+        }
+        if !pax.is_empty() {
+            let records = pax_records(&pax);
+            let mut ph = Header::new_ustar();
+            ph.set_entry_type(EntryType::XHeader);
+            ph.set_mode(0o644);
+            ph.set_uid(0);
+            ph.set_gid(0);
+            ph.set_mtime(h.mtime().unwrap_or(0));
+            ph.set_size(records.len() as u64);
+            let base = path
+                .strip_suffix(b"/")
+                .unwrap_or(path)
+                .rsplit(|&b| b == b'/')
+                .next()
+                .unwrap_or(b"");
+            let mut name = b"PaxHeaders/".to_vec();
+            name.extend_from_slice(base);
+            set_field(&mut ph.as_old_mut().name, &name);
+            ph.set_cksum();
+            self.out.write_all(ph.as_bytes()).map_err(err)?;
+            self.out.write_all(&records).map_err(err)?;
+            pad(&mut self.out, records.len() as u64).map_err(err)?;
+        }
+        h.set_cksum();
+        self.out.write_all(h.as_bytes()).map_err(err)?;
+        if let Some(len) = data_len {
+            let rel = Path::new(std::ffi::OsStr::from_bytes(path));
+            let full = tree.join(rel);
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&full)
+                .map_err(LayoutError::io("open", &full))?;
+            let copied = io::copy(&mut file.take(len), &mut self.out)
+                .map_err(LayoutError::io("read", &full))?;
+            if copied != len {
+                return Err(LayoutError::Invalid {
+                    what: full.display().to_string(),
+                    message: format!("shrank from {len} to {copied} bytes while being read"),
+                });
+            }
+            pad(&mut self.out, len).map_err(err)?;
+        }
+        self.entries += 1;
+        Ok(())
+    }
+}
+
+/// Copy `value` into a NUL-padded header field, cut to its size (a PAX
+/// record holds the whole value when it does not fit).
+fn set_field(field: &mut [u8], value: &[u8]) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+    field[n..].fill(0);
+}
+
+/// PAX records `"<len> <key>=<value>\n"`, where `<len>` counts itself.
+fn pax_records(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in pairs {
+        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(key);
+        out.push(b'=');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+fn pad(w: &mut impl Write, len: u64) -> io::Result<()> {
+    let rem = (len % 512) as usize;
+    if rem != 0 {
+        w.write_all(&[0u8; 512][..512 - rem])?;
+    }
+    Ok(())
+}
+
+/// Counts and hashes what passes through: the uncompressed tar gives the diff_id.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Compressor {
+    Gzip(GzEncoder<BlobWriter>),
+    Zstd(zstd::Encoder<'static, BlobWriter>),
+}
+
+impl Compressor {
+    fn finish(self) -> io::Result<BlobWriter> {
+        match self {
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(e) => e.flush(),
+            Compressor::Zstd(e) => e.flush(),
+        }
+    }
+}
