@@ -466,3 +466,272 @@ impl Write for Compressor {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::driver::diff;
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::PathBuf;
+
+    /// Every path under `root`, relative, sorted.
+    pub(crate) fn all_paths(root: &Path) -> BTreeSet<PathBuf> {
+        fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
+            for e in fs::read_dir(root.join(rel)).unwrap() {
+                let e = e.unwrap();
+                let child = rel.join(e.file_name());
+                out.insert(child.clone());
+                if e.file_type().unwrap().is_dir() {
+                    walk(root, &child, out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(root, Path::new(""), &mut out);
+        out
+    }
+
+    pub(crate) fn writes(root: &Path) -> Vec<Change> {
+        all_paths(root).into_iter().map(Change::Write).collect()
+    }
+
+    fn set_time(path: &Path, secs: i64) {
+        let t = filetime::FileTime::from_unix_time(secs, 0);
+        filetime::set_symlink_file_times(path, t, t).unwrap();
+    }
+
+    /// A tree with one of everything a layer must carry.
+    pub(crate) fn sample_tree(root: &Path, secs: i64) {
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::create_dir_all(root.join("dev")).unwrap();
+        fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::os::unix::fs::chown(root.join("etc/passwd"), Some(1000), Some(1001)).unwrap();
+        fs::set_permissions(root.join("etc/passwd"), fs::Permissions::from_mode(0o640)).unwrap();
+        crate::xattr::set(&root.join("etc/passwd"), b"user.test", b"hello").unwrap();
+        fs::write(root.join("bin/su"), vec![7u8; 70_000]).unwrap();
+        fs::set_permissions(root.join("bin/su"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::hard_link(root.join("bin/su"), root.join("bin/su2")).unwrap();
+        symlink("../etc/passwd", root.join("bin/pw")).unwrap();
+        nix::unistd::mkfifo(
+            &root.join("dev/pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o620),
+        )
+        .unwrap();
+        nix::sys::stat::mknod(
+            &root.join("dev/null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            libc::makedev(1, 3),
+        )
+        .unwrap();
+        let long_dir = root.join("d".repeat(80));
+        fs::create_dir(&long_dir).unwrap();
+        fs::write(long_dir.join("f".repeat(60)), "long").unwrap();
+        symlink("t".repeat(150), root.join("longlink")).unwrap();
+        fs::set_permissions(root.join("bin"), fs::Permissions::from_mode(0o711)).unwrap();
+        // Children first: setting a child's time does not touch its parent's.
+        let mut paths: Vec<PathBuf> = all_paths(root).into_iter().collect();
+        paths.reverse();
+        for p in paths {
+            set_time(&root.join(p), secs);
+        }
+    }
+
+    fn layout(t: &Path) -> Layout {
+        Layout::open_or_create(&t.join("oci")).unwrap()
+    }
+
+    #[test]
+    fn a_layer_applied_to_an_empty_tree_reproduces_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        sample_tree(&src, 1_600_000_000);
+        fs::create_dir(&dst).unwrap();
+        let l = layout(t.path());
+        let written = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap();
+        assert_eq!(written.entries, all_paths(&src).len());
+        l.apply_layer(&written.descriptor, &dst).unwrap();
+        let candidates: BTreeSet<PathBuf> =
+            all_paths(&src).union(&all_paths(&dst)).cloned().collect();
+        assert_eq!(diff::compare(&src, &dst, &candidates).unwrap(), vec![]);
+        let su = fs::metadata(dst.join("bin/su")).unwrap();
+        let su2 = fs::metadata(dst.join("bin/su2")).unwrap();
+        assert_eq!(su.ino(), su2.ino(), "hard links stay linked");
+        assert_eq!(su.mode() & 0o7777, 0o4755);
+        assert_eq!(
+            crate::xattr::list(&dst.join("etc/passwd")).unwrap(),
+            vec![(b"user.test".to_vec(), b"hello".to_vec())]
+        );
+    }
+
+    #[test]
+    fn the_tar_is_sorted_numeric_and_relative() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src, 1_600_000_000);
+        let l = layout(t.path());
+        let mut changes = writes(&src);
+        changes.push(Change::Delete(PathBuf::from("etc/shadow")));
+        changes.push(Change::Opaque(PathBuf::from("dev")));
+        changes.reverse();
+        let w = l
+            .write_layer(
+                &src,
+                &changes,
+                &LayerOptions {
+                    compression: Compression::Gzip,
+                    source_date_epoch: Some(1_500_000_000),
+                },
+            )
+            .unwrap();
+        let blob = l.read_blob(&w.descriptor).unwrap();
+        assert_eq!(&blob[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain.len() as u64, w.uncompressed_size);
+        assert_eq!(
+            w.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&plain)))
+        );
+        let mut archive = tar::Archive::new(&plain[..]);
+        let mut names = Vec::new();
+        for e in archive.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert!(h.username_bytes().is_none_or(|u| u.is_empty()));
+            assert!(h.groupname_bytes().is_none_or(|g| g.is_empty()));
+            assert_eq!(h.mtime().unwrap(), 1_500_000_000);
+            names.push(String::from_utf8(e.path_bytes().into_owned()).unwrap());
+        }
+        let dev = names.iter().position(|n| n == "dev/").unwrap();
+        assert_eq!(names[dev + 1], "dev/.wh..wh..opq");
+        assert!(names.contains(&"etc/.wh.shadow".to_string()));
+        assert!(names.contains(&format!("{}/", "d".repeat(80))));
+        assert!(names
+            .iter()
+            .all(|n| !n.starts_with('/') && !n.starts_with("./")));
+        let mut sorted = names.clone();
+        sorted.retain(|n| !n.ends_with(".wh..wh..opq"));
+        let mut check = sorted.clone();
+        check.sort();
+        assert_eq!(sorted, check);
+    }
+
+    #[test]
+    fn the_same_tree_gives_the_same_digests() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        sample_tree(&a, 1_600_000_000);
+        sample_tree(&b, 1_700_000_000);
+        let l = layout(t.path());
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let opts = LayerOptions {
+                compression,
+                source_date_epoch: None,
+            };
+            let one = l.write_layer(&a, &writes(&a), &opts).unwrap();
+            let two = l.write_layer(&a, &writes(&a), &opts).unwrap();
+            assert_eq!(one.descriptor, two.descriptor);
+            let other = l.write_layer(&b, &writes(&b), &opts).unwrap();
+            assert_ne!(one.diff_id, other.diff_id, "mtimes differ");
+            let clamped = LayerOptions {
+                compression,
+                source_date_epoch: Some(1_000_000_000),
+            };
+            let ca = l.write_layer(&a, &writes(&a), &clamped).unwrap();
+            let cb = l.write_layer(&b, &writes(&b), &clamped).unwrap();
+            assert_eq!(ca.descriptor, cb.descriptor, "clamped mtimes agree");
+            assert_eq!(ca.diff_id, cb.diff_id);
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_apply_on_lower_layers() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, next, dst) = (
+            t.path().join("base"),
+            t.path().join("next"),
+            t.path().join("dst"),
+        );
+        for root in [&base, &next] {
+            for d in ["a/sub", "b", "c"] {
+                fs::create_dir_all(root.join(d)).unwrap();
+            }
+            for f in ["a/x", "a/sub/y", "b/z", "b/keep", "c/file"] {
+                fs::write(root.join(f), f).unwrap();
+            }
+            // Layers keep whole seconds.
+            let mut paths: Vec<PathBuf> = all_paths(root).into_iter().collect();
+            paths.reverse();
+            for p in paths {
+                set_time(&root.join(p), 1_600_000_000);
+            }
+        }
+        fs::create_dir(&dst).unwrap();
+        let l = layout(t.path());
+        let opts = LayerOptions::default();
+        let lower = l.write_layer(&base, &writes(&base), &opts).unwrap();
+
+        // The next tree: a/ emptied and refilled, b/z gone, c/ replaced by a file.
+        fs::remove_dir_all(next.join("a")).unwrap();
+        fs::create_dir_all(next.join("a/sub")).unwrap();
+        fs::write(next.join("a/new"), "new").unwrap();
+        fs::remove_file(next.join("b/z")).unwrap();
+        fs::remove_dir_all(next.join("c")).unwrap();
+        fs::write(next.join("c"), "now a file").unwrap();
+        let mut paths: Vec<PathBuf> = all_paths(&next).into_iter().collect();
+        paths.reverse();
+        for p in paths {
+            set_time(&next.join(p), 1_600_000_000);
+        }
+        let changes = vec![
+            Change::Write("a".into()),
+            Change::Write("a/new".into()),
+            Change::Write("a/sub".into()),
+            Change::Opaque("a".into()),
+            Change::Write("b".into()),
+            Change::Delete("b/z".into()),
+            Change::Write("c".into()),
+        ];
+        let upper = l.write_layer(&next, &changes, &opts).unwrap();
+        l.apply_layer(&lower.descriptor, &dst).unwrap();
+        l.apply_layer(&upper.descriptor, &dst).unwrap();
+        let candidates: BTreeSet<PathBuf> =
+            all_paths(&next).union(&all_paths(&dst)).cloned().collect();
+        assert_eq!(diff::compare(&next, &dst, &candidates).unwrap(), vec![]);
+        assert!(!dst.join("a/x").exists());
+        assert!(!dst.join("a/sub/y").exists());
+        assert!(dst.join("b/keep").exists());
+    }
+
+    #[test]
+    fn sockets_are_left_out() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+        fs::write(src.join("file"), "x").unwrap();
+        let l = layout(t.path());
+        let w = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap();
+        assert_eq!(w.entries, 1);
+    }
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        // 4 + 1 + 5 + 93 + 1 = 104 bytes only if the prefix has three digits.
+        let rec = pax_records(&[(b"path".to_vec(), vec![b'a'; 93])]);
+        let text = String::from_utf8(rec.clone()).unwrap();
+        let (len, _) = text.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), rec.len());
+        let rec = pax_records(&[(b"k".to_vec(), vec![b'v'; 3])]);
+        assert_eq!(rec, b"8 k=vvv\n");
+    }
+}

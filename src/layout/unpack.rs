@@ -447,9 +447,10 @@ fn clean(raw: &[u8]) -> Vec<OsString> {
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     let header = entry.header();
-    let mut uid = header.uid()?;
-    let mut gid = header.gid()?;
-    let mut mtime = FileTime::from_unix_time(header.mtime()? as i64, 0);
+    let old = header.as_old();
+    let mut uid = blank_is_zero(&old.uid, header.uid())?;
+    let mut gid = blank_is_zero(&old.gid, header.gid())?;
+    let mut mtime = FileTime::from_unix_time(blank_is_zero(&old.mtime, header.mtime())? as i64, 0);
     let mode = header.mode()?;
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions()? {
@@ -483,6 +484,16 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     })
 }
 
+/// Some writers leave numeric fields they do not care about empty; GNU tar
+/// and Go read those as 0.
+fn blank_is_zero(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if field.iter().all(|&b| b == 0 || b == b' ') {
+        Ok(0)
+    } else {
+        parsed
+    }
+}
+
 /// A PAX time: seconds, optionally with a fraction.
 fn parse_pax_time(text: &str) -> Option<FileTime> {
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
@@ -494,4 +505,278 @@ fn parse_pax_time(text: &str) -> Option<FileTime> {
         format!("{digits:0<9}").parse().ok()?
     };
     Some(FileTime::from_unix_time(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::MediaType;
+    use std::io::Write;
+
+    /// A tar entry with its name and link name set byte for byte, as a
+    /// hostile archive would (the tar crate refuses `..` when asked nicely).
+    fn raw(b: &mut tar::Builder<Vec<u8>>, kind: EntryType, name: &str, link: &str, data: &[u8]) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_000_000);
+        let n = name.as_bytes();
+        h.as_old_mut().name[..n.len()].copy_from_slice(n);
+        let l = link.as_bytes();
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    fn tarball(entries: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        entries(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    struct Sandbox {
+        _t: tempfile::TempDir,
+        tree: PathBuf,
+        outside: PathBuf,
+        tarball: PathBuf,
+    }
+
+    fn sandbox() -> Sandbox {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        let outside = t.path().join("outside");
+        fs::create_dir(&tree).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        Sandbox {
+            tarball: t.path().join("x.tar"),
+            tree,
+            outside,
+            _t: t,
+        }
+    }
+
+    fn outside_untouched(s: &Sandbox) {
+        let names: Vec<_> = fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("secret")]);
+        assert_eq!(
+            fs::read_to_string(s.outside.join("secret")).unwrap(),
+            "secret"
+        );
+        let parent: Vec<_> = fs::read_dir(s.tree.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(parent
+            .iter()
+            .all(|n| n == "tree" || n == "outside" || n == "x.tar"));
+    }
+
+    #[test]
+    fn dot_dot_and_absolute_paths_stay_inside() {
+        let s = sandbox();
+        let outside = s.outside.display().to_string();
+        let bytes = tarball(|b| {
+            raw(b, EntryType::Regular, "../evil", "", b"1");
+            raw(b, EntryType::Regular, "a/../../../evil2", "", b"2");
+            raw(b, EntryType::Regular, "/abs/evil", "", b"3");
+            raw(
+                b,
+                EntryType::Regular,
+                &format!("{outside}/secret"),
+                "",
+                b"4",
+            );
+        });
+        fs::write(&s.tarball, bytes).unwrap();
+        extract_tarball(&s.tarball, &s.tree).unwrap();
+        assert_eq!(fs::read(s.tree.join("evil")).unwrap(), b"1");
+        assert_eq!(fs::read(s.tree.join("evil2")).unwrap(), b"2");
+        assert_eq!(fs::read(s.tree.join("abs/evil")).unwrap(), b"3");
+        outside_untouched(&s);
+    }
+
+    #[test]
+    fn symlinked_parents_resolve_inside_the_tree() {
+        let s = sandbox();
+        let outside = s.outside.display().to_string();
+        let bytes = tarball(|b| {
+            raw(b, EntryType::Symlink, "link", &outside, b"");
+            raw(b, EntryType::Regular, "link/evil", "", b"1");
+            raw(b, EntryType::Symlink, "up", "../../../..", b"");
+            raw(b, EntryType::Regular, "up/evil2", "", b"2");
+            raw(b, EntryType::Symlink, "loop", "loop", b"");
+            // The last component is replaced, never written through.
+            raw(
+                b,
+                EntryType::Symlink,
+                "secret",
+                &format!("{outside}/secret"),
+                b"",
+            );
+            raw(b, EntryType::Regular, "secret", "", b"3");
+        });
+        fs::write(&s.tarball, bytes).unwrap();
+        extract_tarball(&s.tarball, &s.tree).unwrap();
+        let inside = s.tree.join(outside.trim_start_matches('/'));
+        assert_eq!(fs::read(inside.join("evil")).unwrap(), b"1");
+        assert_eq!(fs::read(s.tree.join("evil2")).unwrap(), b"2");
+        assert_eq!(fs::read(s.tree.join("secret")).unwrap(), b"3");
+        outside_untouched(&s);
+
+        let bytes = tarball(|b| raw(b, EntryType::Regular, "loop/x", "", b"1"));
+        fs::write(&s.tarball, bytes).unwrap();
+        assert!(matches!(
+            extract_tarball(&s.tarball, &s.tree),
+            Err(LayoutError::UnsafeEntry { .. })
+        ));
+    }
+
+    #[test]
+    fn hard_links_never_reach_outside() {
+        let s = sandbox();
+        let outside = s.outside.display().to_string();
+        for target in [
+            format!("{outside}/secret"),
+            "../outside/secret".to_string(),
+            "/etc/passwd".to_string(),
+        ] {
+            let bytes = tarball(|b| raw(b, EntryType::Link, "hl", &target, b""));
+            fs::write(&s.tarball, bytes).unwrap();
+            assert!(extract_tarball(&s.tarball, &s.tree).is_err(), "{target}");
+            assert!(!s.tree.join("hl").exists());
+        }
+        // A target inside the tree, named absolutely, is the tree's own file.
+        let bytes = tarball(|b| {
+            raw(b, EntryType::Directory, "etc/", "", b"");
+            raw(b, EntryType::Regular, "etc/passwd", "", b"in tree");
+            raw(b, EntryType::Link, "hl", "/etc/passwd", b"");
+            raw(b, EntryType::Symlink, "dir", &outside, b"");
+            raw(b, EntryType::Link, "hl2", "dir/../etc/passwd", b"");
+        });
+        fs::write(&s.tarball, bytes).unwrap();
+        extract_tarball(&s.tarball, &s.tree).unwrap();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&s.tree.join("hl")), ino(&s.tree.join("etc/passwd")));
+        assert_eq!(fs::read(s.tree.join("hl2")).unwrap(), b"in tree");
+        outside_untouched(&s);
+    }
+
+    #[test]
+    fn every_compression_is_found_by_magic() {
+        let s = sandbox();
+        let plain = tarball(|b| raw(b, EntryType::Regular, "f", "", b"data"));
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&plain).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        let xz = {
+            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(&plain).unwrap();
+            e.finish().unwrap()
+        };
+        let bz = {
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            e.write_all(&plain).unwrap();
+            e.finish().unwrap()
+        };
+        for bytes in [plain.clone(), gz, zst, xz, bz] {
+            fs::remove_dir_all(&s.tree).unwrap();
+            fs::create_dir(&s.tree).unwrap();
+            fs::write(&s.tarball, bytes).unwrap();
+            extract_tarball(&s.tarball, &s.tree).unwrap();
+            assert_eq!(fs::read(s.tree.join("f")).unwrap(), b"data");
+        }
+    }
+
+    fn put_layer(l: &Layout, bytes: &[u8], media_type: &str) -> Descriptor {
+        let mut w = l.blob_writer().unwrap();
+        w.write_all(bytes).unwrap();
+        w.finish(MediaType::from(media_type)).unwrap()
+    }
+
+    #[test]
+    fn docker_and_uncompressed_layers_apply() {
+        let s = sandbox();
+        let l = Layout::open_or_create(&s.outside.join("oci")).unwrap();
+        let plain = tarball(|b| {
+            raw(b, EntryType::Directory, "./etc/", "", b"");
+            raw(b, EntryType::Regular, "./etc/os-release", "", b"ID=test\n");
+        });
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&plain).unwrap();
+        let gz = e.finish().unwrap();
+        for (bytes, media_type) in [
+            (&gz, "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            (&plain, "application/vnd.oci.image.layer.v1.tar"),
+            (&plain, "application/vnd.docker.image.rootfs.diff.tar"),
+        ] {
+            fs::remove_dir_all(&s.tree).unwrap();
+            fs::create_dir(&s.tree).unwrap();
+            let desc = put_layer(&l, bytes, media_type);
+            l.apply_layer(&desc, &s.tree).unwrap();
+            assert_eq!(
+                fs::read(s.tree.join("etc/os-release")).unwrap(),
+                b"ID=test\n"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_layer_is_refused() {
+        let s = sandbox();
+        let l = Layout::open_or_create(&s.outside.join("oci")).unwrap();
+        let plain = tarball(|b| raw(b, EntryType::Regular, "f", "", b"data"));
+        let desc = put_layer(&l, &plain, "application/vnd.oci.image.layer.v1.tar");
+        let mut bytes = plain.clone();
+        bytes[600] = b'X';
+        fs::write(l.descriptor_path(&desc).unwrap(), bytes).unwrap();
+        assert!(matches!(
+            l.apply_layer(&desc, &s.tree),
+            Err(LayoutError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn an_opaque_marker_keeps_entries_of_its_own_layer() {
+        let s = sandbox();
+        let l = Layout::open_or_create(&s.outside.join("oci")).unwrap();
+        fs::create_dir(s.tree.join("a")).unwrap();
+        fs::write(s.tree.join("a/old"), "lower").unwrap();
+        fs::create_dir(s.tree.join("a/sub")).unwrap();
+        fs::write(s.tree.join("a/sub/old"), "lower").unwrap();
+        fs::write(s.tree.join("gone"), "lower").unwrap();
+        let plain = tarball(|b| {
+            raw(b, EntryType::Regular, "a/-first", "", b"same layer");
+            raw(b, EntryType::Directory, "a/sub/", "", b"");
+            raw(b, EntryType::Regular, "a/.wh..wh..opq", "", b"");
+            raw(b, EntryType::Regular, ".wh.gone", "", b"");
+            raw(b, EntryType::Regular, "a/.wh.-first", "", b"");
+            raw(b, EntryType::Regular, ".wh.never-there", "", b"");
+        });
+        let desc = put_layer(&l, &plain, "application/vnd.oci.image.layer.v1.tar");
+        l.apply_layer(&desc, &s.tree).unwrap();
+        assert_eq!(fs::read(s.tree.join("a/-first")).unwrap(), b"same layer");
+        assert!(s.tree.join("a/sub").is_dir());
+        assert!(!s.tree.join("a/sub/old").exists());
+        assert!(!s.tree.join("a/old").exists());
+        assert!(!s.tree.join("gone").exists());
+        assert!(!s.tree.join(".wh.never-there").exists());
+    }
+
+    #[test]
+    fn pax_times_parse() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("12"), Some(FileTime::from_unix_time(12, 0)));
+        assert_eq!(parse_pax_time("x"), None);
+    }
 }
