@@ -735,3 +735,134 @@ pub(crate) mod tests {
         assert_eq!(rec, b"8 k=vvv\n");
     }
 }
+
+/// The layout as other tools see it: umoci, oci-image-tool and skopeo must
+/// accept what we write. Each tool missing here is skipped with a notice.
+#[cfg(test)]
+mod interop {
+    use super::tests::{sample_tree, writes};
+    use super::*;
+    use oci_spec::image::{HistoryBuilder, ImageConfiguration};
+    use std::collections::BTreeMap;
+    use std::process::Command;
+
+    fn tool(name: &str) -> bool {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("notice: {name} not installed, skipping its check");
+        }
+        found
+    }
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A two-layer image: the sample tree, then a layer with a whiteout and an opaque dir.
+    fn image(l: &Layout, t: &Path, tag: &str, compression: Compression) {
+        let src = t.join("src");
+        if !src.exists() {
+            sample_tree(&src, 1_600_000_000);
+        }
+        let opts = LayerOptions {
+            compression,
+            source_date_epoch: Some(1_600_000_000),
+        };
+        let lower = l.write_layer(&src, &writes(&src), &opts).unwrap();
+        let upper = l
+            .write_layer(
+                &src,
+                &[
+                    Change::Write("bin".into()),
+                    Change::Write("bin/su".into()),
+                    Change::Delete("bin/pw".into()),
+                    Change::Opaque("dev".into()),
+                ],
+                &opts,
+            )
+            .unwrap();
+        let history = (0..2)
+            .map(|_| {
+                HistoryBuilder::default()
+                    .created("2020-09-13T12:26:40Z")
+                    .created_by("genoci test")
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let mut config: ImageConfiguration =
+            crate::layout::image::tests::config(vec![lower.diff_id, upper.diff_id]);
+        config.set_history(Some(history));
+        config.set_created(Some("2020-09-13T12:26:40Z".to_string()));
+        let manifest = l
+            .write_image(
+                &config,
+                vec![lower.descriptor, upper.descriptor],
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        l.set_tags(&[(tag.into(), manifest)]).unwrap();
+    }
+
+    #[test]
+    fn umoci_oci_image_tool_and_skopeo_accept_the_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("oci");
+        let l = Layout::open_or_create(&root).unwrap();
+        image(&l, t.path(), "sample", Compression::Gzip);
+        let dir = root.display().to_string();
+
+        if tool("umoci") {
+            let ls = run(Command::new("umoci").args(["ls", "--layout", &dir]));
+            assert_eq!(ls.trim(), "sample");
+            run(Command::new("umoci").args(["stat", "--image", &format!("{dir}:sample")]));
+            let bundle = t.path().join("bundle");
+            run(Command::new("umoci").args([
+                "unpack",
+                "--image",
+                &format!("{dir}:sample"),
+                bundle.to_str().unwrap(),
+            ]));
+            let rootfs = bundle.join("rootfs");
+            assert!(rootfs.join("bin/su").is_file());
+            assert!(fs::symlink_metadata(rootfs.join("bin/pw")).is_err());
+            assert_eq!(fs::read_dir(rootfs.join("dev")).unwrap().count(), 0);
+        }
+        if tool("oci-image-tool") {
+            // This version has no `imageLayout` type; `image` checks the
+            // layout, the index, the manifest, the config and the layers.
+            run(Command::new("oci-image-tool").args([
+                "validate",
+                "--type",
+                "image",
+                "--ref",
+                "name=sample",
+                &dir,
+            ]));
+        }
+        // Debian's umoci 0.4.7 and oci-image-tool 1.0.0-rc1 predate zstd layers.
+        image(&l, t.path(), "sample-zstd", Compression::Zstd);
+        if tool("skopeo") {
+            for tag in ["sample", "sample-zstd"] {
+                run(Command::new("skopeo").args(["inspect", &format!("oci:{dir}:{tag}")]));
+                let copy = t.path().join(format!("copy-{tag}"));
+                run(Command::new("skopeo").args([
+                    "copy",
+                    &format!("oci:{dir}:{tag}"),
+                    &format!("dir:{}", copy.display()),
+                ]));
+            }
+        }
+    }
+}
