@@ -14,13 +14,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path};
 
-use flate2::write::GzEncoder;
-use flate2::GzBuilder;
 use oci_spec::image::{Descriptor, MediaType};
 use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
 use super::blobs::BlobWriter;
+use super::pgzip::ParallelGz;
 use super::{Layout, LayoutError, Result};
 use crate::driver::Change;
 
@@ -87,9 +86,10 @@ impl Layout {
         let plan = plan(tree, changes)?;
         let blob = self.blob_writer()?;
         let compressor = match opts.compression {
-            Compression::Gzip => {
-                Compressor::Gzip(GzBuilder::new().write(blob, flate2::Compression::default()))
-            }
+            Compression::Gzip => Compressor::Gzip(
+                ParallelGz::new(blob, flate2::Compression::default())
+                    .map_err(LayoutError::io("write layer", self.root()))?,
+            ),
             Compression::Zstd => {
                 let mut enc = zstd::Encoder::new(blob, ZSTD_LEVEL)
                     .map_err(LayoutError::io("start zstd", self.root()))?;
@@ -438,7 +438,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 enum Compressor {
-    Gzip(GzEncoder<BlobWriter>),
+    Gzip(ParallelGz<BlobWriter>),
     Zstd(zstd::Encoder<'static, BlobWriter>),
 }
 
@@ -850,6 +850,15 @@ mod interop {
                 "name=sample",
                 &dir,
             ]));
+        }
+        if tool("tar") {
+            let image = l.image_by_tag("sample").unwrap();
+            let layer = l.descriptor_path(&image.manifest.layers()[0]).unwrap();
+            let listing = run(Command::new("tar").arg("-tvzf").arg(&layer));
+            assert!(listing.contains(&format!("{}/{}", "d".repeat(80), "f".repeat(60))));
+            assert!(listing.contains(&format!("longlink -> {}", "t".repeat(150))));
+            assert!(listing.contains("1000/1001"));
+            assert!(listing.contains("bin/su2 link to bin/su"));
         }
         // Debian's umoci 0.4.7 and oci-image-tool 1.0.0-rc1 predate zstd layers.
         image(&l, t.path(), "sample-zstd", Compression::Zstd);

@@ -10,6 +10,7 @@ pub mod image;
 pub mod index;
 pub mod layer;
 pub mod lock;
+mod pgzip;
 pub mod unpack;
 
 use std::fs::{self, File, OpenOptions};
