@@ -4,4 +4,167 @@
 //! API: `Layout::tags(&self) -> Result<Vec<(String, Descriptor)>>` (sorted by name),
 //! `Layout::resolve(&self, tag) -> Result<Option<Descriptor>>`,
 //! `Layout::set_tags(&self, &[(String, Descriptor)]) -> Result<()>` (one atomic rewrite),
-//! `Layout::remove_tags(&self, &[String]) -> Result<()>`.
+//! `Layout::remove_tags(&self, &[String]) -> Result<()>`,
+//! `Layout::index(&self) -> Result<ImageIndex>`.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
+
+use super::{canonical_json, Layout, LayoutError, Result, INDEX_FILE};
+
+/// The annotation that names a tag.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+fn ref_name(desc: &Descriptor) -> Option<&str> {
+    desc.annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .map(String::as_str)
+}
+
+impl Layout {
+    /// The layout's `index.json`.
+    pub fn index(&self) -> Result<ImageIndex> {
+        let path = self.root.join(INDEX_FILE);
+        let bytes = fs::read(&path).map_err(LayoutError::io("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid {
+            what: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub(crate) fn write_index(&self, index: &ImageIndex) -> Result<()> {
+        self.write_file_atomic(INDEX_FILE, &canonical_json(index)?)
+    }
+
+    /// Every tag with its manifest descriptor, sorted by name.
+    pub fn tags(&self) -> Result<Vec<(String, Descriptor)>> {
+        let mut tags: Vec<(String, Descriptor)> = self
+            .index()?
+            .manifests()
+            .iter()
+            .filter_map(|d| ref_name(d).map(|name| (name.to_string(), d.clone())))
+            .collect();
+        tags.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tags)
+    }
+
+    /// The descriptor tagged `tag`, if any.
+    pub fn resolve(&self, tag: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .index()?
+            .manifests()
+            .iter()
+            .find(|d| ref_name(d) == Some(tag))
+            .cloned())
+    }
+
+    /// Point each tag at its descriptor, replacing what it named before, in
+    /// one rewrite of the index.
+    pub fn set_tags(&self, tags: &[(String, Descriptor)]) -> Result<()> {
+        for (name, _) in tags {
+            check_tag(name)?;
+        }
+        let names: BTreeSet<&str> = tags.iter().map(|(n, _)| n.as_str()).collect();
+        let mut index = self.index()?;
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d).is_none_or(|n| !names.contains(n)))
+            .cloned()
+            .collect();
+        for (name, desc) in tags {
+            let mut desc = desc.clone();
+            let mut annotations = desc.annotations().clone().unwrap_or_default();
+            annotations.insert(REF_NAME.to_string(), name.clone());
+            desc.set_annotations(Some(annotations));
+            manifests.retain(|d| ref_name(d) != Some(name));
+            manifests.push(desc);
+        }
+        self.rewrite_index(&mut index, manifests)?;
+        tracing::debug!(layout = %self.root.display(), tags = ?names, "tagged");
+        Ok(())
+    }
+
+    /// Drop these tags (the blobs stay until `gc`); unknown names are ignored.
+    pub fn remove_tags(&self, tags: &[String]) -> Result<()> {
+        let mut index = self.index()?;
+        let manifests = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d).is_none_or(|n| !tags.iter().any(|t| t == n)))
+            .cloned()
+            .collect();
+        self.rewrite_index(&mut index, manifests)
+    }
+
+    /// Untagged entries (written by other tools) keep their order and come
+    /// first; tags follow by name, so the same tags give the same index.
+    fn rewrite_index(&self, index: &mut ImageIndex, mut manifests: Vec<Descriptor>) -> Result<()> {
+        manifests.sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
+        index.set_schema_version(2);
+        index.set_media_type(Some(MediaType::ImageIndex));
+        index.set_manifests(manifests);
+        self.write_index(index)
+    }
+}
+
+/// The image-spec grammar of a ref name, as far as a file name and tools care:
+/// no empty names, no whitespace or control characters.
+fn check_tag(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(LayoutError::Invalid {
+            what: format!("tag {name:?}"),
+            message: "a tag is a non-empty name without spaces".to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(n: u8) -> Descriptor {
+        Descriptor::new(
+            MediaType::ImageManifest,
+            u64::from(n),
+            super::super::blobs::sha256_digest(&format!("{n:02x}").repeat(32)),
+        )
+    }
+
+    #[test]
+    fn tags_are_set_replaced_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::open_or_create(&t.path().join("oci")).unwrap();
+        l.set_tags(&[("b".into(), desc(1)), ("a".into(), desc(2))])
+            .unwrap();
+        let names: Vec<String> = l.tags().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b"]);
+        l.set_tags(&[("b".into(), desc(3))]).unwrap();
+        let tags = l.tags().unwrap();
+        assert_eq!(tags.len(), 2);
+        let b = l.resolve("b").unwrap().unwrap();
+        assert_eq!(b.digest(), desc(3).digest());
+        assert_eq!(ref_name(&b), Some("b"));
+        l.remove_tags(&["a".to_string(), "zzz".to_string()])
+            .unwrap();
+        assert!(l.resolve("a").unwrap().is_none());
+        assert_eq!(l.tags().unwrap().len(), 1);
+
+        let raw: serde_json::Value =
+            serde_json::from_slice(&fs::read(l.root().join("index.json")).unwrap()).unwrap();
+        assert_eq!(raw["schemaVersion"], 2);
+        assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    }
+
+    #[test]
+    fn bad_tag_names_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::open_or_create(&t.path().join("oci")).unwrap();
+        assert!(l.set_tags(&[("a b".into(), desc(1))]).is_err());
+        assert!(l.set_tags(&[(String::new(), desc(1))]).is_err());
+    }
+}
