@@ -52,7 +52,9 @@ pub fn derive(
     entry.set_created_by(Some(created_by));
     match diff_id {
         Some(d) => diff_ids.push(d.to_string()),
-        None => entry.set_empty_layer(Some(true)),
+        None => {
+            entry.set_empty_layer(Some(true));
+        }
     }
     history.push(entry);
     rootfs.set_diff_ids(diff_ids);
