@@ -107,6 +107,19 @@ pub fn describe(argv: &[String]) -> String {
     short
 }
 
+/// A failed status for messages: `exit status 3`, `killed by signal 9 (SIGKILL)`.
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(name) => format!("killed by signal {sig} ({name})"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        (None, None) => status.to_string(),
+    }
+}
+
 /// Run `opts.argv` inside `opts.root`. A command that runs and fails gives
 /// its status, not an error: the caller decides what a failure means.
 pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
