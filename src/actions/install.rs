@@ -3,7 +3,7 @@
 //! the sandbox. The package files are copied in for the run and removed, so
 //! only what the package manager wrote stays in the layer.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -157,12 +157,11 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
         locals.push(Local { kind, host, name });
     }
 
-    let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(|source| {
-        InstallError::Scratch {
+    let mut scratch =
+        Scratch::new(&scratch::scratch_dir(tree)).map_err(|source| InstallError::Scratch {
             target: target.clone(),
             source,
-        }
-    })?;
+        })?;
     let result = install_copies(tree, &mut scratch, &locals, ctx);
     match (result, scratch.remove()) {
         (Ok(()), Ok(())) => Ok(()),
@@ -281,6 +280,7 @@ mod tests {
     use super::*;
     use crate::sandbox::tests::{busybox_tree, mounts_under};
     use crate::spec::Network;
+    use std::fs;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
@@ -402,7 +402,10 @@ mod tests {
         let url = serve_once("404 Not Found", b"gone".to_vec(), "missing.deb");
         let err = install(&tree, &[Package::Url(url.clone())], &ctx()).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains(&url) && message.contains("404"), "{message}");
+        assert!(
+            message.contains(&url) && message.contains("404"),
+            "{message}"
+        );
         assert_eq!(fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
     }
 

@@ -40,7 +40,7 @@ pub enum RunError {
         step: usize,
         what: String,
         #[source]
-        source: SandboxError,
+        source: Box<SandboxError>,
     },
     #[error("target {target}: run step {step} ({what}): {source}")]
     Scratch {
@@ -97,8 +97,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
             None,
         ),
         RunItem::File(host) => {
-            let mut scratch =
-                Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
+            let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
             let copied = copy_in(&mut scratch, host).map_err(|source| RunError::CopyIn {
                 target: target.clone(),
                 step,
@@ -136,7 +135,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
                 target,
                 step,
                 what,
-                source,
+                source: Box::new(source),
             })
         }
     };

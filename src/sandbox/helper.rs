@@ -124,8 +124,14 @@ pub fn main(request: &Request) -> ! {
     }
     unshare(flags).or_fail(|| "unshare namespaces".into());
     // Nothing mounted from here on may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .or_fail(|| "make / private".into());
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .or_fail(|| "make / private".into());
     if request.isolate_network {
         loopback_up().or_fail(|| "bring up lo".into());
     }
@@ -239,7 +245,13 @@ fn mount_at(
 /// Mount what the command needs inside the tree and make it the root.
 fn enter_root(request: &Request) {
     let root = &request.root;
-    mount_at(Some(root), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None);
+    mount_at(
+        Some(root),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    );
     mount_at(
         Some(Path::new("proc")),
         &root.join("proc"),
@@ -250,7 +262,13 @@ fn enter_root(request: &Request) {
     populate_dev(&root.join("dev"));
     if request.bind_resolv_conf {
         let target = root.join("etc/resolv.conf");
-        mount_at(Some(Path::new("/etc/resolv.conf")), &target, None, MsFlags::MS_BIND, None);
+        mount_at(
+            Some(Path::new("/etc/resolv.conf")),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        );
         mount_at(
             None,
             &target,
@@ -311,7 +329,13 @@ fn populate_dev(dev: &Path) {
         symlink("pts/ptmx", &ptmx).or_fail(|| format!("create {}", ptmx.display()));
     } else {
         File::create(&ptmx).or_fail(|| format!("create {}", ptmx.display()));
-        mount_at(Some(Path::new("/dev/ptmx")), &ptmx, None, MsFlags::MS_BIND, None);
+        mount_at(
+            Some(Path::new("/dev/ptmx")),
+            &ptmx,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        );
     }
 
     let shm = dev.join("shm");
@@ -366,7 +390,13 @@ fn loopback_up() -> std::io::Result<()> {
 fn exec_command(request: &Request) -> ! {
     // Rust ignores SIGPIPE and the helper ignores SIGINT/SIGQUIT; ignored
     // signals survive exec, and the command must not inherit that.
-    for sig in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
         // SAFETY: SIG_DFL installs no handler code.
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
@@ -381,9 +411,13 @@ fn exec_command(request: &Request) -> ! {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let cstring = |s: String| CString::new(s).unwrap_or_else(|e| setup_failed("argument with NUL", e));
+    let cstring =
+        |s: String| CString::new(s).unwrap_or_else(|e| setup_failed("argument with NUL", e));
     let argv: Vec<CString> = request.argv.iter().cloned().map(cstring).collect();
-    let envp: Vec<CString> = env.into_iter().map(|(k, v)| cstring(format!("{k}={v}"))).collect();
+    let envp: Vec<CString> = env
+        .into_iter()
+        .map(|(k, v)| cstring(format!("{k}={v}")))
+        .collect();
     let Some(program) = request.argv.first() else {
         setup_failed("run", "empty command")
     };

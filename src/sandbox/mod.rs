@@ -5,7 +5,7 @@
 //! namespace, and the mount points it had to create are removed (see
 //! [`scratch`]).
 //!
-//! The work happens in a re-executed helper process (see [`helper`] for
+//! The work happens in a re-executed helper process (see `helper.rs` for
 //! why); genoci's side prepares the mount points, forwards the output and
 //! cleans up.
 

@@ -113,7 +113,10 @@ fn proc_is_fresh_and_the_hostname_is_genoci() {
     );
     // PID 1 is the sandbox's init, the shell is its only child.
     assert_eq!(fs::read_to_string(tree.join("pid")).unwrap(), "2\n");
-    assert_eq!(fs::read_to_string(tree.join("hostname")).unwrap(), "genoci\n");
+    assert_eq!(
+        fs::read_to_string(tree.join("hostname")).unwrap(),
+        "genoci\n"
+    );
     let count: u32 = fs::read_to_string(tree.join("count"))
         .unwrap()
         .trim()
@@ -134,7 +137,9 @@ fn dev_is_minimal() {
          test -d /dev/shm; test -e /dev/ptmx; ls /dev > /devlist",
     );
     let devs = fs::read_to_string(tree.join("devlist")).unwrap();
-    assert!(!devs.lines().any(|d| d.starts_with("sd") || d.starts_with("loop")));
+    assert!(!devs
+        .lines()
+        .any(|d| d.starts_with("sd") || d.starts_with("loop")));
 }
 
 #[test]
@@ -179,7 +184,10 @@ fn env_workdir_and_path_lookup() {
     assert_eq!(fs::read_to_string(tree.join("tmp/pwd")).unwrap(), "/tmp\n");
     let env = fs::read_to_string(tree.join("tmp/env")).unwrap();
     assert!(env.contains("FOO=bar\n"), "{env}");
-    assert!(env.contains(&format!("PATH={}\n", helper::DEFAULT_PATH)), "{env}");
+    assert!(
+        env.contains(&format!("PATH={}\n", helper::DEFAULT_PATH)),
+        "{env}"
+    );
     assert!(!env.contains("CARGO"), "{env}");
 }
 
@@ -196,7 +204,10 @@ fn mount_points_leave_no_trace() {
     assert!(!tree.join("dev").exists());
     assert!(!tree.join("etc/resolv.conf").exists());
     assert_eq!(scratch::mtime_ns(&tree).unwrap(), 1_000_000_000_000_000);
-    assert_eq!(scratch::mtime_ns(&tree.join("etc")).unwrap(), 1_000_000_000_000_000);
+    assert_eq!(
+        scratch::mtime_ns(&tree.join("etc")).unwrap(),
+        1_000_000_000_000_000
+    );
     assert_eq!(
         fs::read(tree.join("tmp/resolv")).unwrap(),
         fs::read("/etc/resolv.conf").unwrap()
