@@ -285,3 +285,14 @@ fn the_host_root_is_refused() {
     let err = run(&opts(Path::new("/"), "true")).unwrap_err();
     assert!(matches!(err, SandboxError::BadRoot { .. }), "{err}");
 }
+
+#[test]
+fn inherit_mode_runs_on_genoci_s_own_streams() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let mut o = opts(&tree, "test -e /dev/stdin && touch /done");
+    o.output = Output::Inherit;
+    assert!(run(&o).unwrap().success());
+    assert!(tree.join("done").exists());
+}
