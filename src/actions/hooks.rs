@@ -1,1 +1,287 @@
-//! The `hooks` action.
+//! The `pre` and `post` hooks: host shell commands around a target's
+//! actions, with `GENOCI_ROOTFS` and `GENOCI_TARGET` set and the spec's
+//! folder as working directory.
+//!
+//! Hooks run on the host, so a hook may mount something into the tree and
+//! forget it; [`release_mounts_under`] takes such mounts away before the
+//! layer is computed, so host files never land in it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::mount::{umount2, MntFlags};
+
+use crate::sandbox::{self, output::Prefixer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("target {target}: {stage} hook `{command}` failed: {status}")]
+    Failed {
+        target: String,
+        stage: String,
+        command: String,
+        status: String,
+    },
+    #[error("target {target}: {stage} hook `{command}`: cannot run /bin/sh: {source}")]
+    Spawn {
+        target: String,
+        stage: String,
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {path}: {source}", path = MOUNTINFO)]
+    MountInfo {
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Tree {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unmounting {}: {source}", .path.display())]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Run each of `commands` through the host's `/bin/sh -e -c`, in order,
+/// stopping at the first failure.
+pub fn run_hooks(
+    stage: &str,
+    commands: &[String],
+    tree: &Path,
+    target: &str,
+    spec_dir: &Path,
+) -> Result<(), HookError> {
+    for command in commands {
+        tracing::info!(target = %target, stage, command = %command, "hook");
+        let spawn_error = |source| HookError::Spawn {
+            target: target.to_string(),
+            stage: stage.to_string(),
+            command: sandbox::describe(std::slice::from_ref(command)),
+            source,
+        };
+        let mut child = Command::new("/bin/sh")
+            .args(["-e", "-c", command])
+            .env("GENOCI_ROOTFS", tree)
+            .env("GENOCI_TARGET", target)
+            .current_dir(spec_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        let prefixer = Prefixer::attach(&mut child, target).map_err(spawn_error)?;
+        let status = child.wait().map_err(spawn_error)?;
+        prefixer.finish().map_err(spawn_error)?;
+        if !status.success() {
+            return Err(HookError::Failed {
+                target: target.to_string(),
+                stage: stage.to_string(),
+                command: sandbox::describe(std::slice::from_ref(command)),
+                status: sandbox::describe_status(status),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Decode the octal escapes (`\040` for a space) of a mountinfo field.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Mount points listed in `mountinfo` at or below `dir`, deepest first (and,
+/// for mounts stacked on one point, the top one first).
+fn mounts_at_or_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    // mountinfo lists parents before children and lower mounts before the
+    // ones stacked on them: reversed, then stably sorted by depth.
+    found.reverse();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Lazily unmount every mount at or below `tree`, deepest first, and say
+/// which were there.
+pub fn release_mounts_under(tree: &Path) -> Result<Vec<PathBuf>, HookError> {
+    let tree = std::fs::canonicalize(tree).map_err(|source| HookError::Tree {
+        path: tree.to_path_buf(),
+        source,
+    })?;
+    let mountinfo =
+        std::fs::read_to_string(MOUNTINFO).map_err(|source| HookError::MountInfo { source })?;
+    let points = mounts_at_or_below(&mountinfo, &tree);
+    for point in &points {
+        match umount2(point, MntFlags::MNT_DETACH) {
+            // Already gone with a parent detached through propagation.
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(source) => {
+                return Err(HookError::Unmount {
+                    path: point.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::tests::mounts_under;
+    use std::fs;
+
+    fn commands(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn hooks_see_the_tree_the_target_and_the_spec_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        let spec_dir = tmp.path().join("spec");
+        fs::create_dir_all(&tree).unwrap();
+        fs::create_dir_all(&spec_dir).unwrap();
+        run_hooks(
+            "pre",
+            &commands(&[
+                "echo \"$GENOCI_TARGET\" > \"$GENOCI_ROOTFS/target\"",
+                "pwd > \"$GENOCI_ROOTFS/cwd\"",
+            ]),
+            &tree,
+            "web",
+            &spec_dir,
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(tree.join("target")).unwrap(), "web\n");
+        assert_eq!(
+            fs::read_to_string(tree.join("cwd")).unwrap().trim(),
+            spec_dir.to_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_failing_hook_names_target_stage_command_and_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = run_hooks(
+            "post",
+            &commands(&["true", "echo going; exit 4", "touch never"]),
+            tmp.path(),
+            "web",
+            tmp.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "target web: post hook `echo going; exit 4` failed: exit status 4"
+        );
+        assert!(!tmp.path().join("never").exists());
+    }
+
+    #[test]
+    fn octal_escapes_are_decoded() {
+        assert_eq!(unescape(r"/a\040b\011c\\d"), PathBuf::from("/a b\tc\\\\d"));
+        assert_eq!(unescape(r"/x\134y"), PathBuf::from("/x\\y"));
+    }
+
+    #[test]
+    fn mounts_are_found_deepest_first() {
+        let info = "\
+22 1 0:20 / / rw - ext4 /dev/sda rw
+30 22 0:21 / /t/tree rw - tmpfs t rw
+31 30 0:22 / /t/tree/a\\040b rw - tmpfs t rw
+32 31 0:23 / /t/tree/a\\040b/c rw - tmpfs t rw
+33 30 0:24 / /t/tree2 rw - tmpfs t rw
+34 31 0:25 / /t/tree/a\\040b rw - tmpfs t rw
+";
+        assert_eq!(
+            mounts_at_or_below(info, Path::new("/t/tree")),
+            [
+                PathBuf::from("/t/tree/a b/c"),
+                PathBuf::from("/t/tree/a b"),
+                PathBuf::from("/t/tree/a b"),
+                PathBuf::from("/t/tree"),
+            ]
+        );
+    }
+
+    /// Unmounts whatever a failed test left under its temp dir.
+    struct MountGuard(PathBuf);
+
+    impl Drop for MountGuard {
+        fn drop(&mut self) {
+            let _ = release_mounts_under(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_forgotten_bind_mount_is_released() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let guard = MountGuard(tmp.path().to_path_buf());
+        let tree = tmp.path().join("my tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/resolv.conf"), "tree's own\n").unwrap();
+        fs::write(tmp.path().join("host.conf"), "host\n").unwrap();
+        run_hooks(
+            "pre",
+            &commands(&["mount --bind ../host.conf \"$GENOCI_ROOTFS/etc/resolv.conf\""]),
+            &tree,
+            "web",
+            &tree,
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
+            "host\n"
+        );
+        let released = release_mounts_under(&tree).unwrap();
+        assert_eq!(released, [tree.join("etc/resolv.conf")]);
+        assert_eq!(
+            fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
+            "tree's own\n"
+        );
+        assert!(mounts_under(tmp.path()).is_empty());
+        assert!(release_mounts_under(&tree).unwrap().is_empty());
+        drop(guard);
+    }
+}

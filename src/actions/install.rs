@@ -1,1 +1,455 @@
-//! The `install` action.
+//! The `install` action: `.deb`/`.rpm` files, local or fetched over
+//! http(s), installed inside the tree by its own `dpkg -i` / `rpm -Uvh` in
+//! the sandbox. The package files are copied in for the run and removed, so
+//! only what the package manager wrote stays in the layer.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::run::RunContext;
+use crate::sandbox::scratch::{self, Scratch, ScratchError};
+use crate::sandbox::{self, Output, RunOptions, SandboxError};
+use crate::spec::Package;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("target {target}: {package}: not a .deb or .rpm file")]
+    UnknownKind { target: String, package: String },
+    #[error("target {target}: cannot create a download directory: {source}")]
+    TempDir {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("target {target}: downloading {url}: {source}")]
+    Download {
+        target: String,
+        url: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    #[error("target {target}: downloading {url} to {}: {source}", .path.display())]
+    Transfer {
+        target: String,
+        url: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("target {target}: cannot copy {} into the tree: {source}", .path.display())]
+    CopyIn {
+        target: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("target {target}: install: {source}")]
+    Scratch {
+        target: String,
+        #[source]
+        source: ScratchError,
+    },
+    #[error("target {target}: install needs {program}, which the image does not have")]
+    NoManager { target: String, program: String },
+    #[error("target {target}: install: {source}")]
+    Sandbox {
+        target: String,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("target {target}: `{command}` failed: {status}")]
+    Failed {
+        target: String,
+        command: String,
+        status: String,
+    },
+    #[error("{error}; cleaning up afterwards failed too: {cleanup}")]
+    AndCleanup {
+        error: Box<InstallError>,
+        cleanup: ScratchError,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deb,
+    Rpm,
+}
+
+impl Kind {
+    fn of(name: &str) -> Option<Kind> {
+        if name.ends_with(".deb") {
+            Some(Kind::Deb)
+        } else if name.ends_with(".rpm") {
+            Some(Kind::Rpm)
+        } else {
+            None
+        }
+    }
+
+    /// The package manager's command line, before the files.
+    fn command(self) -> [&'static str; 2] {
+        match self {
+            Kind::Deb => ["dpkg", "-i"],
+            Kind::Rpm => ["rpm", "-Uvh"],
+        }
+    }
+}
+
+/// A package file on the host, ready to be copied in.
+struct Local {
+    kind: Kind,
+    host: PathBuf,
+    name: String,
+}
+
+/// The file name a URL ends with (no query or fragment).
+fn url_file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let path = path.split_once("://").map_or(path, |(_, rest)| rest);
+    match path.split_once('/') {
+        Some((_, rest)) => rest.rsplit('/').next().unwrap_or(""),
+        None => "",
+    }
+}
+
+/// Install `packages` into `tree`: every `.deb` with one `dpkg -i`, then
+/// every `.rpm` with one `rpm -Uvh`.
+pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<(), InstallError> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let target = ctx.target.to_string();
+    // Downloads land on the host first, so a failed fetch never touches the tree.
+    let downloads = tempfile::Builder::new()
+        .prefix("genoci-download-")
+        .tempdir()
+        .map_err(|source| InstallError::TempDir {
+            target: target.clone(),
+            source,
+        })?;
+    let mut locals = Vec::new();
+    for (index, package) in packages.iter().enumerate() {
+        let (label, name) = match package {
+            Package::File(path) => (
+                path.display().to_string(),
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            Package::Url(url) => (url.clone(), url_file_name(url).to_string()),
+        };
+        let kind = Kind::of(&name).ok_or_else(|| InstallError::UnknownKind {
+            target: target.clone(),
+            package: label,
+        })?;
+        let name = format!("{index}-{name}");
+        let host = match package {
+            Package::File(path) => path.clone(),
+            Package::Url(url) => {
+                let path = downloads.path().join(&name);
+                fetch(&target, url, &path)?;
+                path
+            }
+        };
+        locals.push(Local { kind, host, name });
+    }
+
+    let mut scratch =
+        Scratch::new(&scratch::scratch_dir(tree)).map_err(|source| InstallError::Scratch {
+            target: target.clone(),
+            source,
+        })?;
+    let result = install_copies(tree, &mut scratch, &locals, ctx);
+    match (result, scratch.remove()) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Err(source)) => Err(InstallError::Scratch { target, source }),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(cleanup)) => Err(InstallError::AndCleanup {
+            error: Box::new(e),
+            cleanup,
+        }),
+    }
+}
+
+fn fetch(target: &str, url: &str, path: &Path) -> Result<(), InstallError> {
+    tracing::info!(target = %target, url = %url, "download");
+    let agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        // A redirect must not downgrade an https URL the user gave to http.
+        .https_only(url.starts_with("https://"))
+        .build()
+        .new_agent();
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|source| InstallError::Download {
+            target: target.to_string(),
+            url: url.to_string(),
+            source: Box::new(source),
+        })?;
+    let transfer_error = |source| InstallError::Transfer {
+        target: target.to_string(),
+        url: url.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::create(path).map_err(transfer_error)?;
+    io::copy(&mut response.into_body().into_reader(), &mut file).map_err(transfer_error)?;
+    file.sync_all().map_err(transfer_error)
+}
+
+fn install_copies(
+    tree: &Path,
+    scratch: &mut Scratch,
+    locals: &[Local],
+    ctx: &RunContext,
+) -> Result<(), InstallError> {
+    let target = ctx.target.to_string();
+    let dir = scratch
+        .add_tree(&scratch::unique_name("install"))
+        .map_err(|source| InstallError::Scratch {
+            target: target.clone(),
+            source,
+        })?;
+    let mut copies = Vec::new();
+    for local in locals {
+        let dest = dir.join(&local.name);
+        copy_new(&local.host, &dest).map_err(|source| InstallError::CopyIn {
+            target: target.clone(),
+            path: local.host.clone(),
+            source,
+        })?;
+        copies.push((local.kind, scratch::path_in_tree(tree, &dest)));
+    }
+
+    for kind in [Kind::Deb, Kind::Rpm] {
+        let files: Vec<String> = copies
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, path)| path.clone())
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let mut argv: Vec<String> = kind.command().iter().map(|s| s.to_string()).collect();
+        argv.extend(files);
+        let command = kind.command().join(" ");
+        tracing::info!(target = %ctx.target, command = %command, "install");
+        let status = sandbox::run(&RunOptions {
+            root: tree,
+            argv,
+            env: ctx.env.clone(),
+            workdir: "/".into(),
+            network: ctx.network,
+            output: Output::Prefixed(ctx.target.to_string()),
+        })
+        .map_err(|source| match source {
+            SandboxError::NotFound { program, .. } => InstallError::NoManager {
+                target: target.clone(),
+                program,
+            },
+            source => InstallError::Sandbox {
+                target: target.clone(),
+                source,
+            },
+        })?;
+        if !status.success() {
+            return Err(InstallError::Failed {
+                target,
+                command,
+                status: sandbox::describe_status(status),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copy a host file to a path that must not exist yet.
+fn copy_new(from: &Path, to: &Path) -> io::Result<()> {
+    let mut source = File::open(from)?;
+    let mut dest = OpenOptions::new().write(true).create_new(true).open(to)?;
+    io::copy(&mut source, &mut dest)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::tests::{busybox_tree, mounts_under};
+    use crate::spec::Network;
+    use std::fs;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    fn ctx() -> RunContext<'static> {
+        RunContext {
+            target: "pkgs",
+            env: vec![],
+            workdir: "/".into(),
+            network: Network::Host,
+        }
+    }
+
+    /// A tiny `.deb` holding `/usr/share/hello/hi.txt`, built with dpkg-deb.
+    fn hello_deb(dir: &Path) -> Option<PathBuf> {
+        let root = dir.join("pkg");
+        fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        fs::create_dir_all(root.join("usr/share/hello")).unwrap();
+        fs::write(
+            root.join("DEBIAN/control"),
+            "Package: hello-genoci\nVersion: 1.0\nArchitecture: all\n\
+             Maintainer: Test <test@example.org>\nDescription: test package\n",
+        )
+        .unwrap();
+        fs::write(root.join("usr/share/hello/hi.txt"), "hi\n").unwrap();
+        let deb = dir.join("hello_1.0_all.deb");
+        let built = std::process::Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&root)
+            .arg(&deb)
+            .output();
+        match built {
+            Ok(out) if out.status.success() => Some(deb),
+            _ => {
+                eprintln!("skipped: dpkg-deb is not available");
+                None
+            }
+        }
+    }
+
+    /// A busybox tree whose busybox `dpkg` applet can install packages.
+    fn dpkg_tree() -> Option<(tempfile::TempDir, PathBuf)> {
+        let (tmp, tree) = busybox_tree()?;
+        fs::create_dir_all(tree.join("var/lib/dpkg/info")).unwrap();
+        fs::write(tree.join("var/lib/dpkg/status"), "").unwrap();
+        Some((tmp, tree))
+    }
+
+    /// Serve `body` with `status` to one request; the URL to ask.
+    fn serve_once(status: &'static str, body: Vec<u8>, name: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/pool/{name}?x=1", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        });
+        url
+    }
+
+    #[test]
+    fn file_names_of_urls() {
+        assert_eq!(url_file_name("https://h/a/b/x_1.deb?sig=2#f"), "x_1.deb");
+        assert_eq!(url_file_name("http://host"), "");
+        assert_eq!(url_file_name("http://host/"), "");
+    }
+
+    #[test]
+    fn a_local_deb_is_installed_and_its_copy_removed() {
+        let Some((tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let Some(deb) = hello_deb(tmp.path()) else {
+            return;
+        };
+        let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_times(tree.join("tmp"), old, old).unwrap();
+        install(&tree, &[Package::File(deb)], &ctx()).unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("usr/share/hello/hi.txt")).unwrap(),
+            "hi\n"
+        );
+        let status = fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap();
+        assert!(status.contains("Package: hello-genoci"), "{status}");
+        assert_eq!(fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            scratch::mtime_ns(&tree.join("tmp")).unwrap(),
+            1_000_000_000_000_000
+        );
+        assert!(mounts_under(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn a_deb_is_fetched_over_http() {
+        let Some((tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let Some(deb) = hello_deb(tmp.path()) else {
+            return;
+        };
+        let url = serve_once("200 OK", fs::read(deb).unwrap(), "hello_1.0_all.deb");
+        install(&tree, &[Package::Url(url)], &ctx()).unwrap();
+        assert!(tree.join("usr/share/hello/hi.txt").exists());
+    }
+
+    #[test]
+    fn a_failed_download_names_the_url_and_leaves_the_tree_alone() {
+        let Some((_tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let url = serve_once("404 Not Found", b"gone".to_vec(), "missing.deb");
+        let err = install(&tree, &[Package::Url(url.clone())], &ctx()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&url) && message.contains("404"),
+            "{message}"
+        );
+        assert_eq!(fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failing_manager_reports_its_status() {
+        let Some((tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let rpm = tmp.path().join("broken.rpm");
+        fs::write(&rpm, "not an rpm").unwrap();
+        let err = install(&tree, &[Package::File(rpm)], &ctx()).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Failed { command, .. } if command == "rpm -Uvh"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("exit status"), "{err}");
+        assert_eq!(fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_missing_manager_is_named() {
+        let Some((tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let Some(deb) = hello_deb(tmp.path()) else {
+            return;
+        };
+        fs::remove_file(tree.join("bin/dpkg")).unwrap();
+        let err = install(&tree, &[Package::File(deb)], &ctx()).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::NoManager { program, .. } if program == "dpkg"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = install(
+            tmp.path(),
+            &[Package::File(tmp.path().join("x.tar"))],
+            &ctx(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, InstallError::UnknownKind { .. }), "{err}");
+    }
+}

@@ -1,1 +1,263 @@
-//! The `run` action.
+//! The `run` action: each item runs inside the tree, in the sandbox. A
+//! script goes to `/bin/sh -e -c`; a host file is copied in, executed with
+//! no arguments and removed, leaving no trace in the layer.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::scratch::{self, Scratch, ScratchError};
+use crate::sandbox::{self, Output, RunOptions, SandboxError};
+use crate::spec::{Network, RunItem};
+
+/// What every step of a target runs with.
+#[derive(Debug, Clone)]
+pub struct RunContext<'a> {
+    pub target: &'a str,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    pub network: Network,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("target {target}: run step {step} ({what}) failed: {status}")]
+    Failed {
+        target: String,
+        step: usize,
+        what: String,
+        status: String,
+    },
+    #[error("target {target}: run step {step} ({what}): the image has no /bin/sh to run it")]
+    NoShell {
+        target: String,
+        step: usize,
+        what: String,
+    },
+    #[error("target {target}: run step {step} ({what}): {source}")]
+    Sandbox {
+        target: String,
+        step: usize,
+        what: String,
+        #[source]
+        source: Box<SandboxError>,
+    },
+    #[error("target {target}: run step {step} ({what}): {source}")]
+    Scratch {
+        target: String,
+        step: usize,
+        what: String,
+        #[source]
+        source: ScratchError,
+    },
+    #[error("target {target}: run step {step}: cannot copy {} into the tree: {source}", .path.display())]
+    CopyIn {
+        target: String,
+        step: usize,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An item for messages: the script's first line, or the file's name.
+fn describe(item: &RunItem) -> String {
+    match item {
+        RunItem::Script(script) => {
+            let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let more = script.trim().lines().count() > 1;
+            format!("`{}{}`", first.trim(), if more { " ..." } else { "" })
+        }
+        RunItem::File(path) => path.display().to_string(),
+    }
+}
+
+/// Run `items` in order inside `tree`; stop at the first that fails.
+pub fn run_steps(tree: &Path, items: &[RunItem], ctx: &RunContext) -> Result<(), RunError> {
+    for (index, item) in items.iter().enumerate() {
+        run_step(tree, index + 1, item, ctx)?;
+    }
+    Ok(())
+}
+
+fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Result<(), RunError> {
+    let what = describe(item);
+    let target = ctx.target.to_string();
+    tracing::info!(target = %ctx.target, step, what = %what, "run");
+    let scratch_error = |source| RunError::Scratch {
+        target: target.clone(),
+        step,
+        what: what.clone(),
+        source,
+    };
+
+    let (argv, copied) = match item {
+        RunItem::Script(script) => (
+            vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.clone()],
+            None,
+        ),
+        RunItem::File(host) => {
+            let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
+            let copied = copy_in(&mut scratch, host).map_err(|source| RunError::CopyIn {
+                target: target.clone(),
+                step,
+                path: host.clone(),
+                source,
+            });
+            let path = match copied {
+                Ok(path) => path,
+                Err(e) => {
+                    let _ = scratch.remove();
+                    return Err(e);
+                }
+            };
+            (vec![scratch::path_in_tree(tree, &path)], Some(scratch))
+        }
+    };
+
+    let result = sandbox::run(&RunOptions {
+        root: tree,
+        argv,
+        env: ctx.env.clone(),
+        workdir: ctx.workdir.clone(),
+        network: ctx.network,
+        output: Output::Prefixed(ctx.target.to_string()),
+    });
+    let cleanup = copied.map_or(Ok(()), Scratch::remove);
+
+    let status = match result {
+        Ok(status) => status,
+        Err(SandboxError::NotFound { program, .. }) if program == "/bin/sh" => {
+            return Err(RunError::NoShell { target, step, what })
+        }
+        Err(source) => {
+            return Err(RunError::Sandbox {
+                target,
+                step,
+                what,
+                source: Box::new(source),
+            })
+        }
+    };
+    cleanup.map_err(scratch_error)?;
+    if !status.success() {
+        return Err(RunError::Failed {
+            target,
+            step,
+            what,
+            status: sandbox::describe_status(status),
+        });
+    }
+    Ok(())
+}
+
+/// Copy the host file `host` into the scratch directory as an executable.
+fn copy_in(scratch: &mut Scratch, host: &Path) -> io::Result<PathBuf> {
+    let mut source = File::open(host)?;
+    let (path, mut file) = scratch
+        .add_file(&scratch::unique_name("run"), 0o755)
+        .map_err(|e| e.source)?;
+    io::copy(&mut source, &mut file)?;
+    // Closed before the exec, or it fails with ETXTBSY.
+    drop(file);
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::tests::{busybox_tree, mounts_under};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn ctx() -> RunContext<'static> {
+        RunContext {
+            target: "web",
+            env: vec![("GREETING".into(), "hi".into())],
+            workdir: "/".into(),
+            network: Network::None,
+        }
+    }
+
+    #[test]
+    fn scripts_run_in_order_with_the_env() {
+        let Some((tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        let items = [
+            RunItem::Script("echo $GREETING > /out".into()),
+            RunItem::Script("echo again >> /out".into()),
+        ];
+        run_steps(&tree, &items, &ctx()).unwrap();
+        assert_eq!(fs::read_to_string(tree.join("out")).unwrap(), "hi\nagain\n");
+        assert!(mounts_under(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn a_failing_step_names_target_step_and_status() {
+        let Some((_tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        let items = [
+            RunItem::Script("true".into()),
+            RunItem::Script("echo start\nexit 3\n".into()),
+            RunItem::Script("touch /never".into()),
+        ];
+        let err = run_steps(&tree, &items, &ctx()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "target web: run step 2 (`echo start ...`) failed: exit status 3"
+        );
+        assert!(!tree.join("never").exists());
+    }
+
+    #[test]
+    fn a_host_file_runs_and_is_removed() {
+        let Some((tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        let script = tmp.path().join("setup.sh");
+        fs::write(&script, "#!/bin/sh\necho \"$0\" > /ran\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+        let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_times(tree.join("tmp"), old, old).unwrap();
+        run_steps(&tree, &[RunItem::File(script)], &ctx()).unwrap();
+        let ran = fs::read_to_string(tree.join("ran")).unwrap();
+        assert!(ran.starts_with("/tmp/.genoci-run-"), "{ran}");
+        assert_eq!(fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            scratch::mtime_ns(&tree.join("tmp")).unwrap(),
+            1_000_000_000_000_000
+        );
+    }
+
+    #[test]
+    fn without_tmp_a_host_file_goes_to_the_root() {
+        let Some((tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        fs::remove_dir(tree.join("tmp")).unwrap();
+        let script = tmp.path().join("setup.sh");
+        fs::write(&script, "#!/bin/sh\necho \"$0\" > /ran\n").unwrap();
+        run_steps(&tree, &[RunItem::File(script)], &ctx()).unwrap();
+        let ran = fs::read_to_string(tree.join("ran")).unwrap();
+        assert!(ran.starts_with("/.genoci-run-"), "{ran}");
+        let mut names: Vec<_> = fs::read_dir(&tree)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["bin", "etc", "ran", "root"]);
+    }
+
+    #[test]
+    fn a_tree_without_sh_is_a_clear_error() {
+        let Some((_tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        fs::remove_file(tree.join("bin/sh")).unwrap();
+        let err = run_steps(&tree, &[RunItem::Script("true".into())], &ctx()).unwrap_err();
+        assert!(matches!(err, RunError::NoShell { step: 1, .. }), "{err}");
+        assert!(err.to_string().contains("no /bin/sh"), "{err}");
+    }
+}

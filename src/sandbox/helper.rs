@@ -1,0 +1,452 @@
+//! The re-executed helper process. genoci itself runs threads (output
+//! forwarding, compression), and a fork of a threaded process may only call
+//! async-signal-safe functions until it execs; setting up namespaces and
+//! mounts needs far more than that. So genoci execs itself fresh and this
+//! single-threaded process does the work:
+//!
+//! ```text
+//! genoci ── helper (new namespaces) ── PID 1 (mounts, pivot_root, reaper) ── command
+//! ```
+//!
+//! Failures before the command starts are written as one JSON line to
+//! [`REPORT_FD`], which genoci reads once the helper is gone. The command's
+//! wait status goes from PID 1 to the helper through a pipe, and the helper
+//! ends the same way (same exit code, or same signal), so genoci sees the
+//! command's own status.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{self, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+/// The helper's descriptor for failure reports (set up by genoci).
+pub const REPORT_FD: i32 = 3;
+
+/// Exit code of the helper when the sandbox could not be set up.
+const SETUP_FAILED: i32 = 125;
+/// Exit code when the command could not be executed.
+const EXEC_FAILED: i32 = 127;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything the helper needs, passed as its one argument.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub root: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    pub isolate_network: bool,
+    pub bind_resolv_conf: bool,
+    /// genoci's PID: if it is gone before the death signal is armed, stop.
+    pub parent: i32,
+}
+
+impl Request {
+    pub fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).expect("a request always serializes"))
+    }
+
+    pub fn decode(arg: &str) -> Result<Self, String> {
+        let bytes = hex::decode(arg).map_err(|e| format!("bad sandbox request: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("bad sandbox request: {e}"))
+    }
+}
+
+/// Why the command did not start.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Failure {
+    /// Namespaces, mounts or pivot_root failed.
+    Setup(String),
+    /// argv[0] does not exist in the tree.
+    NotFound(String),
+    /// execve failed otherwise.
+    Exec(String),
+}
+
+fn report(failure: &Failure) {
+    let mut line = serde_json::to_vec(failure).expect("a failure always serializes");
+    line.push(b'\n');
+    // SAFETY: REPORT_FD is ours for the life of the process; ManuallyDrop
+    // keeps it open for other reports.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(REPORT_FD) });
+    let _ = file.write_all(&line);
+}
+
+fn setup_failed(what: &str, cause: impl std::fmt::Display) -> ! {
+    report(&Failure::Setup(format!("{what}: {cause}")));
+    std::process::exit(SETUP_FAILED)
+}
+
+trait OrFail<T> {
+    fn or_fail(self, what: impl FnOnce() -> String) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: impl FnOnce() -> String) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => setup_failed(&what(), e),
+        }
+    }
+}
+
+/// The helper process: never returns.
+pub fn main(request: &Request) -> ! {
+    // SAFETY: fcntl on our own descriptor.
+    unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
+    if unistd::getppid().as_raw() != request.parent {
+        std::process::exit(SETUP_FAILED);
+    }
+    // Ctrl-C reaches the whole process group: the command decides what it
+    // means; the helper must stay to pass on its status.
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal::signal(sig, SigHandler::SigIgn) }.or_fail(|| format!("ignore {sig}"));
+    }
+
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if request.isolate_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).or_fail(|| "unshare namespaces".into());
+    // Nothing mounted from here on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .or_fail(|| "make / private".into());
+    if request.isolate_network {
+        loopback_up().or_fail(|| "bring up lo".into());
+    }
+
+    let (status_r, status_w) =
+        unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).or_fail(|| "create pipe".into());
+    // SAFETY: the helper is single-threaded.
+    match unsafe { unistd::fork() }.or_fail(|| "fork".into()) {
+        ForkResult::Child => {
+            drop(status_r);
+            init(request, status_w)
+        }
+        ForkResult::Parent { child } => {
+            drop(status_w);
+            let init_status = wait_for(child);
+            let mut buf = [0u8; 4];
+            let mut status_r = File::from(status_r);
+            match status_r.read_exact(&mut buf) {
+                Ok(()) => end_like(i32::from_le_bytes(buf)),
+                // PID 1 died before the command ended (setup failure, killed).
+                Err(_) => end_like(init_status),
+            }
+        }
+    }
+}
+
+/// A wait status as one number: the exit code, or minus the signal.
+fn encode_status(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(-(sig as i32)),
+        _ => None,
+    }
+}
+
+fn wait_for(pid: Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(status) => {
+                if let Some(code) = encode_status(status) {
+                    return code;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => setup_failed("wait for the sandbox", e),
+        }
+    }
+}
+
+/// Exit with `code`, or die of the signal `-code`.
+fn end_like(code: i32) -> ! {
+    if code >= 0 {
+        std::process::exit(code);
+    }
+    if let Ok(sig) = Signal::try_from(-code) {
+        // No core file: the command's crash is not the helper's.
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls with valid arguments.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            let _ = signal::signal(sig, SigHandler::SigDfl);
+        }
+        let _ = signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&SigSet::all()), None);
+        let _ = signal::raise(sig);
+    }
+    std::process::exit(128 - code)
+}
+
+/// PID 1 of the new PID namespace: builds the root, starts the command and
+/// reaps every orphan until the command ends. When it exits the kernel kills
+/// whatever the command left running, and the mount namespace goes with it.
+fn init(request: &Request, status_w: OwnedFd) -> ! {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
+    enter_root(request);
+    // SAFETY: PID 1 is single-threaded.
+    match unsafe { unistd::fork() }.or_fail(|| "fork the command".into()) {
+        ForkResult::Child => {
+            drop(status_w);
+            exec_command(request)
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(Pid::from_raw(-1), None) {
+                Ok(status) if status.pid() == Some(child) => {
+                    if let Some(code) = encode_status(status) {
+                        let mut file = File::from(status_w);
+                        let _ = file.write_all(&code.to_le_bytes());
+                        std::process::exit(if code >= 0 { code } else { 128 - code });
+                    }
+                }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => setup_failed("wait for the command", e),
+            }
+        },
+    }
+}
+
+fn mount_at(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) {
+    mount(source, target, fstype, flags, data)
+        .or_fail(|| format!("mount {} on {}", fstype.unwrap_or("bind"), target.display()));
+}
+
+/// Mount what the command needs inside the tree and make it the root.
+fn enter_root(request: &Request) {
+    let root = &request.root;
+    mount_at(
+        Some(root),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    );
+    mount_at(
+        Some(Path::new("proc")),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    );
+    populate_dev(&root.join("dev"));
+    if request.bind_resolv_conf {
+        let target = root.join("etc/resolv.conf");
+        mount_at(
+            Some(Path::new("/etc/resolv.conf")),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        );
+        mount_at(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        );
+    }
+    unistd::sethostname("genoci").or_fail(|| "set hostname".into());
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it
+    // leaves the tree alone, with no directory needed to park the old root.
+    unistd::chdir(root).or_fail(|| format!("enter {}", root.display()));
+    unistd::pivot_root(".", ".").or_fail(|| "pivot_root".into());
+    umount2(".", MntFlags::MNT_DETACH).or_fail(|| "detach the host root".into());
+    unistd::chdir("/").or_fail(|| "enter /".into());
+    if unistd::chdir(request.workdir.as_str()).is_err() {
+        unistd::chdir("/").or_fail(|| "enter /".into());
+    }
+}
+
+/// A tmpfs with the host's harmless devices, a private devpts and the usual
+/// links: what a container runtime gives, and nothing of the host's disks.
+fn populate_dev(dev: &Path) {
+    mount_at(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    );
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(name);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&target)
+            .or_fail(|| format!("create {}", target.display()));
+        mount_at(Some(&host), &target, None, MsFlags::MS_BIND, None);
+    }
+
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).or_fail(|| format!("create {}", pts.display()));
+    let devpts = mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    );
+    let ptmx = dev.join("ptmx");
+    if devpts.is_ok() {
+        symlink("pts/ptmx", &ptmx).or_fail(|| format!("create {}", ptmx.display()));
+    } else {
+        File::create(&ptmx).or_fail(|| format!("create {}", ptmx.display()));
+        mount_at(
+            Some(Path::new("/dev/ptmx")),
+            &ptmx,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        );
+    }
+
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).or_fail(|| format!("create {}", shm.display()));
+    mount_at(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    );
+
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(name)).or_fail(|| format!("create /dev/{name}"));
+    }
+}
+
+/// `ip link set lo up`, without needing `ip`.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain socket(2); the descriptor is owned right away.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain data; the name fits with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which is valid.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The command's process: default signal handling, exactly the requested
+/// environment, argv[0] looked up in the tree's PATH.
+fn exec_command(request: &Request) -> ! {
+    // Rust ignores SIGPIPE and the helper ignores SIGINT/SIGQUIT; ignored
+    // signals survive exec, and the command must not inherit that.
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+
+    let mut env = request.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let cstring =
+        |s: String| CString::new(s).unwrap_or_else(|e| setup_failed("argument with NUL", e));
+    let argv: Vec<CString> = request.argv.iter().cloned().map(cstring).collect();
+    let envp: Vec<CString> = env
+        .into_iter()
+        .map(|(k, v)| cstring(format!("{k}={v}")))
+        .collect();
+    let Some(program) = request.argv.first() else {
+        setup_failed("run", "empty command")
+    };
+
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(program))
+            .collect()
+    };
+    let mut last_error = nix::errno::Errno::ENOENT;
+    for candidate in candidates {
+        let Ok(path) = CString::new(candidate.into_os_string().into_encoded_bytes()) else {
+            continue;
+        };
+        let Err(e) = unistd::execve(&path, &argv, &envp);
+        // Keep looking only past entries that are not there at all.
+        if !matches!(e, nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) {
+            last_error = e;
+        }
+    }
+    let failure = if last_error == nix::errno::Errno::ENOENT {
+        Failure::NotFound(program.clone())
+    } else {
+        Failure::Exec(format!("execute {program}: {}", last_error.desc()))
+    };
+    report(&failure);
+    std::process::exit(EXEC_FAILED)
+}

@@ -1,0 +1,298 @@
+//! Sandbox tests on a busybox tree, and the fixtures the actions' tests share.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// Where the test playing the helper finds its request.
+pub const REQUEST_VAR: &str = "GENOCI_TEST_SANDBOX_REQUEST";
+
+/// The helper process under `cargo test` (see `helper_command`); a no-op
+/// when run as an ordinary test.
+#[test]
+fn helper_entry() {
+    if let Ok(request) = std::env::var(REQUEST_VAR) {
+        helper_main(&[request]).unwrap();
+    }
+}
+
+/// A temp dir with `tree/`, a busybox root, beside it; `None` (with a
+/// notice) when not root, since namespaces and mounts need it.
+pub(crate) fn busybox_tree() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: sandbox tests need root");
+        return None;
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        eprintln!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    for dir in ["bin", "etc", "tmp", "root"] {
+        fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+        }
+    }
+    Some((tmp, tree))
+}
+
+/// Mount points at or below `dir` in this process's mount namespace.
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m == &dir || m.starts_with(&format!("{dir}/")))
+        .collect()
+}
+
+fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
+    RunOptions {
+        root: tree,
+        argv: vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.into()],
+        env: vec![],
+        workdir: "/".into(),
+        network: Network::Host,
+        output: Output::Prefixed("test".into()),
+    }
+}
+
+fn run_ok(tree: &Path, script: &str) {
+    let status = run(&opts(tree, script)).unwrap();
+    assert!(status.success(), "{script}: {status}");
+}
+
+#[test]
+fn a_script_writes_into_the_tree_and_sees_nothing_else() {
+    let Some((tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let marker = tmp.path().join("host-marker");
+    fs::write(&marker, "host").unwrap();
+    run_ok(
+        &tree,
+        &format!(
+            "echo hello > /hello; ls / > /ls.txt; \
+             if test -e {m}; then echo visible > /leak; fi",
+            m = marker.display()
+        ),
+    );
+    assert_eq!(fs::read_to_string(tree.join("hello")).unwrap(), "hello\n");
+    assert!(!tree.join("leak").exists(), "host marker reachable");
+    let listing = fs::read_to_string(tree.join("ls.txt")).unwrap();
+    let mut names: Vec<&str> = listing.lines().collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["bin", "dev", "etc", "hello", "ls.txt", "proc", "root", "tmp"]
+    );
+    assert!(mounts_under(tmp.path()).is_empty());
+}
+
+#[test]
+fn proc_is_fresh_and_the_hostname_is_genoci() {
+    let Some((tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    run_ok(
+        &tree,
+        "echo $$ > /pid; hostname > /hostname; ls /proc | grep -c '^[0-9]' > /count",
+    );
+    // PID 1 is the sandbox's init, the shell is its only child.
+    assert_eq!(fs::read_to_string(tree.join("pid")).unwrap(), "2\n");
+    assert_eq!(
+        fs::read_to_string(tree.join("hostname")).unwrap(),
+        "genoci\n"
+    );
+    let count: u32 = fs::read_to_string(tree.join("count"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count <= 5, "{count} processes visible");
+    assert!(mounts_under(tmp.path()).is_empty());
+}
+
+#[test]
+fn dev_is_minimal() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    run_ok(
+        &tree,
+        "echo x > /dev/null; test -c /dev/urandom; test -L /dev/fd; \
+         test -d /dev/shm; test -e /dev/ptmx; ls /dev > /devlist",
+    );
+    let devs = fs::read_to_string(tree.join("devlist")).unwrap();
+    assert!(!devs
+        .lines()
+        .any(|d| d.starts_with("sd") || d.starts_with("loop")));
+}
+
+#[test]
+fn failures_come_back_as_status() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let status = run(&opts(&tree, "exit 3")).unwrap();
+    assert_eq!(status.code(), Some(3));
+    let status = run(&opts(&tree, "kill -9 $$")).unwrap();
+    assert_eq!(status.signal(), Some(9));
+}
+
+#[test]
+fn a_missing_program_is_an_error() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let mut o = opts(&tree, "");
+    o.argv = vec!["/no/such/program".into()];
+    let err = run(&o).unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::NotFound { program, .. } if program == "/no/such/program"),
+        "{err}"
+    );
+}
+
+#[test]
+fn env_workdir_and_path_lookup() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let mut o = opts(&tree, "");
+    o.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        "pwd > /tmp/pwd; env | sort > /tmp/env".into(),
+    ];
+    o.env = vec![("FOO".into(), "bar".into())];
+    o.workdir = "/tmp".into();
+    assert!(run(&o).unwrap().success());
+    assert_eq!(fs::read_to_string(tree.join("tmp/pwd")).unwrap(), "/tmp\n");
+    let env = fs::read_to_string(tree.join("tmp/env")).unwrap();
+    assert!(env.contains("FOO=bar\n"), "{env}");
+    assert!(
+        env.contains(&format!("PATH={}\n", helper::DEFAULT_PATH)),
+        "{env}"
+    );
+    assert!(!env.contains("CARGO"), "{env}");
+}
+
+#[test]
+fn mount_points_leave_no_trace() {
+    let Some((tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+    filetime::set_file_times(&tree, old, old).unwrap();
+    filetime::set_file_times(tree.join("etc"), old, old).unwrap();
+    run_ok(&tree, "cat /etc/resolv.conf > /tmp/resolv");
+    assert!(!tree.join("proc").exists());
+    assert!(!tree.join("dev").exists());
+    assert!(!tree.join("etc/resolv.conf").exists());
+    assert_eq!(scratch::mtime_ns(&tree).unwrap(), 1_000_000_000_000_000);
+    assert_eq!(
+        scratch::mtime_ns(&tree.join("etc")).unwrap(),
+        1_000_000_000_000_000
+    );
+    assert_eq!(
+        fs::read(tree.join("tmp/resolv")).unwrap(),
+        fs::read("/etc/resolv.conf").unwrap()
+    );
+    assert!(mounts_under(tmp.path()).is_empty());
+}
+
+#[test]
+fn a_dangling_resolv_conf_symlink_is_restored() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let link = tree.join("etc/resolv.conf");
+    std::os::unix::fs::symlink("/run/systemd/resolve/stub-resolv.conf", &link).unwrap();
+    run_ok(&tree, "cat /etc/resolv.conf > /tmp/resolv");
+    assert_eq!(
+        fs::read(tree.join("tmp/resolv")).unwrap(),
+        fs::read("/etc/resolv.conf").unwrap()
+    );
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("/run/systemd/resolve/stub-resolv.conf")
+    );
+    assert_eq!(fs::read_dir(tree.join("etc")).unwrap().count(), 1);
+}
+
+#[test]
+fn resolv_conf_is_read_only() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    fs::write(tree.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+    let status = run(&opts(&tree, "echo bad > /etc/resolv.conf")).unwrap();
+    assert!(!status.success());
+    assert_eq!(
+        fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
+        "nameserver 192.0.2.1\n"
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let mut o = opts(&tree, "cat /proc/net/dev > /netdev; ip link show lo > /lo");
+    o.network = Network::None;
+    assert!(run(&o).unwrap().success());
+    let netdev = fs::read_to_string(tree.join("netdev")).unwrap();
+    let interfaces: Vec<&str> = netdev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"]);
+    assert!(fs::read_to_string(tree.join("lo")).unwrap().contains("UP"));
+    assert!(!tree.join("etc/resolv.conf").exists());
+}
+
+#[test]
+fn a_symlinked_dev_is_refused() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    std::os::unix::fs::symlink("/dev", tree.join("dev")).unwrap();
+    let err = run(&opts(&tree, "true")).unwrap_err();
+    assert!(matches!(err, SandboxError::Prepare { .. }), "{err}");
+    // Nothing added before the refusal stays.
+    assert!(!tree.join("proc").exists());
+}
+
+#[test]
+fn the_host_root_is_refused() {
+    let err = run(&opts(Path::new("/"), "true")).unwrap_err();
+    assert!(matches!(err, SandboxError::BadRoot { .. }), "{err}");
+}
+
+#[test]
+fn inherit_mode_runs_on_genoci_s_own_streams() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let mut o = opts(&tree, "test -e /dev/stdin && touch /done");
+    o.output = Output::Inherit;
+    assert!(run(&o).unwrap().success());
+    assert!(tree.join("done").exists());
+}
