@@ -133,13 +133,6 @@ impl BtrfsDriver {
         }
         self.sys.delete_subvolume(path)
     }
-
-    fn make_read_only(&self, path: &Path) -> Result<()> {
-        if !self.sys.read_only(path)? {
-            self.sys.set_read_only(path, true)?;
-        }
-        Ok(())
-    }
 }
 
 fn exists(path: &Path) -> Result<bool> {
@@ -218,8 +211,22 @@ impl SnapshotDriver for BtrfsDriver {
         let base = self.snapshot_path(&tree.base)?;
         let parent_id = self.sys.subvolume_id(&base)?;
         // Send needs both ends read-only.
-        self.make_read_only(&tree.path)?;
-        let stream = self.sys.send(&tree.path, parent_id)?;
+        let was_read_only = self.sys.read_only(&tree.path)?;
+        if !was_read_only {
+            self.sys.set_read_only(&tree.path, true)?;
+        }
+        let stream = match self.sys.send(&tree.path, parent_id) {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Leave a checkout that could not be diffed as editable as it was.
+                if !was_read_only {
+                    if let Err(undo) = self.sys.set_read_only(&tree.path, false) {
+                        tracing::warn!(tree = %tree.name, error = %undo, "tree stays read-only");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let commands = send::parse(&stream)?;
         let touched = send::touched_paths(&commands);
         let touched_count = touched.len();
