@@ -561,3 +561,47 @@ fn changes_cost_does_not_grow_with_the_base() {
         driver.discard(tree).unwrap();
     }
 }
+
+#[test]
+fn tangled_renames_still_equal_a_full_comparison() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    let t = &tree.path;
+    write(t, "x", "x content");
+    write(t, "y", "y content");
+    write(t, "p/q/f", "f");
+    write(t, "p/g", "g");
+    write(t, "r/keep", "same name, new inode");
+    write(t, "r/gone", "gone");
+    write(t, "h/a", "linked");
+    fs::hard_link(t.join("h/a"), t.join("h/b")).unwrap();
+    write(t, "m/moved", "moved into a later dir");
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    let t = &tree.path;
+    fs::rename(t.join("x"), t.join("tmp")).unwrap();
+    fs::rename(t.join("y"), t.join("x")).unwrap();
+    fs::rename(t.join("tmp"), t.join("y")).unwrap();
+    // Turn p/q inside out: q on top, p below it.
+    fs::rename(t.join("p/q"), t.join("q")).unwrap();
+    fs::rename(t.join("p"), t.join("q/p")).unwrap();
+    fs::remove_dir_all(t.join("r")).unwrap();
+    write(t, "r/keep", "same name, new inode");
+    fs::remove_file(t.join("h/a")).unwrap();
+    fs::write(t.join("h/b"), "linked, then changed").unwrap();
+    fs::create_dir_all(t.join("z/new")).unwrap();
+    fs::rename(t.join("m/moved"), t.join("z/new/moved")).unwrap();
+    fs::write(t.join("z/new/moved"), "and changed").unwrap();
+
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let expected = full_diff(&base, t);
+    assert_eq!(driver.changes(&tree).unwrap(), expected);
+    assert!(expected.contains(&Change::Write("x".into())));
+    assert!(expected.contains(&Change::Delete("r/gone".into())));
+    driver.discard(tree).unwrap();
+}
