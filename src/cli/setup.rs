@@ -1,6 +1,10 @@
+use anyhow::Context;
 use clap::Args;
 
 use super::GlobalArgs;
+use crate::config::DriverKind;
+use crate::driver::btrfs::{self, SetupOutcome};
+use crate::driver::DriverError;
 
 #[derive(Debug, Args)]
 pub struct UnsetupArgs {
@@ -10,11 +14,62 @@ pub struct UnsetupArgs {
 }
 
 pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
-    let _ = g;
-    todo!()
+    let config = g.load_config()?;
+    if config.driver == DriverKind::Plain {
+        println!("the plain driver needs no setup: nothing to do");
+        return Ok(());
+    }
+    let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
+    let outcome = btrfs::setup_store(lofile, config.losize, mnt).with_context(|| {
+        format!(
+            "setting up the btrfs store {} at {}",
+            lofile.display(),
+            mnt.display()
+        )
+    })?;
+    match outcome {
+        SetupOutcome::Created => println!(
+            "created {} ({} bytes, sparse) and mounted it at {}",
+            lofile.display(),
+            config.losize,
+            mnt.display()
+        ),
+        SetupOutcome::Mounted => {
+            println!(
+                "mounted the existing {} at {}",
+                lofile.display(),
+                mnt.display()
+            )
+        }
+        SetupOutcome::AlreadySetUp => println!("already set up at {}", mnt.display()),
+    }
+    Ok(())
 }
 
 pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
-    let _ = (g, args);
-    todo!()
+    let config = g.load_config()?;
+    if config.driver == DriverKind::Plain {
+        println!("the plain driver has no setup to undo: nothing to do");
+        return Ok(());
+    }
+    let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
+    match btrfs::unsetup_store(lofile, mnt, args.force) {
+        Err(DriverError::Busy(name)) => anyhow::bail!(
+            "a {name} is in progress in {}: check it in or abort it, or run `genoci unsetup --force` to lose it",
+            mnt.display()
+        ),
+        other => other.with_context(|| {
+            format!(
+                "removing the btrfs store {} at {}",
+                lofile.display(),
+                mnt.display()
+            )
+        })?,
+    }
+    println!(
+        "unmounted {} and removed {}",
+        mnt.display(),
+        lofile.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,202 @@
+//! From the paths a send stream touched to every path at which the base and
+//! the work tree may differ, still without walking the whole tree.
+//!
+//! The stream names each changed inode once, by one of its names, sometimes a
+//! temporary one (`o257-7-0`) or one that only holds until a parent directory
+//! is renamed later in the stream. Three things close the gap:
+//! - an inode seen under a temporary name is looked up by number;
+//! - a changed inode with several hard links is looked up by number, so
+//!   every name of it is compared;
+//! - a directory that took the place of another one (a rename onto a path
+//!   that was a directory in the base) is walked on both sides, since its
+//!   entries are not named by the stream when they did not change themselves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use super::sys::System;
+use crate::driver::{DriverError, Result};
+
+pub fn expand(
+    sys: &dyn System,
+    base: &Path,
+    tree: &Path,
+    touched: BTreeSet<PathBuf>,
+) -> Result<BTreeSet<PathBuf>> {
+    let mut out = touched;
+
+    let orphans: BTreeSet<u64> = out
+        .iter()
+        .flat_map(|p| p.components().filter_map(orphan_inode))
+        .collect();
+    add_inode_paths(sys, base, tree, &orphans, &mut out)?;
+
+    let mut base_view = Lookup::new(base);
+    let mut tree_view = Lookup::new(tree);
+    let mut replaced_dirs = Vec::new();
+    let mut linked = BTreeSet::new();
+    for rel in &out {
+        crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+        let old = base_view.lstat(rel)?;
+        let new = tree_view.lstat(rel)?;
+        if let (Some(o), Some(n)) = (&old, &new) {
+            if o.is_dir() && n.is_dir() && o.ino() != n.ino() {
+                replaced_dirs.push(rel.clone());
+            }
+        }
+        for meta in [&old, &new].into_iter().flatten() {
+            if !meta.is_dir() && meta.nlink() > 1 {
+                linked.insert(meta.ino());
+            }
+        }
+    }
+    for dir in &replaced_dirs {
+        walk(base, dir, &mut |p| {
+            out.insert(p);
+        })?;
+        walk(tree, dir, &mut |p| {
+            out.insert(p);
+        })?;
+    }
+    add_inode_paths(sys, base, tree, &linked, &mut out)?;
+    Ok(out)
+}
+
+/// The inode number in a send stream's temporary name `o<ino>-<gen>-<seq>`.
+fn orphan_inode(c: Component<'_>) -> Option<u64> {
+    let name = c.as_os_str().to_str()?.strip_prefix('o')?;
+    let mut parts = name.split('-');
+    let ino = parts.next()?.parse().ok()?;
+    let numeric =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    (numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()).then_some(ino)
+}
+
+fn add_inode_paths(
+    sys: &dyn System,
+    base: &Path,
+    tree: &Path,
+    inodes: &BTreeSet<u64>,
+    out: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    for &ino in inodes {
+        for root in [base, tree] {
+            match sys.inode_paths(root, ino)? {
+                Some(paths) => out.extend(paths),
+                None => {
+                    tracing::debug!(root = %root.display(), ino, "too many links to list, walking");
+                    walk(root, Path::new(""), &mut |p| {
+                        if fs::symlink_metadata(root.join(&p)).is_ok_and(|m| m.ino() == ino) {
+                            out.insert(p);
+                        }
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Call `f` on every path below `rel` in `root`, never following symlinks.
+/// Nothing happens when `rel` is not a directory of `root`.
+fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(PathBuf)) -> Result<()> {
+    if !rel.as_os_str().is_empty() && !Lookup::new(root).lstat(rel)?.is_some_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let mut stack = vec![rel.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let full = root.join(&dir);
+        for entry in fs::read_dir(&full).map_err(DriverError::io("read directory", &full))? {
+            let entry = entry.map_err(DriverError::io("read directory", &full))?;
+            let child = dir.join(entry.file_name());
+            let is_dir = entry
+                .file_type()
+                .map_err(DriverError::io("stat", root.join(&child)))?
+                .is_dir();
+            if is_dir {
+                stack.push(child.clone());
+            }
+            f(child);
+        }
+    }
+    Ok(())
+}
+
+/// `lstat` inside one tree where a path through a symlink or a non-directory
+/// is absent, so no candidate ever leads outside the tree.
+struct Lookup<'a> {
+    root: &'a Path,
+    dirs: HashMap<PathBuf, bool>,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(root: &'a Path) -> Self {
+        Lookup {
+            root,
+            dirs: HashMap::new(),
+        }
+    }
+
+    fn is_dir(&mut self, rel: &Path) -> Result<bool> {
+        if rel.as_os_str().is_empty() {
+            return Ok(true);
+        }
+        if let Some(&known) = self.dirs.get(rel) {
+            return Ok(known);
+        }
+        let is_dir = self.lstat(rel)?.is_some_and(|m| m.is_dir());
+        self.dirs.insert(rel.to_path_buf(), is_dir);
+        Ok(is_dir)
+    }
+
+    fn lstat(&mut self, rel: &Path) -> Result<Option<Metadata>> {
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Ok(None);
+        }
+        if !self.is_dir(rel.parent().unwrap_or(Path::new("")))? {
+            return Ok(None);
+        }
+        let full = self.root.join(rel);
+        match fs::symlink_metadata(&full) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::io("stat", full)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn temporary_names_give_their_inode() {
+        let ino = |s: &str| orphan_inode(Path::new(s).components().next().unwrap());
+        assert_eq!(ino("o257-7-0"), Some(257));
+        assert_eq!(ino("o257-7"), None);
+        assert_eq!(ino("other"), None);
+        assert_eq!(ino("o1-2-3-4"), None);
+    }
+
+    #[test]
+    fn lookups_never_pass_through_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        let root = t.path().join("root");
+        fs::create_dir_all(outside.join("d")).unwrap();
+        fs::create_dir(&root).unwrap();
+        symlink(&outside, root.join("link")).unwrap();
+        let mut view = Lookup::new(&root);
+        assert!(view.lstat(Path::new("link/d")).unwrap().is_none());
+        assert!(view.lstat(Path::new("link")).unwrap().is_some());
+        let mut seen = Vec::new();
+        walk(&root, Path::new("link"), &mut |p| seen.push(p)).unwrap();
+        assert!(seen.is_empty());
+    }
+}

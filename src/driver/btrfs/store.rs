@@ -1,0 +1,171 @@
+//! Creating and tearing down the loopback store: the image file, its loop
+//! device and its mount.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::sys::{Kernel, System};
+use super::BtrfsDriver;
+use crate::driver::{DriverError, Result};
+
+/// The work tree the lpack workflow (`checkout`, `checkin`, `abort`) uses.
+pub const CHECKOUT_NAME: &str = "checkout";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupOutcome {
+    /// A new image file was made, formatted and mounted.
+    Created,
+    /// An existing btrfs image file was mounted.
+    Mounted,
+    /// A btrfs filesystem was already mounted there: nothing was done.
+    AlreadySetUp,
+}
+
+/// Where btrfs keeps its superblock magic in an image.
+const SUPER_MAGIC_OFFSET: u64 = 0x10040;
+const SUPER_MAGIC: &[u8; 8] = b"_BHRfS_M";
+
+/// `mountpoint` made absolute, refusing the root directory.
+pub(super) fn checked_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let absolute =
+        std::path::absolute(mountpoint).map_err(DriverError::io("resolve", mountpoint))?;
+    let resolved = fs::canonicalize(&absolute).unwrap_or(absolute);
+    if resolved.parent().is_none() {
+        return Err(DriverError::UnsafePath(
+            mountpoint.to_path_buf(),
+            "it is the root directory".into(),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// Create (or reuse) `lofile` as a sparse btrfs image of `size` bytes and
+/// mount it at `mountpoint`, with the store's layout inside.
+pub fn setup_store(lofile: &Path, size: u64, mountpoint: &Path) -> Result<SetupOutcome> {
+    setup_store_with(Arc::new(Kernel), lofile, size, mountpoint)
+}
+
+pub fn setup_store_with(
+    sys: Arc<dyn System>,
+    lofile: &Path,
+    size: u64,
+    mountpoint: &Path,
+) -> Result<SetupOutcome> {
+    let target = checked_mountpoint(mountpoint)?;
+    if sys.is_btrfs_mount(&target)? {
+        return Ok(SetupOutcome::AlreadySetUp);
+    }
+    let outcome = if exists(lofile)? {
+        if !has_btrfs_magic(lofile)? {
+            return Err(DriverError::UnsafePath(
+                lofile.to_path_buf(),
+                "it exists and is not a btrfs image".into(),
+            ));
+        }
+        SetupOutcome::Mounted
+    } else {
+        create_image(sys.as_ref(), lofile, size)?;
+        SetupOutcome::Created
+    };
+    fs::create_dir_all(&target).map_err(DriverError::io("create directory", &target))?;
+    let mut entries = fs::read_dir(&target).map_err(DriverError::io("read directory", &target))?;
+    if entries.next().is_some() {
+        return Err(DriverError::UnsafePath(
+            target,
+            "the mount point is a directory that is not empty".into(),
+        ));
+    }
+    let attachment = sys.attach_loop(lofile)?;
+    sys.mount(&attachment.device, &target)?;
+    // The mount holds the device now; with autoclear it goes when the mount does.
+    drop(attachment);
+    BtrfsDriver::open_with(&target, sys)?;
+    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store set up");
+    Ok(outcome)
+}
+
+fn create_image(sys: &dyn System, lofile: &Path, size: u64) -> Result<()> {
+    if let Some(parent) = lofile.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(DriverError::io("create directory", parent))?;
+    }
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(lofile)
+        .map_err(DriverError::io("create", lofile))?;
+    let made = file
+        .set_len(size)
+        .map_err(DriverError::io("size", lofile))
+        .and_then(|()| sys.mkfs(lofile));
+    if let Err(e) = made {
+        // Do not leave a file that a later setup would refuse as "not btrfs".
+        let _ = fs::remove_file(lofile);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn has_btrfs_magic(lofile: &Path) -> Result<bool> {
+    let mut file = File::open(lofile).map_err(DriverError::io("open", lofile))?;
+    let mut magic = [0u8; 8];
+    file.seek(SeekFrom::Start(SUPER_MAGIC_OFFSET))
+        .map_err(DriverError::io("read", lofile))?;
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == SUPER_MAGIC),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(DriverError::io("read", lofile)(e)),
+    }
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(DriverError::io("stat", path))
+}
+
+/// Unmount the store, detach its loop devices and remove `lofile` and the
+/// (then empty) mount point. Refused while the [`CHECKOUT_NAME`] work tree
+/// exists, unless `force`.
+pub fn unsetup_store(lofile: &Path, mountpoint: &Path, force: bool) -> Result<()> {
+    unsetup_store_with(&Kernel, lofile, mountpoint, force)
+}
+
+pub fn unsetup_store_with(
+    sys: &dyn System,
+    lofile: &Path,
+    mountpoint: &Path,
+    force: bool,
+) -> Result<()> {
+    let target = checked_mountpoint(mountpoint)?;
+    if sys.is_btrfs_mount(&target)? {
+        let checkout = target.join("work").join(format!("{CHECKOUT_NAME}.json"));
+        if !force && exists(&checkout)? {
+            return Err(DriverError::Busy(CHECKOUT_NAME.to_string()));
+        }
+        sys.unmount(&target)?;
+    }
+    if exists(lofile)? {
+        // Devices attached with autoclear went with the mount; one attached
+        // some other way (or by a version without autoclear) is detached here.
+        for device in sys.loops_backing(lofile)? {
+            match sys.detach_loop(&device) {
+                Ok(()) => {}
+                Err(DriverError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENXIO) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fs::remove_file(lofile).map_err(DriverError::io("remove", lofile))?;
+    }
+    match fs::remove_dir(&target) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) => {}
+        Err(e) => return Err(DriverError::io("remove directory", &target)(e)),
+    }
+    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), "store removed");
+    Ok(())
+}
