@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(c.env().clone().unwrap(), vec!["PATH=/bin", "A=2", "B=3"]);
         let h = out.history().clone().unwrap();
         assert_eq!(h.len(), 1);
-        assert_eq!(h[0].empty_layer(), &Some(true));
+        assert_eq!(h[0].empty_layer(), Some(true));
     }
 
     #[test]

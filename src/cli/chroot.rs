@@ -49,12 +49,14 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         output: Output::Inherit,
     };
     let status = sandbox::run(&opts);
+    let program = opts.argv[0].clone();
+    drop(opts);
     if throwaway {
         driver.discard(tree)?;
     }
     let status = status?;
     if !status.success() {
-        bail!("{} exited with {status}", opts.argv[0]);
+        bail!("{program} exited with {}", sandbox::describe_status(status));
     }
     Ok(())
 }

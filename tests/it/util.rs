@@ -12,7 +12,7 @@ pub struct Env {
 /// Skip (with a notice) unless root: the sandbox and the store need it.
 macro_rules! require_root {
     () => {
-        if !nix_is_root() {
+        if !$crate::util::nix_is_root() {
             eprintln!("skipped: needs root (namespaces, mounts, owners)");
             return;
         }
