@@ -19,10 +19,16 @@ pub struct CopyError {
     pub source: io::Error,
 }
 
-const ROOT_OWNED: CopyOptions = CopyOptions { owner: Some((0, 0)) };
+const ROOT_OWNED: CopyOptions = CopyOptions {
+    owner: Some((0, 0)),
+};
 
 pub fn copy(tree: &Path, item: &CopyItem) -> Result<(), CopyError> {
-    copy_item(tree, item).map_err(|source| CopyError { src: item.src.clone(), dest: item.dest.clone(), source })
+    copy_item(tree, item).map_err(|source| CopyError {
+        src: item.src.clone(),
+        dest: item.dest.clone(),
+        source,
+    })
 }
 
 fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
@@ -34,7 +40,10 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
         merge_dir(&item.src, &followed)
     } else {
         let target = if item.dest.ends_with('/') || followed.is_dir() {
-            let name = item.src.file_name().ok_or_else(|| io::Error::other("source has no file name"))?;
+            let name = item
+                .src
+                .file_name()
+                .ok_or_else(|| io::Error::other("source has no file name"))?;
             followed.join(name)
         } else {
             resolve_in(tree, dest, false)?
@@ -62,7 +71,8 @@ fn merge_dir(src: &Path, dest: &Path) -> io::Result<()> {
     for entry in entries {
         let from = entry.path();
         let to = dest.join(entry.file_name());
-        let both_dirs = entry.file_type()?.is_dir() && fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
+        let both_dirs =
+            entry.file_type()?.is_dir() && fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
         if both_dirs {
             merge_dir(&from, &to)?;
         } else {
@@ -98,7 +108,10 @@ mod tests {
     }
 
     fn item(src: &Path, dest: &str) -> CopyItem {
-        CopyItem { src: src.to_path_buf(), dest: dest.to_string() }
+        CopyItem {
+            src: src.to_path_buf(),
+            dest: dest.to_string(),
+        }
     }
 
     #[test]
@@ -131,6 +144,9 @@ mod tests {
         copy(&tree, &item(&host.join("file"), "/escape/")).unwrap();
         copy(&tree, &item(&host.join("dir"), "/escape/d")).unwrap();
         assert!(fs::read_dir(&outside).unwrap().next().is_none());
-        assert!(tree.join(outside.strip_prefix("/").unwrap()).join("file").exists());
+        assert!(tree
+            .join(outside.strip_prefix("/").unwrap())
+            .join("file")
+            .exists());
     }
 }

@@ -13,6 +13,8 @@ pub struct ExpandError {
 
 pub fn expand(tree: &Path, tarball: &Path) -> Result<(), ExpandError> {
     tracing::debug!(tarball = %tarball.display(), "expanding");
-    crate::layout::unpack::extract_tarball(tarball, tree)
-        .map_err(|source| ExpandError { tarball: tarball.to_path_buf(), source })
+    crate::layout::unpack::extract_tarball(tarball, tree).map_err(|source| ExpandError {
+        tarball: tarball.to_path_buf(),
+        source,
+    })
 }

@@ -26,7 +26,9 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(storedir: &Path) -> Cache {
-        Cache { dir: storedir.join("cache") }
+        Cache {
+            dir: storedir.join("cache"),
+        }
     }
 
     fn file(&self, target: &str) -> PathBuf {
@@ -42,15 +44,26 @@ impl Cache {
 
     pub fn record(&self, target: &str, key: &str, manifest: &str) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let entry = Entry { key: key.to_string(), manifest: manifest.to_string() };
+        let entry = Entry {
+            key: key.to_string(),
+            manifest: manifest.to_string(),
+        };
         let tmp = self.dir.join(format!(".{target}.json.tmp"));
-        fs::write(&tmp, serde_json::to_vec(&entry).expect("cache entry serializes"))?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec(&entry).expect("cache entry serializes"),
+        )?;
         fs::rename(&tmp, self.file(target))
     }
 }
 
 /// The cache key of a target build.
-pub fn key(base_manifest: &str, stanza: &str, options: &str, inputs: &[PathBuf]) -> io::Result<String> {
+pub fn key(
+    base_manifest: &str,
+    stanza: &str,
+    options: &str,
+    inputs: &[PathBuf],
+) -> io::Result<String> {
     let mut h = Sha256::new();
     for part in [base_manifest, stanza, options] {
         h.update((part.len() as u64).to_le_bytes());
@@ -74,7 +87,9 @@ fn hash_path(h: &mut Sha256, path: &Path, shown: &Path) -> io::Result<()> {
     if ft.is_symlink() {
         h.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
     } else if ft.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        let mut names: Vec<_> = fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
         names.sort();
         h.update((names.len() as u64).to_le_bytes());
         for n in names {
@@ -120,7 +135,13 @@ mod tests {
         assert_ne!(k2, k3);
         fs::remove_file(dir.join("b")).unwrap();
         assert_eq!(k(()), k2);
-        assert_ne!(key("m2", "s", "o", &[]).unwrap(), key("m", "s", "o", &[]).unwrap());
-        assert_ne!(key("m", "s2", "o", &[]).unwrap(), key("m", "s", "o", &[]).unwrap());
+        assert_ne!(
+            key("m2", "s", "o", &[]).unwrap(),
+            key("m", "s", "o", &[]).unwrap()
+        );
+        assert_ne!(
+            key("m", "s2", "o", &[]).unwrap(),
+            key("m", "s", "o", &[]).unwrap()
+        );
     }
 }

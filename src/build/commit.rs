@@ -50,7 +50,8 @@ pub fn commit(
     let mut layers: Vec<Descriptor> = base.map_or_else(Vec::new, |b| b.manifest.layers().clone());
     layers.iter_mut().for_each(oci_layer_type);
     layers.extend(written.as_ref().map(|l| l.descriptor.clone()));
-    let annotations = image_config::annotations(base.and_then(|b| b.manifest.annotations().as_ref()), c.keys);
+    let annotations =
+        image_config::annotations(base.and_then(|b| b.manifest.annotations().as_ref()), c.keys);
     let manifest = layout.write_image(&config, layers, &annotations)?;
     Ok((manifest, written))
 }
@@ -95,7 +96,9 @@ pub fn source_date_epoch() -> Option<i64> {
 
 /// The chain a base image's tree has (empty for no base).
 pub fn chain_of(image: Option<&Image>) -> ChainId {
-    image.map_or_else(ChainId::empty, |i| ChainId::of(i.config.rootfs().diff_ids()))
+    image.map_or_else(ChainId::empty, |i| {
+        ChainId::of(i.config.rootfs().diff_ids())
+    })
 }
 
 /// Docker layer media types name the same bytes as the OCI ones; an OCI

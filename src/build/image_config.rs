@@ -21,7 +21,10 @@ pub fn empty_config() -> ImageConfiguration {
 pub fn normalized_history(config: &ImageConfiguration) -> Vec<History> {
     let history = config.history().clone().unwrap_or_default();
     let layers = config.rootfs().diff_ids().len();
-    let non_empty = history.iter().filter(|h| !h.empty_layer().unwrap_or(false)).count();
+    let non_empty = history
+        .iter()
+        .filter(|h| !h.empty_layer().unwrap_or(false))
+        .count();
     if non_empty == layers {
         return history;
     }
@@ -79,7 +82,10 @@ fn apply_keys(c: &mut Config, keys: &ConfigKeys) {
         let mut env = c.env().clone().unwrap_or_default();
         for (name, value) in &keys.env {
             let item = format!("{name}={value}");
-            match env.iter_mut().find(|e| e.split('=').next() == Some(name.as_str())) {
+            match env
+                .iter_mut()
+                .find(|e| e.split('=').next() == Some(name.as_str()))
+            {
                 Some(existing) => *existing = item,
                 None => env.push(item),
             }
@@ -138,7 +144,10 @@ mod tests {
         c.set_cmd(Some(vec!["sh".into()]));
         c.set_env(Some(vec!["PATH=/bin".into(), "A=1".into()]));
         base.set_config(Some(c));
-        let mut keys = ConfigKeys { entrypoint: Some(vec!["/bin/echo".into(), "hi".into()]), ..Default::default() };
+        let mut keys = ConfigKeys {
+            entrypoint: Some(vec!["/bin/echo".into(), "hi".into()]),
+            ..Default::default()
+        };
         keys.env.insert("A".into(), "2".into());
         keys.env.insert("B".into(), "3".into());
         let out = derive(&base, None, "2020-01-01T00:00:00Z", "x".into(), &keys);
@@ -156,9 +165,20 @@ mod tests {
         let mut rootfs = RootFs::default();
         rootfs.set_diff_ids(vec!["sha256:a".into(), "sha256:b".into()]);
         base.set_rootfs(rootfs);
-        let out = derive(&base, Some("sha256:c"), "t", "x".into(), &ConfigKeys::default());
+        let out = derive(
+            &base,
+            Some("sha256:c"),
+            "t",
+            "x".into(),
+            &ConfigKeys::default(),
+        );
         let h = out.history().clone().unwrap();
-        assert_eq!(h.iter().filter(|h| !h.empty_layer().unwrap_or(false)).count(), 3);
+        assert_eq!(
+            h.iter()
+                .filter(|h| !h.empty_layer().unwrap_or(false))
+                .count(),
+            3
+        );
         assert_eq!(out.rootfs().diff_ids().len(), 3);
     }
 }

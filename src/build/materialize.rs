@@ -9,7 +9,11 @@ use crate::layout::Layout;
 use super::BuildError;
 
 /// The ChainID of `image`'s tree, present in the store on return.
-pub fn ensure_snapshot(layout: &Layout, driver: &dyn SnapshotDriver, image: &Image) -> Result<ChainId, BuildError> {
+pub fn ensure_snapshot(
+    layout: &Layout,
+    driver: &dyn SnapshotDriver,
+    image: &Image,
+) -> Result<ChainId, BuildError> {
     let diff_ids = image.config.rootfs().diff_ids();
     let layers = image.manifest.layers();
     if diff_ids.len() != layers.len() {
@@ -20,7 +24,9 @@ pub fn ensure_snapshot(layout: &Layout, driver: &dyn SnapshotDriver, image: &Ima
             diff_ids.len()
         )));
     }
-    let chains: Vec<ChainId> = (0..=diff_ids.len()).map(|n| ChainId::of(&diff_ids[..n])).collect();
+    let chains: Vec<ChainId> = (0..=diff_ids.len())
+        .map(|n| ChainId::of(&diff_ids[..n]))
+        .collect();
     let mut present = chains.len() - 1;
     while present > 0 && !driver.exists(&chains[present])? {
         present -= 1;
@@ -42,10 +48,18 @@ pub fn ensure_snapshot(layout: &Layout, driver: &dyn SnapshotDriver, image: &Ima
 }
 
 /// Discard a work tree after `err`; if that fails too, report both.
-pub fn discard_after(driver: &dyn SnapshotDriver, tree: crate::driver::WorkTree, err: BuildError) -> BuildError {
+pub fn discard_after(
+    driver: &dyn SnapshotDriver,
+    tree: crate::driver::WorkTree,
+    err: BuildError,
+) -> BuildError {
     let path = tree.path.clone();
     match driver.discard(tree) {
         Ok(()) => err,
-        Err(cleanup) => BuildError::Cleanup { first: Box::new(err), path, cleanup },
+        Err(cleanup) => BuildError::Cleanup {
+            first: Box::new(err),
+            path,
+            cleanup,
+        },
     }
 }

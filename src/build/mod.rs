@@ -52,13 +52,23 @@ pub enum BuildError {
     #[error("target {0}: not built, interrupted")]
     Interrupted(String),
     #[error("{} of {total} targets failed:\n  {}", .failures.len(), .failures.iter().map(|f| format!("{f:#}")).collect::<Vec<_>>().join("\n  "))]
-    Failed { total: usize, failures: Vec<BuildError> },
+    Failed {
+        total: usize,
+        failures: Vec<BuildError>,
+    },
 }
 
 impl BuildError {
-    fn step(target: &str, step: impl Into<String>) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+    fn step(
+        target: &str,
+        step: impl Into<String>,
+    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
         let (target, step) = (target.to_string(), step.into());
-        move |source| BuildError::Step { target, step, source }
+        move |source| BuildError::Step {
+            target,
+            step,
+            source,
+        }
     }
 }
 
@@ -79,7 +89,11 @@ pub struct BuildOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Built and tagged; `layer` is `None` when it changed nothing.
-    Built { manifest: String, tags: Vec<String>, layer: Option<String> },
+    Built {
+        manifest: String,
+        tags: Vec<String>,
+        layer: Option<String>,
+    },
     /// Inputs unchanged since its last build: its tag already points at it.
     Cached { manifest: String },
 }
@@ -96,15 +110,29 @@ pub struct Builder<'a> {
 impl<'a> Builder<'a> {
     pub fn new(layout: &'a Layout, driver: &'a dyn SnapshotDriver, opts: BuildOptions) -> Self {
         let cache = cache::Cache::new(&opts.storedir);
-        Builder { layout, driver, opts, cache, tagging: Mutex::new(()) }
+        Builder {
+            layout,
+            driver,
+            opts,
+            cache,
+            tagging: Mutex::new(()),
+        }
     }
 
     /// Build `plan`'s targets (only `selected` and what they need, when not
     /// empty). Every target that can be built is; the error lists the rest.
-    pub fn build(&self, plan: &BuildPlan, selected: &[String]) -> Result<Vec<(String, Outcome)>, BuildError> {
+    pub fn build(
+        &self,
+        plan: &BuildPlan,
+        selected: &[String],
+    ) -> Result<Vec<(String, Outcome)>, BuildError> {
         let targets = select(plan, selected);
-        let in_plan: HashMap<&str, &Target> = targets.iter().map(|t| (t.name.as_str(), *t)).collect();
-        let mut state: HashMap<&str, State> = targets.iter().map(|t| (t.name.as_str(), State::Pending)).collect();
+        let in_plan: HashMap<&str, &Target> =
+            targets.iter().map(|t| (t.name.as_str(), *t)).collect();
+        let mut state: HashMap<&str, State> = targets
+            .iter()
+            .map(|t| (t.name.as_str(), State::Pending))
+            .collect();
         let mut outcomes = Vec::new();
         let mut failures = Vec::new();
         let jobs = self.opts.jobs.max(1);
@@ -124,8 +152,13 @@ impl<'a> Builder<'a> {
                     match base_state {
                         State::Failed => {
                             state.insert(&t.name, State::Failed);
-                            let Base::Tag(base) = &t.base else { unreachable!() };
-                            failures.push(BuildError::BaseFailed { target: t.name.clone(), base: base.clone() });
+                            let Base::Tag(base) = &t.base else {
+                                unreachable!()
+                            };
+                            failures.push(BuildError::BaseFailed {
+                                target: t.name.clone(),
+                                base: base.clone(),
+                            });
                         }
                         State::Done if crate::signals::interrupted() => {
                             state.insert(&t.name, State::Failed);
@@ -167,7 +200,10 @@ impl<'a> Builder<'a> {
         if failures.is_empty() {
             Ok(outcomes)
         } else {
-            Err(BuildError::Failed { total: targets.len(), failures })
+            Err(BuildError::Failed {
+                total: targets.len(),
+                failures,
+            })
         }
     }
 
@@ -177,13 +213,23 @@ impl<'a> Builder<'a> {
         let base = match &t.base {
             Base::Empty => None,
             Base::Tag(tag) => {
-                let desc = self.layout.resolve(tag)?.ok_or_else(|| LayoutError::NoTag(tag.clone()))?;
+                let desc = self
+                    .layout
+                    .resolve(tag)?
+                    .ok_or_else(|| LayoutError::NoTag(tag.clone()))?;
                 Some(self.layout.image(&desc)?)
             }
         };
-        let base_digest = base.as_ref().map_or("empty".to_string(), |b| b.manifest_desc.digest().to_string());
-        let key = cache::key(&base_digest, &t.stanza, &self.options_key(), &t.input_files())
-            .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
+        let base_digest = base.as_ref().map_or("empty".to_string(), |b| {
+            b.manifest_desc.digest().to_string()
+        });
+        let key = cache::key(
+            &base_digest,
+            &t.stanza,
+            &self.options_key(),
+            &t.input_files(),
+        )
+        .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
         if !self.opts.no_cache {
             if let Some(manifest) = self.cache.lookup(name, &key) {
                 let current = self.layout.resolve(name)?.map(|d| d.digest().to_string());
@@ -198,7 +244,9 @@ impl<'a> Builder<'a> {
             Some(image) => ensure_snapshot(self.layout, self.driver, image)?,
             None => ChainId::empty(),
         };
-        let tree = self.driver.checkout(&base_chain, &format!("build-{name}"))?;
+        let tree = self
+            .driver
+            .checkout(&base_chain, &format!("build-{name}"))?;
         if let Err(e) = self.fill(t, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
@@ -237,11 +285,20 @@ impl<'a> Builder<'a> {
     }
 
     /// Run the target's actions on `tree`.
-    fn fill(&self, t: &Target, tree: &WorkTree, base: Option<&Image>, spec_dir: &Path) -> Result<(), BuildError> {
+    fn fill(
+        &self,
+        t: &Target,
+        tree: &WorkTree,
+        base: Option<&Image>,
+        spec_dir: &Path,
+    ) -> Result<(), BuildError> {
         let name = t.name.as_str();
         let root = tree.path.as_path();
-        let interrupted = || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
-        let run_config = base.and_then(|b| b.config.config().clone()).unwrap_or_default();
+        let interrupted =
+            || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
+        let run_config = base
+            .and_then(|b| b.config.config().clone())
+            .unwrap_or_default();
         let ctx = actions::run::RunContext {
             target: name,
             env: run_config
@@ -249,35 +306,50 @@ impl<'a> Builder<'a> {
                 .clone()
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect(),
-            workdir: run_config.working_dir().clone().unwrap_or_else(|| "/".to_string()),
+            workdir: run_config
+                .working_dir()
+                .clone()
+                .unwrap_or_else(|| "/".to_string()),
             network: t.network,
         };
 
-        actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir).map_err(|e| BuildError::step(name, "pre")(e.into()))?;
+        actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir)
+            .map_err(|e| BuildError::step(name, "pre")(e.into()))?;
         for tarball in &t.expand {
             interrupted()?;
-            actions::expand::expand(root, tarball)
-                .map_err(|e| BuildError::step(name, format!("expand {}", tarball.display()))(e.into()))?;
+            actions::expand::expand(root, tarball).map_err(|e| {
+                BuildError::step(name, format!("expand {}", tarball.display()))(e.into())
+            })?;
         }
         for item in &t.copy {
             interrupted()?;
-            actions::copy::copy(root, item)
-                .map_err(|e| BuildError::step(name, format!("copy {} {}", item.src.display(), item.dest))(e.into()))?;
+            actions::copy::copy(root, item).map_err(|e| {
+                BuildError::step(name, format!("copy {} {}", item.src.display(), item.dest))(
+                    e.into(),
+                )
+            })?;
         }
         if !t.install.is_empty() {
             interrupted()?;
-            actions::install::install(root, &t.install, &ctx).map_err(|e| BuildError::step(name, "install")(e.into()))?;
+            actions::install::install(root, &t.install, &ctx)
+                .map_err(|e| BuildError::step(name, "install")(e.into()))?;
         }
         if !t.run.is_empty() {
             interrupted()?;
-            actions::run::run_steps(root, &t.run, &ctx).map_err(|e| BuildError::step(name, "run")(e.into()))?;
+            actions::run::run_steps(root, &t.run, &ctx)
+                .map_err(|e| BuildError::step(name, "run")(e.into()))?;
         }
-        actions::hooks::run_hooks("post", &t.post, root, name, spec_dir).map_err(|e| BuildError::step(name, "post")(e.into()))?;
+        actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
+            .map_err(|e| BuildError::step(name, "post")(e.into()))?;
         // A hook may leave something mounted in the tree (a bind-mounted
         // resolv.conf): it must not reach the diff, nor the host through it.
-        let released = actions::hooks::release_mounts_under(root).map_err(|e| BuildError::step(name, "post")(e.into()))?;
+        let released = actions::hooks::release_mounts_under(root)
+            .map_err(|e| BuildError::step(name, "post")(e.into()))?;
         for mount in released {
             tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");
         }
@@ -291,8 +363,10 @@ impl<'a> Builder<'a> {
         let _guard = self.tagging.lock().unwrap_or_else(|p| p.into_inner());
         let existing: Vec<String> = self.layout.tags()?.into_iter().map(|(t, _)| t).collect();
         let dated = tags::next_dated(name, &tags::today(), &existing);
-        self.layout
-            .set_tags(&[(name.to_string(), manifest.clone()), (dated.clone(), manifest.clone())])?;
+        self.layout.set_tags(&[
+            (name.to_string(), manifest.clone()),
+            (dated.clone(), manifest.clone()),
+        ])?;
         Ok(vec![name.to_string(), dated])
     }
 
@@ -306,7 +380,10 @@ impl<'a> Builder<'a> {
 
     /// What else decides a target's bytes, for the cache key.
     fn options_key(&self) -> String {
-        format!("{:?} {:?}", self.opts.compression, self.opts.source_date_epoch)
+        format!(
+            "{:?} {:?}",
+            self.opts.compression, self.opts.source_date_epoch
+        )
     }
 }
 
@@ -323,7 +400,8 @@ fn select<'p>(plan: &'p BuildPlan, selected: &[String]) -> Vec<&'p Target> {
     if selected.is_empty() {
         return plan.targets.iter().collect();
     }
-    let by_name: HashMap<&str, &Target> = plan.targets.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: HashMap<&str, &Target> =
+        plan.targets.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut wanted = std::collections::HashSet::new();
     for name in selected {
         let mut next = Some(name.as_str());
@@ -338,5 +416,8 @@ fn select<'p>(plan: &'p BuildPlan, selected: &[String]) -> Vec<&'p Target> {
             };
         }
     }
-    plan.targets.iter().filter(|t| wanted.contains(t.name.as_str())).collect()
+    plan.targets
+        .iter()
+        .filter(|t| wanted.contains(t.name.as_str()))
+        .collect()
 }

@@ -35,7 +35,9 @@ pub fn parse_dated(tag: &str) -> Option<(&str, (&str, u32))> {
     let shape = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     (shape && !name.is_empty()).then_some((name, (date, n)))
 }
 
@@ -56,14 +58,26 @@ mod tests {
             "cirros-2026-01-01_12".to_string(),
             "cirros-extra-2026-01-02_40".to_string(),
         ];
-        assert_eq!(next_dated("cirros", "2026-01-02", &existing), "cirros-2026-01-02_10");
-        assert_eq!(next_dated("cirros", "2026-01-03", &existing), "cirros-2026-01-03_1");
-        assert_eq!(next_checkin("2026-01-02", &["2026-01-02_v3".into()]), "2026-01-02_v4");
+        assert_eq!(
+            next_dated("cirros", "2026-01-02", &existing),
+            "cirros-2026-01-02_10"
+        );
+        assert_eq!(
+            next_dated("cirros", "2026-01-03", &existing),
+            "cirros-2026-01-03_1"
+        );
+        assert_eq!(
+            next_checkin("2026-01-02", &["2026-01-02_v3".into()]),
+            "2026-01-02_v4"
+        );
     }
 
     #[test]
     fn parses_dated_tags() {
-        assert_eq!(parse_dated("a-b-2026-01-02_3"), Some(("a-b", ("2026-01-02", 3))));
+        assert_eq!(
+            parse_dated("a-b-2026-01-02_3"),
+            Some(("a-b", ("2026-01-02", 3)))
+        );
         assert_eq!(parse_dated("cirros"), None);
         assert_eq!(parse_dated("2026-01-02_v3"), None);
     }

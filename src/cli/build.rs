@@ -24,7 +24,9 @@ pub struct BuildArgs {
 pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let layout = &session.layout;
-    let plan = crate::spec::load(&args.spec, &|tag| matches!(layout.resolve(tag), Ok(Some(_))))?;
+    let plan = crate::spec::load(&args.spec, &|tag| {
+        matches!(layout.resolve(tag), Ok(Some(_)))
+    })?;
     for name in &args.targets {
         if !plan.targets.iter().any(|t| &t.name == name) {
             bail!("--target {name}: no such target in {}", plan.file.display());
@@ -39,7 +41,8 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         storedir: session.config.storedir.clone(),
     };
-    let outcomes = Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets)?;
+    let outcomes =
+        Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets)?;
     for (name, outcome) in outcomes {
         match outcome {
             Outcome::Built { tags, .. } => println!("{name}: built, tagged {}", tags.join(" ")),

@@ -18,15 +18,25 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
         .driver
         .work_tree(CHECKOUT)?
         .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;
-    let record = Record::load(&session.config.storedir)?
-        .ok_or_else(|| anyhow!("the checkout at {} has no record of its tag", tree.path.display()))?;
+    let record = Record::load(&session.config.storedir)?.ok_or_else(|| {
+        anyhow!(
+            "the checkout at {} has no record of its tag",
+            tree.path.display()
+        )
+    })?;
     let base_desc = session
         .layout
         .tags()?
         .into_iter()
         .map(|(_, d)| d)
         .find(|d| d.digest().to_string() == record.manifest)
-        .ok_or_else(|| anyhow!("the image {} that was checked out ({}) is no longer tagged", record.tag, record.manifest))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "the image {} that was checked out ({}) is no longer tagged",
+                record.tag,
+                record.manifest
+            )
+        })?;
     let base = session.layout.image(&base_desc)?;
 
     let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();

@@ -28,7 +28,10 @@ impl Record {
     pub fn load(storedir: &Path) -> anyhow::Result<Option<Record>> {
         let path = record_path(storedir);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?)),
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -36,7 +39,8 @@ impl Record {
 
     fn save(&self, storedir: &Path) -> anyhow::Result<()> {
         let path = record_path(storedir);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     pub fn clear(storedir: &Path) -> anyhow::Result<()> {
@@ -53,7 +57,8 @@ impl Record {
 pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     if let Some(open) = session.driver.work_tree(CHECKOUT)? {
-        let what = Record::load(&session.config.storedir)?.map_or_else(|| "a tree".to_string(), |r| r.tag);
+        let what =
+            Record::load(&session.config.storedir)?.map_or_else(|| "a tree".to_string(), |r| r.tag);
         bail!(
             "a checkout of {what} is in progress at {}: `genoci checkin` or `genoci abort` it first",
             open.path.display()
@@ -62,7 +67,11 @@ pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
     let image = session.image(&args.tag)?;
     let chain = ensure_snapshot(&session.layout, session.driver.as_ref(), &image)?;
     let tree = session.driver.checkout(&chain, CHECKOUT)?;
-    Record { tag: args.tag.clone(), manifest: image.manifest_desc.digest().to_string() }.save(&session.config.storedir)?;
+    Record {
+        tag: args.tag.clone(),
+        manifest: image.manifest_desc.digest().to_string(),
+    }
+    .save(&session.config.storedir)?;
     println!("{}", tree.path.display());
     Ok(())
 }

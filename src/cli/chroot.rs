@@ -17,7 +17,11 @@ pub struct ChrootArgs {
 pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let driver = session.driver.as_ref();
-    let argv = if args.cmd.is_empty() { vec!["/bin/sh".to_string()] } else { args.cmd.clone() };
+    let argv = if args.cmd.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        args.cmd.clone()
+    };
     let (tree, image, throwaway) = match &args.tag {
         Some(tag) => {
             let image = session.image(tag)?;
@@ -32,7 +36,9 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             (tree, None, false)
         }
     };
-    let config = image.and_then(|i| i.config.config().clone()).unwrap_or_default();
+    let config = image
+        .and_then(|i| i.config.config().clone())
+        .unwrap_or_default();
     let opts = RunOptions {
         root: &tree.path,
         argv,
@@ -41,10 +47,19 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_default()
             .iter()
-            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .chain([("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into()))])
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .chain([(
+                "TERM".to_string(),
+                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+            )])
             .collect(),
-        workdir: config.working_dir().clone().unwrap_or_else(|| "/".to_string()),
+        workdir: config
+            .working_dir()
+            .clone()
+            .unwrap_or_else(|| "/".to_string()),
         network: crate::spec::Network::Host,
         output: Output::Inherit,
     };

@@ -72,10 +72,16 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_dated_tag_of_each_name() {
-        let tags: Vec<String> = ["a", "a-2026-01-01_3", "a-2026-01-02_1", "a-2026-01-02_2", "b-2026-01-01_1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let tags: Vec<String> = [
+            "a",
+            "a-2026-01-01_3",
+            "a-2026-01-02_1",
+            "a-2026-01-02_2",
+            "b-2026-01-01_1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(older_dated(&tags), vec!["a-2026-01-01_3", "a-2026-01-02_1"]);
     }
 }

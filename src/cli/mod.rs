@@ -217,15 +217,22 @@ impl Session {
                 driver.discard(stale)?;
             }
         }
-        Ok(Session { config, layout, driver, _locks: (store_lock, layout_lock) })
+        Ok(Session {
+            config,
+            layout,
+            driver,
+            _locks: (store_lock, layout_lock),
+        })
     }
 
     /// The image a tag names.
     pub fn image(&self, tag: &str) -> anyhow::Result<crate::layout::image::Image> {
-        let desc = self
-            .layout
-            .resolve(tag)?
-            .ok_or_else(|| anyhow::anyhow!("tag {tag} is not in the layout {}", self.layout.root().display()))?;
+        let desc = self.layout.resolve(tag)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "tag {tag} is not in the layout {}",
+                self.layout.root().display()
+            )
+        })?;
         Ok(self.layout.image(&desc)?)
     }
 }

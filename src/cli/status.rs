@@ -5,11 +5,19 @@ pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let c = &session.config;
     println!("driver:    {}", session.driver.name());
-    println!("layout:    {} ({} tags)", session.layout.root().display(), session.layout.tags()?.len());
+    println!(
+        "layout:    {} ({} tags)",
+        session.layout.root().display(),
+        session.layout.tags()?.len()
+    );
     match c.driver {
         crate::config::DriverKind::Plain => println!("store:     {}", c.storedir.display()),
         crate::config::DriverKind::Btrfs => {
-            println!("store:     {} (btrfs on {})", c.btrfsmount.display(), c.lofile.display())
+            println!(
+                "store:     {} (btrfs on {})",
+                c.btrfsmount.display(),
+                c.lofile.display()
+            )
         }
     }
     println!("snapshots: {}", session.driver.snapshots()?.len());

@@ -26,7 +26,9 @@ fn the_example_builds_tags_and_runs() {
     let tags = env.tags();
     assert_eq!(tags.len(), 4, "{tags:?}");
     assert!(tags.contains(&"cirros".to_string()) && tags.contains(&"modified".to_string()));
-    assert!(tags.iter().any(|t| t.starts_with("modified-") && t.ends_with("_1")));
+    assert!(tags
+        .iter()
+        .any(|t| t.starts_with("modified-") && t.ends_with("_1")));
 
     // Unchanged inputs: cached, no new dated tags.
     let again = env.ok(&["cirros.yaml"]);
@@ -37,12 +39,21 @@ fn the_example_builds_tags_and_runs() {
     env.ok(&["build", "--no-cache", "cirros.yaml"]);
     let tags = env.tags();
     assert_eq!(tags.len(), 6, "{tags:?}");
-    assert!(tags.iter().any(|t| t.starts_with("modified-") && t.ends_with("_2")));
+    assert!(tags
+        .iter()
+        .any(|t| t.starts_with("modified-") && t.ends_with("_2")));
 
     let rootfs = env.unpack("modified");
-    assert_eq!(fs::read_to_string(rootfs.join("hw")).unwrap(), "Hello, world\n");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hw")).unwrap(),
+        "Hello, world\n"
+    );
     assert!(rootfs.join("bin/busybox").exists());
 
-    let stat = run_ok(Command::new("umoci").args(["stat", "--image"]).arg(format!("{}:modified", env.layout().display())));
+    let stat = run_ok(
+        Command::new("umoci")
+            .args(["stat", "--image"])
+            .arg(format!("{}:modified", env.layout().display())),
+    );
     assert!(stat.contains("genoci build modified"), "{stat}");
 }

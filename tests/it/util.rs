@@ -1,4 +1,5 @@
 //! The harness: each test gets a temp dir with its own config, layout and
+#![allow(dead_code)] // shared helpers; each test file uses a part
 //! store, and runs the built binary there with a clean environment.
 
 use std::fs;
@@ -45,9 +46,15 @@ pub fn have(tool: &str) -> bool {
 
 impl Env {
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("genoci-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("genoci-test-")
+            .tempdir()
+            .expect("temp dir");
         let env = Env { dir };
-        env.write("atom_config.yaml", "driver: plain\nlayoutdir: ./oci\nstoredir: ./.genoci\n");
+        env.write(
+            "atom_config.yaml",
+            "driver: plain\nlayoutdir: ./oci\nstoredir: ./.genoci\n",
+        );
         env
     }
 
@@ -72,7 +79,10 @@ impl Env {
         c.args(args)
             .current_dir(self.path())
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", self.path());
         c
     }
@@ -112,7 +122,12 @@ impl Env {
     /// `umoci unpack` a tag into `dir/bundle-TAG` and return its rootfs.
     pub fn unpack(&self, tag: &str) -> PathBuf {
         let bundle = self.path().join(format!("bundle-{tag}"));
-        run_ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:{tag}", self.layout().display())).arg(&bundle));
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:{tag}", self.layout().display()))
+                .arg(&bundle),
+        );
         bundle.join("rootfs")
     }
 }
@@ -120,8 +135,16 @@ impl Env {
 /// Path of a cached fixture tarball (made by scripts/fixtures.sh).
 pub fn fixture(which: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixtures.sh");
-    let out = Command::new("bash").arg(script).arg(which).output().expect("fixtures.sh");
-    assert!(out.status.success(), "fixtures.sh {which}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(which)
+        .output()
+        .expect("fixtures.sh");
+    assert!(
+        out.status.success(),
+        "fixtures.sh {which}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
