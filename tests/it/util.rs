@@ -1,6 +1,8 @@
 //! The harness: each test gets a temp dir with its own config, layout and
-#![allow(dead_code)] // shared helpers; each test file uses a part
 //! store, and runs the built binary there with a clean environment.
+
+// Shared helpers: each test file uses a part of them.
+#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
