@@ -8,4 +8,5 @@ scripts/fixtures.sh busybox >/dev/null
 scripts/fixtures.sh debian >/dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --all-targets -- --test-threads=2

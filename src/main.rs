@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use genoci::cli::{self, exit};
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +16,7 @@ fn main() {
             EnvFilter::try_from_env("GENOCI_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();

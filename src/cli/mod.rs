@@ -205,6 +205,14 @@ impl Session {
     pub fn open(g: &GlobalArgs) -> anyhow::Result<Session> {
         use anyhow::Context;
         let config = g.load_config()?;
+        for (key, dir) in [
+            ("layoutdir", &config.layoutdir),
+            ("storedir", &config.storedir),
+        ] {
+            if dir.canonicalize().unwrap_or_else(|_| dir.clone()) == std::path::Path::new("/") {
+                anyhow::bail!("{key} is /: refusing to use the root directory");
+            }
+        }
         std::fs::create_dir_all(&config.storedir)
             .with_context(|| format!("creating the store {}", config.storedir.display()))?;
         let store_lock = crate::layout::lock::lock(&config.storedir)?;
