@@ -2,4 +2,7 @@
 
 mod util;
 
+mod core;
 mod example;
+mod oci;
+mod tarball;
