@@ -240,9 +240,10 @@ impl<'a> Builder<'a> {
             }
         }
 
-        let base_chain = match &base {
-            Some(image) => ensure_snapshot(self.layout, self.driver, image)?,
-            None => ChainId::empty(),
+        let base_chain = match (&base, &t.base) {
+            (Some(image), Base::Tag(tag)) => ensure_snapshot(self.layout, self.driver, image)
+                .map_err(|e| BuildError::step(name, format!("base {tag}"))(e.into()))?,
+            _ => ChainId::empty(),
         };
         let tree = self
             .driver
