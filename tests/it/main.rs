@@ -5,4 +5,5 @@ mod util;
 mod core;
 mod example;
 mod oci;
+mod safety;
 mod tarball;
