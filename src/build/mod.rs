@@ -105,6 +105,9 @@ pub struct Builder<'a> {
     cache: cache::Cache,
     /// index.json is read, changed and rewritten whole: one writer at a time.
     tagging: Mutex<()>,
+    /// Targets on the same base missing from the store would rebuild it in
+    /// the same work tree at once: one materialises, the others then find it.
+    materializing: Mutex<()>,
 }
 
 impl<'a> Builder<'a> {
@@ -116,6 +119,7 @@ impl<'a> Builder<'a> {
             opts,
             cache,
             tagging: Mutex::new(()),
+            materializing: Mutex::new(()),
         }
     }
 
@@ -241,8 +245,11 @@ impl<'a> Builder<'a> {
         }
 
         let base_chain = match (&base, &t.base) {
-            (Some(image), Base::Tag(tag)) => ensure_snapshot(self.layout, self.driver, image)
-                .map_err(|e| BuildError::step(name, format!("base {tag}"))(e.into()))?,
+            (Some(image), Base::Tag(tag)) => {
+                let _guard = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+                ensure_snapshot(self.layout, self.driver, image)
+                    .map_err(|e| BuildError::step(name, format!("base {tag}"))(e.into()))?
+            }
             _ => ChainId::empty(),
         };
         let tree = self

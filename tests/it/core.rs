@@ -732,3 +732,31 @@ fn source_date_epoch_gives_the_same_digests_in_two_builds() {
     }
     assert_eq!(digests[0], digests[1]);
 }
+
+/// Regression: two targets on one base that the store did not hold yet both
+/// rebuilt it from its layers at once, in the same work tree, and failed.
+#[test]
+fn two_targets_on_a_base_missing_from_the_store_both_build() {
+    require_root!();
+    let first = Env::new();
+    first.busybox("bb.tar.gz");
+    first.write("spec.yaml", "base:\n  base: empty\n  expand: ./bb.tar.gz\n");
+    first.ok(&["build", "spec.yaml"]);
+
+    // The same layout, a fresh store.
+    let env = Env::new();
+    crate::util::run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(first.layout())
+            .arg(env.layout()),
+    );
+    env.write(
+        "spec.yaml",
+        "one:\n  base: base\n  run: touch /one\ntwo:\n  base: base\n  run: touch /two\nthree:\n  base: base\n  run: touch /three\n",
+    );
+    env.ok(&["build", "-j", "3", "spec.yaml"]);
+    for t in ["one", "two", "three"] {
+        assert_eq!(paths(&top_entries(&env, t)), [t]);
+    }
+}
