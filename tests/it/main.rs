@@ -4,6 +4,7 @@ mod util;
 
 mod core;
 mod example;
+mod interop;
 mod oci;
 mod safety;
 mod tarball;

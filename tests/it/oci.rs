@@ -166,7 +166,13 @@ pub fn single_tag_layout(layout: &Path, tag: &str, dir: &Path) -> PathBuf {
     let copy = dir.join(format!("only-{tag}"));
     fs::create_dir_all(&copy).unwrap();
     fs::copy(layout.join("oci-layout"), copy.join("oci-layout")).unwrap();
-    std::os::unix::fs::symlink(layout.join("blobs"), copy.join("blobs")).unwrap();
+    // oci-image-tool wants a real blobs directory: hard links cost nothing.
+    let blobs = copy.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    for blob in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let blob = blob.unwrap();
+        fs::hard_link(blob.path(), blobs.join(blob.file_name())).unwrap();
+    }
     let mut idx = index(layout);
     let only: Vec<Value> = idx["manifests"]
         .as_array()
