@@ -35,6 +35,9 @@ pub enum BuildError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An action whose errors already name the target and the step.
+    #[error(transparent)]
+    Action(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -345,12 +348,12 @@ impl<'a> Builder<'a> {
         if !t.install.is_empty() {
             interrupted()?;
             actions::install::install(root, &t.install, &ctx)
-                .map_err(|e| BuildError::step(name, "install")(e.into()))?;
+                .map_err(|e| BuildError::Action(e.into()))?;
         }
         if !t.run.is_empty() {
             interrupted()?;
             actions::run::run_steps(root, &t.run, &ctx)
-                .map_err(|e| BuildError::step(name, "run")(e.into()))?;
+                .map_err(|e| BuildError::Action(e.into()))?;
         }
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
             .map_err(|e| BuildError::step(name, "post")(e.into()))?;

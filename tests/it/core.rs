@@ -489,15 +489,22 @@ strict:
     assert_eq!(out.status.code(), Some(1));
     let all = output(&out);
     let err = stderr(&out);
+    // The step's output, marked with its target.
     assert!(
-        all.contains("to-stdout") && all.contains("to-stderr"),
+        all.contains("[loud] to-stdout") && all.contains("[loud] to-stderr"),
         "{all}"
     );
-    let loud = err
+    let summary = &err[err.find("genoci: error:").expect("a final error")..];
+    let loud = summary
         .lines()
-        .find(|l| l.contains("loud") && l.contains("exit status 7"))
-        .unwrap_or_else(|| panic!("no line names loud and its exit status:\n{err}"));
-    assert!(loud.contains("run"), "{loud}");
+        .find(|l| l.contains("loud"))
+        .unwrap_or_else(|| panic!("the error does not name loud:\n{summary}"));
+    assert!(
+        loud.contains("run step 1") && loud.contains("exit status 7"),
+        "{loud}"
+    );
+    // Regression: the target was named twice ("target loud: run: target loud: run step 1").
+    assert_eq!(loud.matches("loud").count(), 1, "{loud}");
     assert!(
         err.lines()
             .any(|l| l.contains("strict") && l.contains("exit status 1")),
