@@ -35,6 +35,9 @@ pub enum BuildError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An action whose errors already name the target and the step.
+    #[error(transparent)]
+    Action(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -105,6 +108,9 @@ pub struct Builder<'a> {
     cache: cache::Cache,
     /// index.json is read, changed and rewritten whole: one writer at a time.
     tagging: Mutex<()>,
+    /// Targets on the same base missing from the store would rebuild it in
+    /// the same work tree at once: one materialises, the others then find it.
+    materializing: Mutex<()>,
 }
 
 impl<'a> Builder<'a> {
@@ -116,6 +122,7 @@ impl<'a> Builder<'a> {
             opts,
             cache,
             tagging: Mutex::new(()),
+            materializing: Mutex::new(()),
         }
     }
 
@@ -240,9 +247,13 @@ impl<'a> Builder<'a> {
             }
         }
 
-        let base_chain = match &base {
-            Some(image) => ensure_snapshot(self.layout, self.driver, image)?,
-            None => ChainId::empty(),
+        let base_chain = match (&base, &t.base) {
+            (Some(image), Base::Tag(tag)) => {
+                let _guard = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+                ensure_snapshot(self.layout, self.driver, image)
+                    .map_err(|e| BuildError::step(name, format!("base {tag}"))(e.into()))?
+            }
+            _ => ChainId::empty(),
         };
         let tree = self
             .driver
@@ -337,12 +348,12 @@ impl<'a> Builder<'a> {
         if !t.install.is_empty() {
             interrupted()?;
             actions::install::install(root, &t.install, &ctx)
-                .map_err(|e| BuildError::step(name, "install")(e.into()))?;
+                .map_err(|e| BuildError::Action(e.into()))?;
         }
         if !t.run.is_empty() {
             interrupted()?;
             actions::run::run_steps(root, &t.run, &ctx)
-                .map_err(|e| BuildError::step(name, "run")(e.into()))?;
+                .map_err(|e| BuildError::Action(e.into()))?;
         }
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
             .map_err(|e| BuildError::step(name, "post")(e.into()))?;

@@ -2,4 +2,9 @@
 
 mod util;
 
+mod core;
 mod example;
+mod interop;
+mod oci;
+mod safety;
+mod tarball;
