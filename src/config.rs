@@ -57,7 +57,7 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -420,9 +420,7 @@ mod tests {
             matches!(&e, ConfigError::Io { path, .. } if *path == missing),
             "{e:?}"
         );
-        assert!(e
-            .to_string()
-            .starts_with(&format!("{}: ", missing.display())));
+        assert!(crate::error_chain(&e).starts_with(&format!("{}: ", missing.display())));
     }
 
     #[test]

@@ -12,3 +12,16 @@ pub mod sandbox;
 pub mod signals;
 pub mod spec;
 pub mod xattr;
+
+/// An error and its causes on one line, `a: b: c`, as `anyhow` prints them
+/// with `{:#}`: each error's message leaves its cause to the chain.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}

@@ -11,7 +11,7 @@ use crate::fsutil::{copy_tree, resolve_in, CopyOptions};
 use crate::spec::CopyItem;
 
 #[derive(Debug, thiserror::Error)]
-#[error("copy {} to {dest}: {source}", src.display())]
+#[error("copy {} to {dest}", src.display())]
 pub struct CopyError {
     pub src: PathBuf,
     pub dest: String,

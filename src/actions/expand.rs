@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("expand {tarball}: {source}")]
+#[error("expand {tarball}")]
 pub struct ExpandError {
     pub tarball: PathBuf,
     #[source]

@@ -23,7 +23,7 @@ pub enum HookError {
         command: String,
         status: String,
     },
-    #[error("target {target}: {stage} hook `{command}`: cannot run /bin/sh: {source}")]
+    #[error("target {target}: {stage} hook `{command}`: cannot run /bin/sh")]
     Spawn {
         target: String,
         stage: String,
@@ -31,18 +31,18 @@ pub enum HookError {
         #[source]
         source: io::Error,
     },
-    #[error("reading {path}: {source}", path = MOUNTINFO)]
+    #[error("reading {path}", path = MOUNTINFO)]
     MountInfo {
         #[source]
         source: io::Error,
     },
-    #[error("{}: {source}", .path.display())]
+    #[error("{}", .path.display())]
     Tree {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("unmounting {}: {source}", .path.display())]
+    #[error("unmounting {}", .path.display())]
     Unmount {
         path: PathBuf,
         #[source]

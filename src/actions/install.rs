@@ -17,20 +17,20 @@ use crate::spec::Package;
 pub enum InstallError {
     #[error("target {target}: {package}: not a .deb or .rpm file")]
     UnknownKind { target: String, package: String },
-    #[error("target {target}: cannot create a download directory: {source}")]
+    #[error("target {target}: cannot create a download directory")]
     TempDir {
         target: String,
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: downloading {url}: {source}")]
+    #[error("target {target}: downloading {url}")]
     Download {
         target: String,
         url: String,
         #[source]
         source: Box<ureq::Error>,
     },
-    #[error("target {target}: downloading {url} to {}: {source}", .path.display())]
+    #[error("target {target}: downloading {url} to {}", .path.display())]
     Transfer {
         target: String,
         url: String,
@@ -38,14 +38,14 @@ pub enum InstallError {
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: cannot copy {} into the tree: {source}", .path.display())]
+    #[error("target {target}: cannot copy {} into the tree", .path.display())]
     CopyIn {
         target: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: install: {source}")]
+    #[error("target {target}: install")]
     Scratch {
         target: String,
         #[source]
@@ -53,7 +53,7 @@ pub enum InstallError {
     },
     #[error("target {target}: install needs {program}, which the image does not have")]
     NoManager { target: String, program: String },
-    #[error("target {target}: install: {source}")]
+    #[error("target {target}: install")]
     Sandbox {
         target: String,
         #[source]
@@ -401,7 +401,7 @@ mod tests {
         };
         let url = serve_once("404 Not Found", b"gone".to_vec(), "missing.deb");
         let err = install(&tree, &[Package::Url(url.clone())], &ctx()).unwrap_err();
-        let message = err.to_string();
+        let message = crate::error_chain(&err);
         assert!(
             message.contains(&url) && message.contains("404"),
             "{message}"

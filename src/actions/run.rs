@@ -34,7 +34,7 @@ pub enum RunError {
         step: usize,
         what: String,
     },
-    #[error("target {target}: run step {step} ({what}): {source}")]
+    #[error("target {target}: run step {step} ({what})")]
     Sandbox {
         target: String,
         step: usize,
@@ -42,7 +42,7 @@ pub enum RunError {
         #[source]
         source: Box<SandboxError>,
     },
-    #[error("target {target}: run step {step} ({what}): {source}")]
+    #[error("target {target}: run step {step} ({what})")]
     Scratch {
         target: String,
         step: usize,
@@ -50,7 +50,7 @@ pub enum RunError {
         #[source]
         source: ScratchError,
     },
-    #[error("target {target}: run step {step}: cannot copy {} into the tree: {source}", .path.display())]
+    #[error("target {target}: run step {step}: cannot copy {} into the tree", .path.display())]
     CopyIn {
         target: String,
         step: usize,

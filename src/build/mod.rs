@@ -28,7 +28,7 @@ pub use materialize::{discard_after, ensure_snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("target {target}: {step}: {source}")]
+    #[error("target {target}: {step}")]
     Step {
         target: String,
         step: String,
@@ -44,7 +44,7 @@ pub enum BuildError {
     Driver(#[from] DriverError),
     #[error("{0}")]
     Image(String),
-    #[error("{first}; cleaning up {} failed too: {cleanup}", path.display())]
+    #[error("{}; cleaning up {} failed too: {}", crate::error_chain(first.as_ref()), path.display(), crate::error_chain(cleanup))]
     Cleanup {
         first: Box<BuildError>,
         path: PathBuf,
@@ -54,7 +54,7 @@ pub enum BuildError {
     BaseFailed { target: String, base: String },
     #[error("target {0}: not built, interrupted")]
     Interrupted(String),
-    #[error("{} of {total} targets failed:\n  {}", .failures.len(), .failures.iter().map(|f| format!("{f:#}")).collect::<Vec<_>>().join("\n  "))]
+    #[error("{} of {total} targets failed:\n  {}", .failures.len(), .failures.iter().map(|f| crate::error_chain(f)).collect::<Vec<_>>().join("\n  "))]
     Failed {
         total: usize,
         failures: Vec<BuildError>,
@@ -196,7 +196,7 @@ impl<'a> Builder<'a> {
                         outcomes.push((name.to_string(), outcome));
                     }
                     Err(e) => {
-                        tracing::error!(target = name, "{e:#}");
+                        tracing::error!(target = name, "{}", crate::error_chain(&e));
                         state.insert(name, State::Failed);
                         failures.push(e);
                     }

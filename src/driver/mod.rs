@@ -113,7 +113,7 @@ pub struct WorkTree {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,

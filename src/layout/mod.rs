@@ -31,7 +31,7 @@ pub use unpack::extract_tarball;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,

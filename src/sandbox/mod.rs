@@ -59,13 +59,13 @@ pub enum SandboxError {
         root: PathBuf,
         reason: String,
     },
-    #[error("cannot prepare the tree for `{command}`: {source}")]
+    #[error("cannot prepare the tree for `{command}`")]
     Prepare {
         command: String,
         #[source]
         source: ScratchError,
     },
-    #[error("cannot start the sandbox for `{command}`: {source}")]
+    #[error("cannot start the sandbox for `{command}`")]
     Spawn {
         command: String,
         #[source]
@@ -77,19 +77,19 @@ pub enum SandboxError {
     NotFound { command: String, program: String },
     #[error("cannot run `{command}`: {message}")]
     Exec { command: String, message: String },
-    #[error("reading the output of `{command}`: {source}")]
+    #[error("reading the output of `{command}`")]
     Output {
         command: String,
         #[source]
         source: io::Error,
     },
-    #[error("cleaning up after `{command}`: {source}")]
+    #[error("cleaning up after `{command}`")]
     Cleanup {
         command: String,
         #[source]
         source: ScratchError,
     },
-    #[error("{error}; cleaning up afterwards failed too: {cleanup}")]
+    #[error("{}; cleaning up afterwards failed too: {}", crate::error_chain(error.as_ref()), crate::error_chain(cleanup))]
     AndCleanup {
         error: Box<SandboxError>,
         cleanup: ScratchError,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use filetime::FileTime;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {}: {source}", .path.display())]
+#[error("{action} {}", .path.display())]
 pub struct ScratchError {
     pub action: &'static str,
     pub path: PathBuf,
