@@ -2,4 +2,8 @@
 
 mod util;
 
+mod btrfs;
 mod example;
+mod lpack;
+mod robust;
+mod stores;
