@@ -77,6 +77,8 @@ fn setup_makes_a_sparse_mounted_store_and_unsetup_removes_it() {
     assert!(!lofile.exists());
     assert!(!store.mountpoint().exists());
     assert_released(store.path());
+    let again = store.ok(&["unsetup"]);
+    assert!(again.contains("nothing to do"), "{again}");
 
     // And it can be set up again from nothing.
     let out = store.ok(&["setup"]);
