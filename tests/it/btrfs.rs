@@ -95,8 +95,11 @@ fn a_btrfs_build_before_setup_says_to_run_setup() {
         "driver: btrfs\nlofile: ./btrfs.img\nbtrfsmount: ./btrfs\n",
     );
     write_spec(&env);
+    // `-q spec.yaml` also pins the regression where a spec after global
+    // flags was taken for an unknown command.
     for args in [
         &["build", "spec.yaml"][..],
+        &["-q", "spec.yaml"],
         &["checkout", "bb"],
         &["unpack"],
     ] {
