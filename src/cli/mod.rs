@@ -133,14 +133,32 @@ pub mod exit {
 
 /// Parse the command line (accepting `genoci SPEC` for `genoci build SPEC`).
 pub fn parse() -> Cli {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
-        let known = Cli::command_names();
-        if !first.starts_with('-') && !known.iter().any(|k| k == first) {
-            args.insert(1, "build".into());
+    Cli::parse_from(with_build_inserted(std::env::args_os().collect()))
+}
+
+/// `args` with `build` before the first word that is neither a global flag,
+/// a flag's value nor a command: `genoci -q --driver btrfs SPEC` builds too.
+fn with_build_inserted(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let takes_value = |flag: &str| {
+        cli.get_arguments().any(|a| {
+            a.get_action().takes_values()
+                && (a.get_long().is_some_and(|l| flag == format!("--{l}"))
+                    || a.get_short().is_some_and(|s| flag == format!("-{s}")))
+        })
+    };
+    let mut i = 1;
+    while let Some(arg) = args.get(i).map(|a| a.to_string_lossy().into_owned()) {
+        if !arg.starts_with('-') || arg == "-" {
+            if !Cli::command_names().contains(&arg) {
+                args.insert(i, "build".into());
+            }
+            break;
         }
+        i += if takes_value(&arg) { 2 } else { 1 };
     }
-    Cli::parse_from(args)
+    args
 }
 
 impl Cli {
@@ -250,4 +268,46 @@ pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::Sna
         DriverKind::Plain => Box::new(crate::driver::plain::PlainDriver::open(&config.storedir)?),
         DriverKind::Btrfs => Box::new(crate::driver::btrfs::BtrfsDriver::open(&config.btrfsmount)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inserted(line: &str) -> String {
+        let args = line.split(' ').map(Into::into).collect();
+        with_build_inserted(args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_spec_after_global_flags_is_built() {
+        // Regression: `genoci -q SPEC` was refused as an unknown command.
+        assert_eq!(inserted("genoci -q s.yaml"), "genoci -q build s.yaml");
+        assert_eq!(
+            inserted("genoci --driver btrfs --config c.yaml s.yaml"),
+            "genoci --driver btrfs --config c.yaml build s.yaml"
+        );
+        assert_eq!(
+            inserted("genoci --layout=oci -v s.yaml"),
+            "genoci --layout=oci -v build s.yaml"
+        );
+        assert_eq!(inserted("genoci s.yaml"), "genoci build s.yaml");
+    }
+
+    #[test]
+    fn commands_and_flags_alone_are_left_as_they_are() {
+        for line in [
+            "genoci --driver btrfs ls",
+            "genoci -q build s.yaml",
+            "genoci checkout build",
+            "genoci --help",
+            "genoci",
+        ] {
+            assert_eq!(inserted(line), line);
+        }
+    }
 }

@@ -3,7 +3,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use crate::config::DriverKind;
-use crate::driver::btrfs::{self, SetupOutcome};
+use crate::driver::btrfs::{self, SetupOutcome, UnsetupOutcome};
 use crate::driver::DriverError;
 
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
-    match btrfs::unsetup_store(lofile, mnt, args.force) {
+    let outcome = match btrfs::unsetup_store(lofile, mnt, args.force) {
         Err(DriverError::Busy(name)) => anyhow::bail!(
             "a {name} is in progress in {}: check it in or abort it, or run `genoci unsetup --force` to lose it",
             mnt.display()
@@ -65,11 +65,18 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
                 mnt.display()
             )
         })?,
+    };
+    match outcome {
+        UnsetupOutcome::Removed => println!(
+            "unmounted {} and removed {}",
+            mnt.display(),
+            lofile.display()
+        ),
+        UnsetupOutcome::NothingThere => println!(
+            "no btrfs store at {} or {}: nothing to do",
+            mnt.display(),
+            lofile.display()
+        ),
     }
-    println!(
-        "unmounted {} and removed {}",
-        mnt.display(),
-        lofile.display()
-    );
     Ok(())
 }

@@ -2,9 +2,13 @@
 
 mod util;
 
+mod btrfs;
 mod core;
 mod example;
 mod interop;
+mod lpack;
 mod oci;
+mod robust;
 mod safety;
+mod stores;
 mod tarball;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use store::{setup_store, unsetup_store, SetupOutcome};
+pub use store::{setup_store, unsetup_store, SetupOutcome, UnsetupOutcome};
 pub use sys::{Kernel, System};
 
 use super::{diff, ChainId, Change, DriverError, Result, SnapshotDriver, WorkTree};

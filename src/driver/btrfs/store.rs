@@ -123,10 +123,18 @@ fn exists(path: &Path) -> Result<bool> {
     path.try_exists().map_err(DriverError::io("stat", path))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsetupOutcome {
+    /// Something of the store was there and is gone now.
+    Removed,
+    /// No mount, image file or mount point was there.
+    NothingThere,
+}
+
 /// Unmount the store, detach its loop devices and remove `lofile` and the
 /// (then empty) mount point. Refused while the [`CHECKOUT_NAME`] work tree
 /// exists, unless `force`.
-pub fn unsetup_store(lofile: &Path, mountpoint: &Path, force: bool) -> Result<()> {
+pub fn unsetup_store(lofile: &Path, mountpoint: &Path, force: bool) -> Result<UnsetupOutcome> {
     unsetup_store_with(&Kernel, lofile, mountpoint, force)
 }
 
@@ -135,14 +143,16 @@ pub fn unsetup_store_with(
     lofile: &Path,
     mountpoint: &Path,
     force: bool,
-) -> Result<()> {
+) -> Result<UnsetupOutcome> {
     let target = checked_mountpoint(mountpoint)?;
+    let mut outcome = UnsetupOutcome::NothingThere;
     if sys.is_btrfs_mount(&target)? {
         let checkout = target.join("work").join(format!("{CHECKOUT_NAME}.json"));
         if !force && exists(&checkout)? {
             return Err(DriverError::Busy(CHECKOUT_NAME.to_string()));
         }
         sys.unmount(&target)?;
+        outcome = UnsetupOutcome::Removed;
     }
     if exists(lofile)? {
         // Devices attached with autoclear went with the mount; one attached
@@ -156,9 +166,10 @@ pub fn unsetup_store_with(
             }
         }
         fs::remove_file(lofile).map_err(DriverError::io("remove", lofile))?;
+        outcome = UnsetupOutcome::Removed;
     }
     match fs::remove_dir(&target) {
-        Ok(()) => {}
+        Ok(()) => outcome = UnsetupOutcome::Removed,
         Err(e)
             if matches!(
                 e.kind(),
@@ -166,6 +177,6 @@ pub fn unsetup_store_with(
             ) => {}
         Err(e) => return Err(DriverError::io("remove directory", &target)(e)),
     }
-    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), "store removed");
-    Ok(())
+    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store removed");
+    Ok(outcome)
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use filetime::FileTime;
 
 use super::loopback::LoopAttachment;
-use super::store::{setup_store_with, unsetup_store_with, CHECKOUT_NAME};
+use super::store::{setup_store_with, unsetup_store_with, UnsetupOutcome, CHECKOUT_NAME};
 use super::*;
 
 fn can_run() -> bool {
@@ -368,7 +368,10 @@ fn unsetup_refuses_a_checkout_unless_forced_and_leaves_nothing() {
         Err(DriverError::Busy(_))
     ));
     assert!(mounted(&store.mnt));
-    unsetup_store(&store.lofile, &store.mnt, true).unwrap();
+    assert_eq!(
+        unsetup_store(&store.lofile, &store.mnt, true).unwrap(),
+        UnsetupOutcome::Removed
+    );
     assert!(!mounted(&store.mnt));
     assert!(!store.lofile.exists());
     assert!(!store.mnt.exists());
@@ -379,8 +382,11 @@ fn unsetup_refuses_a_checkout_unless_forced_and_leaves_nothing() {
         !attached(&lofile)
     });
     assert!(gone, "a loop device still backs {}", lofile.display());
-    // And a second unsetup has nothing to do.
-    unsetup_store(&store.lofile, &store.mnt, false).unwrap();
+    // And a second unsetup has nothing to do, and says so.
+    assert_eq!(
+        unsetup_store(&store.lofile, &store.mnt, false).unwrap(),
+        UnsetupOutcome::NothingThere
+    );
 }
 
 #[test]

@@ -1,0 +1,306 @@
+//! Interrupted builds leave a valid layout, the next command removes their
+//! work trees, and gc removes the snapshots no tag reaches.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::stores::{
+    assert_layout_valid, require_btrfs, subvolumes, unpack_snapshots, work_entries, Btrfs,
+};
+use crate::util::{require_root, require_tool, Env};
+
+const BASE: &str = "bb:\n  base: empty\n  expand: ./busybox.tar.gz\n";
+
+/// A target whose run step marks that it started and then sleeps.
+const SLOW: &str = "slow:\n  base: bb\n  run: |\n    touch /started\n    sleep 60\n";
+
+fn prepare(env: &Env) {
+    env.busybox("busybox.tar.gz");
+    env.write("base.yaml", BASE);
+    env.write("slow.yaml", SLOW);
+    env.ok(&["base.yaml"]);
+}
+
+/// Start a build of `slow.yaml` and wait until its run step has begun.
+fn start_slow_build(env: &Env, store_root: &Path) -> Child {
+    let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
+    let started = store_root.join("work/build-slow/started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run step never started");
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the build ended before its run step: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// No process of the killed build (genoci, its sandbox, the script) is
+/// left: none has its root, cwd or environment in the test dir.
+fn assert_no_sleepers(env: &Env) {
+    let dir = env.path().display().to_string();
+    let of_the_test = |pid: &Path| {
+        ["root", "cwd"].iter().any(|link| {
+            std::fs::read_link(pid.join(link)).is_ok_and(|target| target.starts_with(&dir))
+        }) || std::fs::read(pid.join("environ"))
+            .is_ok_and(|environ| String::from_utf8_lossy(&environ).contains(&dir))
+    };
+    for _ in 0..50 {
+        let left: Vec<_> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| of_the_test(p))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("processes of the killed build are still running");
+}
+
+/// After an interrupted build: a valid layout with only the base, a stale
+/// work tree that the next command removes, and a build that then works.
+fn check_after_interruption(env: &Env, store_root: &Path) {
+    assert_layout_valid(env);
+    assert!(!env.tags().iter().any(|t| t.starts_with("slow")));
+    env.ok(&["status"]);
+    assert!(
+        work_entries(store_root).is_empty(),
+        "stale work trees: {:?}",
+        work_entries(store_root)
+    );
+    env.write("slow.yaml", "slow:\n  base: bb\n  run: touch /done\n");
+    env.ok(&["slow.yaml"]);
+    assert_layout_valid(env);
+    assert!(env.tags().contains(&"slow".to_string()));
+}
+
+fn sigkill_during_run(env: &Env, store_root: &Path) {
+    prepare(env);
+    let mut child = start_slow_build(env, store_root);
+    signal(&child, libc::SIGKILL);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_no_sleepers(env);
+    // The killed build could not clean up: its work tree is still there.
+    assert!(!work_entries(store_root).is_empty());
+    check_after_interruption(env, store_root);
+}
+
+fn sigint_during_run(env: &Env, store_root: &Path) {
+    prepare(env);
+    let mut child = start_slow_build(env, store_root);
+    let sent = Instant::now();
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(sent.elapsed() < Duration::from_secs(10), "slow to stop");
+    assert_no_sleepers(env);
+    // An interrupted build cleans up after itself.
+    assert!(work_entries(store_root).is_empty());
+    check_after_interruption(env, store_root);
+}
+
+/// When to kill a build in [`sigkill_at_any_point`].
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// As soon as the work tree of this target appears (mid-checkout).
+    WorkTree(&'static str),
+    /// After this fraction of an uninterrupted build's time.
+    Fraction(f64),
+}
+
+/// SIGKILL at a spread of moments of a multi-target build: whatever it was
+/// doing (checking out, expanding, diffing, writing a layer, tagging), the
+/// layout stays valid and the next command removes what the build left.
+fn sigkill_at_any_point(env: &Env, store_root: &Path) {
+    env.busybox("busybox.tar.gz");
+    env.write("spec.yaml", crate::btrfs::SPEC);
+    let build = ["build", "--no-cache", "spec.yaml"];
+    let start = Instant::now();
+    env.ok(&build);
+    let whole = start.elapsed();
+    let moments = [
+        Moment::WorkTree("bb"),
+        Moment::WorkTree("edited"),
+        Moment::WorkTree("undone"),
+        Moment::WorkTree("configured"),
+        Moment::Fraction(0.3),
+        Moment::Fraction(0.8),
+        Moment::Fraction(0.9),
+        Moment::Fraction(0.97),
+    ];
+    let mut left_behind = 0;
+    for moment in moments {
+        let mut child = env.cmd(&build).spawn().expect("spawn");
+        match moment {
+            Moment::WorkTree(target) => {
+                let tree = store_root.join(format!("work/build-{target}"));
+                let deadline = Instant::now() + whole * 4;
+                while !tree.exists() && Instant::now() < deadline {
+                    if child.try_wait().unwrap().is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Moment::Fraction(f) => std::thread::sleep(whole.mul_f64(f)),
+        }
+        signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+        assert_layout_valid(env);
+        left_behind += usize::from(!work_entries(store_root).is_empty());
+        env.ok(&["status"]);
+        assert!(
+            work_entries(store_root).is_empty(),
+            "after a kill at {moment:?}: {:?}",
+            work_entries(store_root)
+        );
+    }
+    assert!(
+        left_behind >= 2,
+        "only {left_behind} kills landed inside a target"
+    );
+    env.ok(&build);
+    assert_layout_valid(env);
+    env.ok(&["gc"]);
+    assert_layout_valid(env);
+}
+
+/// Rebuild a target so its old tree is unreachable once gc drops the older
+/// dated tag; gc removes that snapshot and keeps every tagged one.
+fn gc_removes_unreachable_snapshots(env: &Env) {
+    prepare(env);
+    env.write("t.yaml", "t:\n  base: bb\n  run: echo one > /v\n");
+    env.ok(&["t.yaml"]);
+    let old = unpack_snapshots(env)["t"].clone();
+    env.write("t.yaml", "t:\n  base: bb\n  run: echo two > /v\n");
+    env.ok(&["t.yaml"]);
+    let before = unpack_snapshots(env);
+    assert!(old.exists() && before["t"] != old);
+
+    env.ok(&["gc"]);
+    assert!(!old.exists(), "gc kept {}", old.display());
+    let after = unpack_snapshots(env);
+    for (tag, path) in &after {
+        assert!(path.exists(), "{tag}: {}", path.display());
+    }
+    assert_eq!(after["t"], before["t"]);
+    assert_layout_valid(env);
+    let out = env.ok(&["gc"]);
+    assert!(out.contains("removed 0 snapshots"), "{out}");
+}
+
+/// Every subvolume is a snapshot that a tag reaches, or the empty one.
+/// (Each test here tags every prefix of its images' layer stacks.)
+fn assert_no_leaked_subvolumes(store: &Btrfs) {
+    let mut reached: BTreeSet<String> = unpack_snapshots(store)
+        .values()
+        .map(|p| {
+            p.strip_prefix(store.mountpoint())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    reached.insert("snapshots/empty".to_string());
+    let subvolumes: BTreeSet<String> = subvolumes(&store.mountpoint()).into_iter().collect();
+    assert_eq!(subvolumes, reached, "leaked subvolumes");
+}
+
+fn plain_env() -> Env {
+    Env::new()
+}
+
+fn plain_root(env: &Env) -> std::path::PathBuf {
+    env.path().join(".genoci")
+}
+
+#[test]
+fn sigkill_during_a_run_leaves_a_valid_layout_plain() {
+    require_root!();
+    require_tool!("umoci");
+    let env = plain_env();
+    sigkill_during_run(&env, &plain_root(&env));
+}
+
+#[test]
+fn sigkill_during_a_run_leaves_a_valid_layout_btrfs() {
+    require_btrfs!();
+    require_tool!("umoci");
+    let store = Btrfs::new();
+    sigkill_during_run(&store, &store.mountpoint());
+    store.ok(&["gc"]);
+    assert_no_leaked_subvolumes(&store);
+    store.finish();
+}
+
+#[test]
+fn sigint_during_a_run_exits_130_and_cleans_up_plain() {
+    require_root!();
+    require_tool!("umoci");
+    let env = plain_env();
+    sigint_during_run(&env, &plain_root(&env));
+}
+
+#[test]
+fn sigint_during_a_run_exits_130_and_cleans_up_btrfs() {
+    require_btrfs!();
+    require_tool!("umoci");
+    let store = Btrfs::new();
+    sigint_during_run(&store, &store.mountpoint());
+    assert_no_leaked_subvolumes(&store);
+    store.finish();
+}
+
+#[test]
+fn sigkill_at_any_point_of_a_build_plain() {
+    require_root!();
+    require_tool!("umoci");
+    let env = plain_env();
+    sigkill_at_any_point(&env, &plain_root(&env));
+}
+
+#[test]
+fn sigkill_at_any_point_of_a_build_btrfs() {
+    require_btrfs!();
+    require_tool!("umoci");
+    let store = Btrfs::new();
+    sigkill_at_any_point(&store, &store.mountpoint());
+    assert_no_leaked_subvolumes(&store);
+    store.finish();
+}
+
+#[test]
+fn gc_removes_snapshots_no_tag_reaches_plain() {
+    require_root!();
+    require_tool!("umoci");
+    let env = plain_env();
+    gc_removes_unreachable_snapshots(&env);
+}
+
+#[test]
+fn gc_removes_snapshots_no_tag_reaches_btrfs() {
+    require_btrfs!();
+    require_tool!("umoci");
+    let store = Btrfs::new();
+    gc_removes_unreachable_snapshots(&store);
+    assert_no_leaked_subvolumes(&store);
+    store.finish();
+}

@@ -1,0 +1,278 @@
+//! Harness for the store tests: a btrfs loopback store set up through
+//! `genoci setup` and always released, and checks that a layout is valid and
+//! that nothing is left mounted or attached.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use crate::util::{mounts_under, run_ok, Env};
+
+/// The `SOURCE_DATE_EPOCH` of the reproducible builds.
+pub const EPOCH: &str = "1700000000";
+
+/// Skip (with a notice) where the machine cannot make a loopback btrfs.
+macro_rules! require_btrfs {
+    () => {
+        $crate::util::require_root!();
+        if !$crate::util::have("mkfs.btrfs") || !std::path::Path::new("/dev/loop-control").exists()
+        {
+            eprintln!("skipped: needs mkfs.btrfs and loop devices");
+            return;
+        }
+    };
+}
+pub(crate) use require_btrfs;
+
+/// A test dir whose config says `driver: btrfs`, with the store set up by
+/// `genoci setup`. Dropping it runs `genoci unsetup --force` and, should
+/// that fail, unmounts and detaches by hand: a failing test leaves no mount
+/// and no loop device behind.
+pub struct Btrfs {
+    env: Env,
+}
+
+impl Btrfs {
+    pub fn new() -> Btrfs {
+        let env = Env::new();
+        env.write(
+            "atom_config.yaml",
+            "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\n\
+             lofile: ./btrfs.img\nlosize: 256M\nbtrfsmount: ./btrfs\n",
+        );
+        // Made before setup runs, so that a failed setup is cleaned up too.
+        let store = Btrfs { env };
+        store.ok(&["setup"]);
+        store
+    }
+
+    pub fn lofile(&self) -> PathBuf {
+        self.path().join("btrfs.img")
+    }
+
+    pub fn mountpoint(&self) -> PathBuf {
+        self.path().join("btrfs")
+    }
+
+    /// Release the store and check that nothing of it is left.
+    pub fn finish(self) {
+        let dir = self.path().to_path_buf();
+        drop(self);
+        assert_released(&dir);
+    }
+
+    fn release_by_hand(&self) {
+        for mount in mounts_under(self.path()).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+        for device in loops_backing(&self.lofile()) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
+    }
+}
+
+impl Deref for Btrfs {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let unsetup = self.env.cmd(&["unsetup", "--force"]).output();
+        let clean = unsetup.is_ok_and(|o| o.status.success())
+            && mounts_under(self.path()).is_empty()
+            && loops_backing(&self.lofile()).is_empty();
+        if !clean {
+            eprintln!("unsetup left the store behind: releasing it by hand");
+            self.release_by_hand();
+        }
+    }
+}
+
+/// Loop devices whose backing file is `lofile` (deleted or not).
+pub fn loops_backing(lofile: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .arg("-a")
+        .output()
+        .expect("losetup -a");
+    let needle = format!("({}", lofile.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split(':').next().map(str::to_string))
+        .collect()
+}
+
+/// Nothing below `dir` is mounted and no loop device is backed by a file there.
+pub fn assert_released(dir: &Path) {
+    let mounts = mounts_under(dir);
+    assert!(mounts.is_empty(), "still mounted: {mounts:?}");
+    let loops = run_ok(Command::new("losetup").arg("-a"));
+    assert!(
+        !loops.contains(&dir.display().to_string()),
+        "loop devices left: {loops}"
+    );
+}
+
+/// Run genoci with extra environment variables.
+pub fn genoci_env(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = env.cmd(args);
+    cmd.envs(vars.iter().copied());
+    let out = cmd.output().expect("run genoci");
+    eprintln!(
+        "$ {} genoci {}\n{}{}-> {}",
+        vars.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status
+    );
+    out
+}
+
+/// A reproducible build (`SOURCE_DATE_EPOCH` set) that must succeed; returns stderr.
+pub fn build_reproducibly(env: &Env, args: &[&str]) -> String {
+    let out = genoci_env(env, &[("SOURCE_DATE_EPOCH", EPOCH)], args);
+    assert!(out.status.success(), "genoci {args:?} failed");
+    strip_ansi(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// Log lines without their colours, so fields read as `name=value`.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Tag -> manifest digest, read from `index.json`.
+pub fn tag_digests(layout: &Path) -> BTreeMap<String, String> {
+    let index = read_json(&layout.join("index.json"));
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .expect("ref name")
+                    .to_string(),
+                m["digest"].as_str().expect("digest").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The layer digests of a tagged image, bottom first.
+pub fn layer_digests(layout: &Path, tag: &str) -> Vec<String> {
+    let digest = &tag_digests(layout)[tag];
+    let manifest = read_json(&blob_path(layout, digest));
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    layout.join("blobs/sha256").join(hex)
+}
+
+/// The blob is there, with its size and digest.
+fn assert_blob(layout: &Path, descriptor: &serde_json::Value) {
+    let digest = descriptor["digest"].as_str().expect("digest");
+    let path = blob_path(layout, digest);
+    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("blob {digest}: {e}"));
+    assert_eq!(
+        Some(bytes.len() as u64),
+        descriptor["size"].as_u64(),
+        "size of {digest}"
+    );
+    assert_eq!(
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        digest,
+        "content of {}",
+        path.display()
+    );
+}
+
+/// umoci reads the layout, and every tag's manifest, config and layers are
+/// present with the digests and sizes their descriptors give.
+pub fn assert_layout_valid(env: &Env) {
+    let layout = env.layout();
+    run_ok(Command::new("umoci").arg("ls").arg("--layout").arg(&layout));
+    let index = read_json(&layout.join("index.json"));
+    for desc in index["manifests"].as_array().expect("manifests") {
+        assert_blob(&layout, desc);
+        let manifest = read_json(&blob_path(&layout, desc["digest"].as_str().unwrap()));
+        assert_blob(&layout, &manifest["config"]);
+        for layer in manifest["layers"].as_array().expect("layers") {
+            assert_blob(&layout, layer);
+        }
+    }
+}
+
+/// The snapshot each tag's tree is in, from `genoci unpack` (`TAG: PATH`).
+pub fn unpack_snapshots(env: &Env) -> BTreeMap<String, PathBuf> {
+    env.ok(&["unpack"])
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(tag, path)| (tag.to_string(), PathBuf::from(path)))
+        .collect()
+}
+
+/// The entries of a store's `work/` directory (work trees and their records).
+pub fn work_entries(store_root: &Path) -> Vec<String> {
+    let dir = store_root.join("work");
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// The subvolumes of a mounted btrfs, by path relative to its root.
+pub fn subvolumes(mountpoint: &Path) -> Vec<String> {
+    let out = run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "list"])
+            .arg(mountpoint),
+    );
+    let mut paths: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1))
+        .map(str::to_string)
+        .collect();
+    paths.sort();
+    paths
+}
