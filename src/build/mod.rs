@@ -365,7 +365,12 @@ impl<'a> Builder<'a> {
             tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");
         }
         interrupted()?;
-
+        // As docker's WORKDIR: the directory exists in the image that names it.
+        if let Some(workdir) = &t.config.workdir {
+            crate::fsutil::resolve_in(root, Path::new(workdir), true)
+                .and_then(|dir| std::fs::create_dir_all(&dir))
+                .map_err(|e| BuildError::step(name, format!("workdir {workdir}"))(e.into()))?;
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use clap::Args;
 
 use super::{GlobalArgs, Session};
 use crate::build::{commit, BuildOptions, Builder, Outcome};
+use crate::layout::Layout;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -22,16 +23,22 @@ pub struct BuildArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
-    let layout = &session.layout;
+    let config = g.load_config()?;
+    // The spec is checked before anything is created: a bad spec leaves no
+    // empty layout or store behind.
+    let existing = Layout::open(&config.layoutdir).ok();
     let plan = crate::spec::load(&args.spec, &|tag| {
-        matches!(layout.resolve(tag), Ok(Some(_)))
+        existing
+            .as_ref()
+            .is_some_and(|l| matches!(l.resolve(tag), Ok(Some(_))))
     })?;
     for name in &args.targets {
         if !plan.targets.iter().any(|t| &t.name == name) {
             bail!("--target {name}: no such target in {}", plan.file.display());
         }
     }
+    let session = Session::with_config(config)?;
+    let layout = &session.layout;
     let opts = BuildOptions {
         compression: session.config.compression,
         source_date_epoch: commit::source_date_epoch(),

@@ -221,8 +221,11 @@ impl Session {
     /// Open and lock the layout (created if missing) and the store, and
     /// discard work trees that a killed genoci left behind.
     pub fn open(g: &GlobalArgs) -> anyhow::Result<Session> {
+        Session::with_config(g.load_config()?)
+    }
+
+    pub fn with_config(config: Config) -> anyhow::Result<Session> {
         use anyhow::Context;
-        let config = g.load_config()?;
         for (key, dir) in [
             ("layoutdir", &config.layoutdir),
             ("storedir", &config.storedir),
