@@ -194,20 +194,21 @@ pub fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 /// `lstat` of paths inside one tree, treating anything reached through a
 /// symlink or a non-directory as absent, so a candidate like `a/passwd`
 /// with `a -> /etc` never looks at the host.
-struct TreeView<'a> {
+pub(crate) struct TreeView<'a> {
     root: &'a Path,
     dirs: HashMap<PathBuf, bool>,
 }
 
 impl<'a> TreeView<'a> {
-    fn new(root: &'a Path) -> Self {
+    pub(crate) fn new(root: &'a Path) -> Self {
         TreeView {
             root,
             dirs: HashMap::new(),
         }
     }
 
-    fn is_dir(&mut self, rel: &Path) -> Result<bool> {
+    /// Whether `rel` is a real directory of the tree (the root always is).
+    pub(crate) fn is_dir(&mut self, rel: &Path) -> Result<bool> {
         if rel.as_os_str().is_empty() {
             return Ok(true);
         }
@@ -219,11 +220,14 @@ impl<'a> TreeView<'a> {
         Ok(is_dir)
     }
 
-    fn lstat(&mut self, rel: &Path) -> Result<Option<Metadata>> {
-        if let Some(parent) = rel.parent() {
-            if !self.is_dir(parent)? {
-                return Ok(None);
-            }
+    /// The entry at `rel` itself; `None` when absent, when `rel` is not a
+    /// plain relative path, or when it is only reached through a symlink.
+    pub(crate) fn lstat(&mut self, rel: &Path) -> Result<Option<Metadata>> {
+        if rel.as_os_str().is_empty() || !is_plain_relative(rel) {
+            return Ok(None);
+        }
+        if !self.is_dir(rel.parent().unwrap_or(Path::new("")))? {
+            return Ok(None);
         }
         let full = self.root.join(rel);
         match fs::symlink_metadata(&full) {

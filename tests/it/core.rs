@@ -78,7 +78,10 @@ fn every_spec_problem_is_reported_with_its_line_and_nothing_is_built() {
         }
     }
     // The good target `ok` was not built either.
-    assert!(!env.layout().exists(), "a rejected spec must not create a layout");
+    assert!(
+        !env.layout().exists(),
+        "a rejected spec must not create a layout"
+    );
 }
 
 #[test]

@@ -11,13 +11,13 @@
 //!   that was a directory in the base) is walked on both sides, since its
 //!   entries are not named by the stream when they did not change themselves.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, Metadata};
-use std::io;
+use std::collections::BTreeSet;
+use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::sys::System;
+use crate::driver::diff::TreeView;
 use crate::driver::{DriverError, Result};
 
 pub fn expand(
@@ -34,8 +34,8 @@ pub fn expand(
         .collect();
     add_inode_paths(sys, base, tree, &orphans, &mut out)?;
 
-    let mut base_view = Lookup::new(base);
-    let mut tree_view = Lookup::new(tree);
+    let mut base_view = TreeView::new(base);
+    let mut tree_view = TreeView::new(tree);
     let mut replaced_dirs = Vec::new();
     let mut linked = BTreeSet::new();
     for rel in &out {
@@ -103,7 +103,7 @@ fn add_inode_paths(
 /// Call `f` on every path below `rel` in `root`, never following symlinks.
 /// Nothing happens when `rel` is not a directory of `root`.
 fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(PathBuf)) -> Result<()> {
-    if !rel.as_os_str().is_empty() && !Lookup::new(root).lstat(rel)?.is_some_and(|m| m.is_dir()) {
+    if !rel.as_os_str().is_empty() && !TreeView::new(root).lstat(rel)?.is_some_and(|m| m.is_dir()) {
         return Ok(());
     }
     let mut stack = vec![rel.to_path_buf()];
@@ -123,51 +123,6 @@ fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(PathBuf)) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `lstat` inside one tree where a path through a symlink or a non-directory
-/// is absent, so no candidate ever leads outside the tree.
-struct Lookup<'a> {
-    root: &'a Path,
-    dirs: HashMap<PathBuf, bool>,
-}
-
-impl<'a> Lookup<'a> {
-    fn new(root: &'a Path) -> Self {
-        Lookup {
-            root,
-            dirs: HashMap::new(),
-        }
-    }
-
-    fn is_dir(&mut self, rel: &Path) -> Result<bool> {
-        if rel.as_os_str().is_empty() {
-            return Ok(true);
-        }
-        if let Some(&known) = self.dirs.get(rel) {
-            return Ok(known);
-        }
-        let is_dir = self.lstat(rel)?.is_some_and(|m| m.is_dir());
-        self.dirs.insert(rel.to_path_buf(), is_dir);
-        Ok(is_dir)
-    }
-
-    fn lstat(&mut self, rel: &Path) -> Result<Option<Metadata>> {
-        if rel.as_os_str().is_empty()
-            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Ok(None);
-        }
-        if !self.is_dir(rel.parent().unwrap_or(Path::new("")))? {
-            return Ok(None);
-        }
-        let full = self.root.join(rel);
-        match fs::symlink_metadata(&full) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DriverError::io("stat", full)(e)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -192,7 +147,7 @@ mod tests {
         fs::create_dir_all(outside.join("d")).unwrap();
         fs::create_dir(&root).unwrap();
         symlink(&outside, root.join("link")).unwrap();
-        let mut view = Lookup::new(&root);
+        let mut view = TreeView::new(&root);
         assert!(view.lstat(Path::new("link/d")).unwrap().is_none());
         assert!(view.lstat(Path::new("link")).unwrap().is_some());
         let mut seen = Vec::new();
