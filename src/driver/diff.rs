@@ -26,9 +26,6 @@ pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Resu
 
     for rel in candidates {
         crate::signals::check().map_err(|_| DriverError::Interrupted)?;
-        if rel.as_os_str().is_empty() || !is_plain_relative(rel) {
-            continue;
-        }
         let old = base_view.lstat(rel)?;
         let new = tree_view.lstat(rel)?;
         match (old, new) {
