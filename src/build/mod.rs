@@ -295,7 +295,8 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// Run the target's actions on `tree`.
+    /// Run the target's actions on `tree`, then take away whatever a hook
+    /// left mounted in it, whether the actions succeeded or not.
     fn fill(
         &self,
         t: &Target,
@@ -304,7 +305,40 @@ impl<'a> Builder<'a> {
         spec_dir: &Path,
     ) -> Result<(), BuildError> {
         let name = t.name.as_str();
-        let root = tree.path.as_path();
+        let filled = self.run_actions(t, tree.path.as_path(), base, spec_dir);
+        // A hook may leave something mounted in the tree (a bind-mounted
+        // resolv.conf): it must not reach the diff, and discarding a failed
+        // tree must not delete through it into the host.
+        let released = actions::hooks::release_mounts_under(&tree.path);
+        if let Ok(points) = &released {
+            for mount in points {
+                tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");
+            }
+        }
+        match (filled, released) {
+            (Ok(()), Ok(_)) => {
+                crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()))
+            }
+            (Ok(()), Err(e)) => Err(BuildError::step(name, "unmount after hooks")(e.into())),
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(cleanup)) => {
+                tracing::error!(
+                    target = name,
+                    "unmounting after hooks failed too: {cleanup}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn run_actions(
+        &self,
+        t: &Target,
+        root: &Path,
+        base: Option<&Image>,
+        spec_dir: &Path,
+    ) -> Result<(), BuildError> {
+        let name = t.name.as_str();
         let interrupted =
             || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
         let run_config = base
@@ -357,14 +391,6 @@ impl<'a> Builder<'a> {
         }
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
             .map_err(|e| BuildError::step(name, "post")(e.into()))?;
-        // A hook may leave something mounted in the tree (a bind-mounted
-        // resolv.conf): it must not reach the diff, nor the host through it.
-        let released = actions::hooks::release_mounts_under(root)
-            .map_err(|e| BuildError::step(name, "post")(e.into()))?;
-        for mount in released {
-            tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");
-        }
-        interrupted()?;
         // As docker's WORKDIR: the directory exists in the image that names it.
         if let Some(workdir) = &t.config.workdir {
             crate::fsutil::resolve_in(root, Path::new(workdir), true)

@@ -7,22 +7,41 @@ use crate::sandbox::{self, Output, RunOptions};
 
 #[derive(Debug, Args)]
 pub struct ChrootArgs {
-    /// The image to enter (default: the current checkout)
+    /// The image to enter (default: the current checkout). A word starting
+    /// with `/` is no tag: it starts CMD, run in the current checkout.
     pub tag: Option<String>,
     /// Command to run instead of /bin/sh
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
 }
 
+impl ChrootArgs {
+    /// The tag, if any, and the command. A ref name starts with a letter or
+    /// digit, so `chroot /bin/ls /etc` can only mean a command in the
+    /// checkout; without this rule no command could be given there.
+    fn tag_and_argv(&self) -> (Option<&str>, Vec<String>) {
+        let (tag, cmd) = match self.tag.as_deref() {
+            Some(word) if word.starts_with('/') => (
+                None,
+                std::iter::once(word.to_string())
+                    .chain(self.cmd.iter().cloned())
+                    .collect(),
+            ),
+            tag => (tag, self.cmd.clone()),
+        };
+        if cmd.is_empty() {
+            (tag, vec!["/bin/sh".to_string()])
+        } else {
+            (tag, cmd)
+        }
+    }
+}
+
 pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let driver = session.driver.as_ref();
-    let argv = if args.cmd.is_empty() {
-        vec!["/bin/sh".to_string()]
-    } else {
-        args.cmd.clone()
-    };
-    let (tree, image, throwaway) = match &args.tag {
+    let (tag, argv) = args.tag_and_argv();
+    let (tree, image, throwaway) = match tag {
         Some(tag) => {
             let image = session.image(tag)?;
             let chain = ensure_snapshot(&session.layout, driver, &image)?;
@@ -74,4 +93,34 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         bail!("{program} exited with {}", sandbox::describe_status(status));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> (Option<String>, Vec<String>) {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let args = ChrootArgs {
+            tag: words.first().cloned(),
+            cmd: words.iter().skip(1).cloned().collect(),
+        };
+        let (tag, argv) = args.tag_and_argv();
+        (tag.map(str::to_string), argv)
+    }
+
+    #[test]
+    fn a_command_by_absolute_path_runs_in_the_checkout() {
+        let sh = vec!["/bin/sh".to_string()];
+        assert_eq!(args(&[]), (None, sh.clone()));
+        assert_eq!(args(&["web"]), (Some("web".into()), sh));
+        assert_eq!(
+            args(&["web", "ls", "-l"]),
+            (Some("web".into()), vec!["ls".into(), "-l".into()])
+        );
+        assert_eq!(
+            args(&["/bin/ls", "-l"]),
+            (None, vec!["/bin/ls".into(), "-l".into()])
+        );
+    }
 }

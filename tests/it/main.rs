@@ -4,6 +4,7 @@ mod util;
 
 mod btrfs;
 mod core;
+mod distro;
 mod example;
 mod interop;
 mod lpack;
