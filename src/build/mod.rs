@@ -364,7 +364,7 @@ impl<'a> Builder<'a> {
         };
 
         actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir)
-            .map_err(|e| BuildError::step(name, "pre")(e.into()))?;
+            .map_err(|e| BuildError::Action(e.into()))?;
         for tarball in &t.expand {
             interrupted()?;
             actions::expand::expand(root, tarball).map_err(|e| {
@@ -390,7 +390,7 @@ impl<'a> Builder<'a> {
                 .map_err(|e| BuildError::Action(e.into()))?;
         }
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
-            .map_err(|e| BuildError::step(name, "post")(e.into()))?;
+            .map_err(|e| BuildError::Action(e.into()))?;
         // As docker's WORKDIR: the directory exists in the image that names it.
         if let Some(workdir) = &t.config.workdir {
             crate::fsutil::resolve_in(root, Path::new(workdir), true)
