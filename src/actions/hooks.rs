@@ -31,7 +31,7 @@ pub enum HookError {
         #[source]
         source: io::Error,
     },
-    #[error("reading {path}", path = MOUNTINFO)]
+    #[error("reading {path}", path = crate::mountinfo::PATH)]
     MountInfo {
         #[source]
         source: io::Error,
@@ -49,8 +49,6 @@ pub enum HookError {
         source: nix::Error,
     },
 }
-
-const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Run each of `commands` through the host's `/bin/sh -e -c`, in order,
 /// stopping at the first failure.
@@ -94,39 +92,11 @@ pub fn run_hooks(
     Ok(())
 }
 
-/// Decode the octal escapes (`\040` for a space) of a mountinfo field.
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|s| u8::from_str_radix(s, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// Mount points listed in `mountinfo` at or below `dir`, deepest first (and,
-/// for mounts stacked on one point, the top one first).
+/// Mount points of `mountinfo` at or below `dir`, deepest first (and, for
+/// mounts stacked on one point, the top one first).
 fn mounts_at_or_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
+    let mut found: Vec<PathBuf> = crate::mountinfo::parse(mountinfo)
+        .into_iter()
         .filter(|point| point.starts_with(dir))
         .collect();
     // mountinfo lists parents before children and lower mounts before the
@@ -143,8 +113,8 @@ pub fn release_mounts_under(tree: &Path) -> Result<Vec<PathBuf>, HookError> {
         path: tree.to_path_buf(),
         source,
     })?;
-    let mountinfo =
-        std::fs::read_to_string(MOUNTINFO).map_err(|source| HookError::MountInfo { source })?;
+    let mountinfo = std::fs::read_to_string(crate::mountinfo::PATH)
+        .map_err(|source| HookError::MountInfo { source })?;
     let points = mounts_at_or_below(&mountinfo, &tree);
     for point in &points {
         match umount2(point, MntFlags::MNT_DETACH) {
@@ -212,12 +182,6 @@ mod tests {
             "target web: post hook `echo going; exit 4` failed: exit status 4"
         );
         assert!(!tmp.path().join("never").exists());
-    }
-
-    #[test]
-    fn octal_escapes_are_decoded() {
-        assert_eq!(unescape(r"/a\040b\011c\\d"), PathBuf::from("/a b\tc\\\\d"));
-        assert_eq!(unescape(r"/x\134y"), PathBuf::from("/x\\y"));
     }
 
     #[test]

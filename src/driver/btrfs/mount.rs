@@ -46,50 +46,12 @@ pub fn is_btrfs_mount(target: &Path) -> Result<bool> {
 
 /// Every mount point of this mount namespace.
 pub fn mount_points() -> Result<Vec<PathBuf>> {
-    let table = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(table).map_err(DriverError::io("read", table))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
-        .collect())
-}
-
-/// Undo the octal escapes (`\040` for a space) of the mount table.
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    crate::mountinfo::mount_points().map_err(DriverError::io("read", crate::mountinfo::PATH))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_table_escapes_are_undone() {
-        assert_eq!(unescape(r"/a\040b\011c"), PathBuf::from("/a b\tc"));
-        assert_eq!(unescape(r"/plain\"), PathBuf::from(r"/plain\"));
-    }
 
     #[test]
     fn a_plain_directory_is_not_a_btrfs_mount() {
