@@ -2,4 +2,7 @@
 
 mod util;
 
+mod cache;
+mod compression;
 mod example;
+mod select;
