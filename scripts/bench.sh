@@ -18,7 +18,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 genoci=$repo/target/release/genoci
 tarball=$("$repo/scripts/fixtures.sh" debian)
 
-work=$(mktemp -d /tmp/genoci-bench.XXXXXX)
+# Lower case only: buildah derives an image name from an oci: path.
+work=/tmp/genoci-bench-$$
+mkdir -m 700 "$work"
 log=$work/log
 buildah_args=(--root "$work/buildah/root" --runroot "$work/buildah/run" --storage-driver vfs)
 cleanup() {
@@ -36,6 +38,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { echo "$*" >&2; }
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ms of wall time of a command (its output goes to the log); fails with it.
 ms() {
@@ -73,15 +76,10 @@ ratio() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN {
 # (Steps inside functions are chained with && : bash ignores `set -e` in
 # functions called where a failure is tested.)
 
-mkdir -p "$work/in/many"
+mkdir -p "$work/in"
 cp "$tarball" "$work/in/base.tar.gz"
 echo 0 >"$work/in/file"
 for i in $(seq 1 10); do mkdir -p "$work/in/t$i" && echo "$i" >"$work/in/t$i/file"; done
-# 40,000 small files for the btrfs scaling check.
-for d in $(seq 1 40); do
-  mkdir "$work/in/many/$d"
-  for i in $(seq 1 1000); do echo "$d/$i" >"$work/in/many/$d/$i"; done
-done
 
 cat >"$work/in/spec.yaml" <<'EOF'
 base:
@@ -103,9 +101,16 @@ cat >"$work/in/many.yaml" <<'EOF'
 base:
   base: empty
   expand: ./base.tar.gz
+# 40,000 small files made inside the image, so that no host input of this
+# size is hashed on every build: only the base grows.
 many:
   base: base
-  copy: ./many /opt/many
+  run: |
+    mkdir /opt/many && cd /opt/many
+    for d in $(seq 1 40); do
+      mkdir $d
+      for i in $(seq 1 1000); do echo $d/$i > $d/$i; done
+    done
 edit:
   base: many
   copy: ./file /etc/genoci-bench
@@ -136,7 +141,7 @@ for driver in plain btrfs; do
   if [ "$driver" = btrfs ] && [ -z "$btrfs_ok" ]; then continue; fi
   say "genoci $driver: base import"
   T[import_$driver]=$(bench fresh_layout g build --target base spec.yaml)
-  g build spec.yaml
+  g build spec.yaml >>"$log" 2>&1
   say "genoci $driver: one-file rebuild"
   T[one_$driver]=$(bench touch_file g build spec.yaml)
   say "genoci $driver: no-op rebuild"
@@ -145,7 +150,7 @@ for driver in plain btrfs; do
   T[tenfull_$driver]=$(bench "" g build --no-cache ten.yaml)
   T[tennoop_$driver]=$(bench "" g build ten.yaml)
   say "genoci $driver: one-file rebuild over 40,000 more files"
-  g build many.yaml
+  g build many.yaml >>"$log" 2>&1
   T[many_$driver]=$(bench touch_file g build many.yaml)
 done
 
@@ -248,7 +253,13 @@ fi
 
 P=${T[import_plain]:-} B=${T[import_btrfs]:-}
 echo
-echo "Medians of $RUNS runs, wall time. Debian bookworm minbase: $(du -h "$tarball" | cut -f1) tarball; $(nproc) cores."
+echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+read -r fstype dev <<<"$(findmnt -no FSTYPE,SOURCE -T /tmp)"
+bus=$(basename "$(readlink -f "/sys/block/$(basename "$dev")/device/driver" 2>/dev/null)" 2>/dev/null || true)
+echo "$(free -g | awk '/^Mem:/ {print $2}') GB memory, kernel $(uname -r), /tmp on $fstype ($dev${bus:+, $bus}),"
+echo "load average before the run: $load_before."
+echo
+echo "Medians of $RUNS runs, wall time. Debian bookworm minbase rootfs: $(du -h "$tarball" | cut -f1) tarball."
 echo
 echo "| operation | genoci plain | genoci btrfs | umoci | buildah | other | ratios |"
 echo "|---|---|---|---|---|---|---|"
