@@ -9,6 +9,8 @@ packages=(
   busybox-static debootstrap rpm dpkg-dev zstd xz-utils bzip2 ca-certificates
   # interop and comparison tools
   umoci skopeo oci-image-tool podman runc buildah
+  # benchmark: peak memory (/usr/bin/time -v)
+  time
 )
 missing=()
 for p in "${packages[@]}"; do

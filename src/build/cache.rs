@@ -70,13 +70,22 @@ pub fn key(
         h.update(part.as_bytes());
     }
     for input in inputs {
-        hash_path(&mut h, input, input)?;
+        hash_path(&mut h, input, input, true)?;
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
-fn hash_path(h: &mut Sha256, path: &Path, shown: &Path) -> io::Result<()> {
-    let m = fs::symlink_metadata(path)?;
+/// `follow`: a named input may be read through its link (a tarball) or
+/// copied as the link itself (a single copied file), so both the link and
+/// what it points at count. Links inside a copied directory are copied as
+/// links: their text counts.
+fn hash_path(h: &mut Sha256, path: &Path, shown: &Path, follow: bool) -> io::Result<()> {
+    let mut m = fs::symlink_metadata(path)?;
+    if follow && m.file_type().is_symlink() {
+        h.update(b"link");
+        h.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
+        m = fs::metadata(path)?;
+    }
     let name = shown.as_os_str().as_encoded_bytes();
     h.update((name.len() as u64).to_le_bytes());
     h.update(name);
@@ -93,7 +102,7 @@ fn hash_path(h: &mut Sha256, path: &Path, shown: &Path) -> io::Result<()> {
         names.sort();
         h.update((names.len() as u64).to_le_bytes());
         for n in names {
-            hash_path(h, &path.join(&n), Path::new(&n))?;
+            hash_path(h, &path.join(&n), Path::new(&n), false)?;
         }
     } else if ft.is_file() {
         h.update(m.len().to_le_bytes());
@@ -143,5 +152,28 @@ mod tests {
             key("m", "s2", "o", &[]).unwrap(),
             key("m", "s", "o", &[]).unwrap()
         );
+    }
+
+    /// Bug: an input named through a symlink was hashed by the link's
+    /// text, so a rewritten tarball behind `rootfs.tar.gz -> v1.tar.gz`
+    /// kept the cached image.
+    #[test]
+    fn an_input_behind_a_symlink_is_hashed_by_its_content() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("v1.tar");
+        let link = t.path().join("rootfs.tar");
+        fs::write(&real, "one").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let k0 = key("m", "s", "o", std::slice::from_ref(&link)).unwrap();
+        fs::write(&real, "two").unwrap();
+        assert_ne!(k0, key("m", "s", "o", std::slice::from_ref(&link)).unwrap());
+
+        // Inside a copied directory a link is copied as a link: its text counts.
+        let dir = t.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("../v1.tar", dir.join("l")).unwrap();
+        let k1 = key("m", "s", "o", std::slice::from_ref(&dir)).unwrap();
+        fs::write(&real, "three").unwrap();
+        assert_eq!(k1, key("m", "s", "o", std::slice::from_ref(&dir)).unwrap());
     }
 }

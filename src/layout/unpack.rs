@@ -20,6 +20,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use filetime::FileTime;
 use oci_spec::image::Descriptor;
@@ -33,6 +34,10 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// As Linux's MAXSYMLINKS: more than this on one path is a loop.
 const MAX_SYMLINKS: usize = 40;
 const CHECK_SIGNALS_EVERY: usize = 256;
+/// Decompressed bytes are handed from the decompressing thread to the
+/// unpacking one in chunks of this size, at most `PIPE_DEPTH` waiting.
+const PIPE_CHUNK: usize = 1 << 20;
+const PIPE_DEPTH: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -70,14 +75,108 @@ fn decompress<'a, R: BufRead + 'a>(format: Format, r: R) -> io::Result<Box<dyn R
     })
 }
 
+/// Run `consume` on the decompressed stream of `raw`, decompressing on a
+/// thread of its own: inflating and creating files then use two cores, and
+/// at most `PIPE_DEPTH` chunks are held whatever the stream's size. Once
+/// the compressed stream ends, the rest of `raw` is read too (a blob's
+/// digest covers bytes after it), provided `consume` reads to the end.
+fn decompressed<R, T>(
+    format: Format,
+    mut raw: R,
+    consume: impl FnOnce(&mut PipeReader) -> Result<T>,
+) -> Result<T>
+where
+    R: BufRead + Send,
+{
+    let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let end = match decompress(format, &mut raw).and_then(|mut d| pump(&mut d, &tx)) {
+                // Nobody listens any more (the consumer failed): stop here.
+                Ok(false) => return,
+                Ok(true) => io::copy(&mut raw, &mut io::sink()).map(drop),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(end.map(|()| Vec::new()));
+        });
+        let mut reader = PipeReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            ended: false,
+        };
+        // Dropping the reader (and its receiver) stops the thread if it is
+        // still sending.
+        consume(&mut reader)
+    })
+}
+
+/// Send `src` in chunks until its end (`true`), or until nobody listens (`false`).
+fn pump(src: &mut dyn Read, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<bool> {
+    loop {
+        let mut chunk = vec![0u8; PIPE_CHUNK];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match src.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(true);
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            return Ok(false);
+        }
+    }
+}
+
+/// The reading end of [`decompressed`]'s thread: chunks, then an empty one
+/// for the end (or the error that ended it).
+struct PipeReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            let next = self.rx.recv().unwrap_or_else(|_| {
+                Err(io::Error::other("the decompressing thread stopped early"))
+            });
+            match next {
+                Ok(chunk) if chunk.is_empty() => self.ended = true,
+                Ok(chunk) => (self.chunk, self.pos) = (chunk, 0),
+                Err(e) => {
+                    self.ended = true;
+                    return Err(e);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Unpack the tarball at `path` into `tree` (for `expand`).
 pub fn extract_tarball(path: &Path, tree: &Path) -> Result<()> {
     let file = File::open(path).map_err(LayoutError::io("open", path))?;
     let mut buffered = BufReader::with_capacity(1 << 20, file);
     let format = sniff(&mut buffered).map_err(LayoutError::io("read", path))?;
-    let reader = decompress(format, buffered).map_err(LayoutError::io("read", path))?;
     let name = path.display().to_string();
-    Unpacker::new(tree, &name, false).run(reader, path)?;
+    decompressed(format, buffered, |reader| {
+        Unpacker::new(tree, &name, false).run(reader, path)
+    })?;
     tracing::info!(tarball = %name, tree = %tree.display(), "extracted");
     Ok(())
 }
@@ -91,13 +190,13 @@ impl Layout {
         {
             let mut buffered = BufReader::with_capacity(1 << 20, &mut blob);
             let format = sniff(&mut buffered).map_err(|e| read_error(&path, e))?;
-            let mut reader = decompress(format, &mut buffered).map_err(|e| read_error(&path, e))?;
-            Unpacker::new(tree, &name, true).run(&mut reader, &path)?;
-            // The tar end may come before the end of the stream; the digest
-            // covers all of it.
-            io::copy(&mut reader, &mut io::sink()).map_err(|e| read_error(&path, e))?;
-            drop(reader);
-            io::copy(&mut buffered, &mut io::sink()).map_err(|e| read_error(&path, e))?;
+            decompressed(format, buffered, |reader| {
+                Unpacker::new(tree, &name, true).run(&mut *reader, &path)?;
+                // The tar end may come before the end of the stream; the
+                // digest covers all of it.
+                io::copy(reader, &mut io::sink()).map_err(|e| read_error(&path, e))?;
+                Ok(())
+            })?;
         }
         blob.finish()?;
         tracing::info!(layer = %name, tree = %tree.display(), "applied layer");
@@ -778,5 +877,59 @@ mod tests {
         );
         assert_eq!(parse_pax_time("12"), Some(FileTime::from_unix_time(12, 0)));
         assert_eq!(parse_pax_time("x"), None);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// Several pipe chunks of bytes that do not repeat within a chunk.
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn the_pipe_passes_every_byte_and_reads_the_stream_to_its_end() {
+        let data = sample(3 * PIPE_CHUNK + 12_345);
+        let mut cursor = io::Cursor::new(gzip(&data));
+        let back = decompressed(Format::Gzip, &mut cursor, |r| {
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).unwrap();
+            Ok(back)
+        })
+        .unwrap();
+        assert!(back == data);
+        assert_eq!(cursor.position(), cursor.get_ref().len() as u64);
+    }
+
+    #[test]
+    fn a_truncated_stream_is_an_error_not_an_early_end() {
+        let raw = gzip(&sample(2 * PIPE_CHUNK));
+        let cut = &raw[..raw.len() / 2];
+        let result = decompressed(Format::Gzip, cut, |r| {
+            io::copy(r, &mut io::sink()).map_err(LayoutError::io("read", Path::new("x")))
+        });
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_consumer_that_gives_up_stops_the_decompressing_thread() {
+        // More than the pipe holds: the thread would block forever if
+        // nothing told it to stop.
+        let data = vec![0u8; (PIPE_DEPTH + 4) * PIPE_CHUNK];
+        let mut cursor = io::Cursor::new(data);
+        let result: Result<()> = decompressed(Format::Tar, &mut cursor, |r| {
+            r.read_exact(&mut [0u8; 10]).unwrap();
+            Err(LayoutError::Interrupted)
+        });
+        assert!(matches!(result, Err(LayoutError::Interrupted)));
+        assert!(
+            cursor.position() < cursor.get_ref().len() as u64,
+            "the rest is not read"
+        );
     }
 }

@@ -3,6 +3,8 @@
 mod util;
 
 mod btrfs;
+mod cache;
+mod compression;
 mod core;
 mod distro;
 mod example;
@@ -11,5 +13,6 @@ mod lpack;
 mod oci;
 mod robust;
 mod safety;
+mod select;
 mod stores;
 mod tarball;
