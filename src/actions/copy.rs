@@ -32,12 +32,14 @@ pub fn copy(tree: &Path, item: &CopyItem) -> Result<(), CopyError> {
 }
 
 fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
-    let src_meta = fs::metadata(&item.src)?;
+    // As docker's COPY: a SRC that is a symlink is followed (what it names is
+    // copied, under SRC's own name); symlinks inside a directory stay links.
+    let src = fs::canonicalize(&item.src)?;
     let dest = Path::new(&item.dest);
     // Symlinks on the way to DEST are followed inside the tree, never out of it.
     let followed = resolve_in(tree, dest, true)?;
-    if src_meta.is_dir() {
-        merge_dir(&item.src, &followed)
+    if src.is_dir() {
+        merge_dir(&src, &followed)
     } else {
         let target = if item.dest.ends_with('/') || followed.is_dir() {
             let name = item
@@ -51,7 +53,7 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
         }
-        replace_with_copy(&item.src, &target)
+        replace_with_copy(&src, &target)
     }
 }
 
@@ -133,6 +135,16 @@ mod tests {
         copy(&tree, &item(&host.join("dir"), "/app")).unwrap();
         assert_eq!(fs::read(tree.join("app/sub/x")).unwrap(), b"x");
         assert_eq!(fs::read(tree.join("app/sub/keep")).unwrap(), b"k");
+    }
+
+    #[test]
+    fn a_symlinked_source_file_is_copied_by_content_under_its_own_name() {
+        let (_t, tree, host) = setup();
+        symlink(host.join("file"), host.join("alias")).unwrap();
+        copy(&tree, &item(&host.join("alias"), "/etc/")).unwrap();
+        let copied = tree.join("etc/alias");
+        assert!(fs::symlink_metadata(&copied).unwrap().is_file());
+        assert_eq!(fs::read(copied).unwrap(), b"f");
     }
 
     #[test]

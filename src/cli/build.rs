@@ -1,9 +1,8 @@
 use std::path::PathBuf;
 
-use anyhow::bail;
 use clap::Args;
 
-use super::{GlobalArgs, Session};
+use super::{GlobalArgs, Session, UsageError};
 use crate::build::{commit, BuildOptions, Builder, Outcome};
 use crate::layout::Layout;
 
@@ -34,7 +33,11 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
     })?;
     for name in &args.targets {
         if !plan.targets.iter().any(|t| &t.name == name) {
-            bail!("--target {name}: no such target in {}", plan.file.display());
+            return Err(UsageError(format!(
+                "--target {name}: no such target in {}",
+                plan.file.display()
+            ))
+            .into());
         }
     }
     let session = Session::with_config(config)?;

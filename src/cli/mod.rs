@@ -192,13 +192,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A command asked for something that cannot be: nothing was done.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// The exit code for an error: usage errors and interruptions have their own.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if crate::signals::interrupted() {
         return exit::INTERRUPTED;
     }
     for cause in err.chain() {
-        if cause.is::<crate::spec::SpecError>() || cause.is::<crate::config::ConfigError>() {
+        if cause.is::<crate::spec::SpecError>()
+            || cause.is::<crate::config::ConfigError>()
+            || cause.is::<UsageError>()
+        {
             return exit::USAGE;
         }
     }
