@@ -108,6 +108,11 @@ fn annotate(e: io::Error, op: &str, path: &Path) -> io::Error {
 /// result is always below `root`. The last component is not followed when
 /// `follow_last` is false (to create or replace it).
 pub fn resolve_in(root: &Path, path: &Path, follow_last: bool) -> io::Result<PathBuf> {
+    Ok(root.join(resolve_rel(root, path, follow_last)?))
+}
+
+/// [`resolve_in`], relative to `root`.
+pub fn resolve_rel(root: &Path, path: &Path, follow_last: bool) -> io::Result<PathBuf> {
     let mut parts: Vec<PathBuf> = Vec::new();
     let mut queue: Vec<PathBuf> = path
         .components()
@@ -154,7 +159,7 @@ pub fn resolve_in(root: &Path, path: &Path, follow_last: bool) -> io::Result<Pat
             }
         }
     }
-    Ok(root.join(parts.iter().collect::<PathBuf>()))
+    Ok(parts.iter().collect())
 }
 
 /// Keeps a directory's times as they were, so that creating and removing a

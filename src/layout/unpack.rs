@@ -13,7 +13,7 @@
 //! write `bin/x` through a usr-merged `bin -> usr/bin` keep working. The
 //! entry's own last component is never followed: it is replaced.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
@@ -31,8 +31,6 @@ use super::{Layout, LayoutError, Result};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// As Linux's MAXSYMLINKS: more than this on one path is a loop.
-const MAX_SYMLINKS: usize = 40;
 const CHECK_SIGNALS_EVERY: usize = 256;
 /// Decompressed bytes are handed from the decompressing thread to the
 /// unpacking one in chunks of this size, at most `PIPE_DEPTH` waiting.
@@ -432,38 +430,9 @@ impl<'a> Unpacker<'a> {
     /// symlinks as a chroot would. Components that do not exist yet are
     /// taken as they are (they are created as directories).
     fn resolve_dir(&self, comps: Vec<OsString>, entry: &[u8]) -> Result<PathBuf> {
-        let mut resolved = PathBuf::new();
-        let mut pending: VecDeque<OsString> = comps.into();
-        let mut links = 0;
-        while let Some(c) = pending.pop_front() {
-            if c.is_empty() || c == "." {
-                continue;
-            }
-            if c == ".." {
-                resolved.pop();
-                continue;
-            }
-            let candidate = self.root.join(&resolved).join(&c);
-            match fs::symlink_metadata(&candidate) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(self.unsafe_entry(entry, "too many levels of symlinks"));
-                    }
-                    let target = fs::read_link(&candidate)
-                        .map_err(LayoutError::io("read link", &candidate))?;
-                    let target = target.as_os_str().as_bytes();
-                    if target.starts_with(b"/") {
-                        resolved = PathBuf::new();
-                    }
-                    for part in target.split(|&b| b == b'/').rev() {
-                        pending.push_front(OsStr::from_bytes(part).to_os_string());
-                    }
-                }
-                _ => resolved.push(c),
-            }
-        }
-        Ok(resolved)
+        let path: PathBuf = comps.into_iter().collect();
+        crate::fsutil::resolve_rel(self.root, &path, true)
+            .map_err(|e| self.unsafe_entry(entry, &e.to_string()))
     }
 
     /// Create the missing directories of a resolved (symlink-free) path.
