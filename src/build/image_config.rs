@@ -7,6 +7,19 @@ use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
 
 use crate::spec::ConfigKeys;
 
+/// An image's `Env` as `(name, value)` pairs, for a process run in it.
+pub fn env_pairs(config: &Config) -> Vec<(String, String)> {
+    config
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// The config an image built on nothing starts from.
 pub fn empty_config() -> ImageConfiguration {
     let mut c = ImageConfiguration::default();

@@ -346,16 +346,7 @@ impl<'a> Builder<'a> {
             .unwrap_or_default();
         let ctx = actions::run::RunContext {
             target: name,
-            env: run_config
-                .env()
-                .clone()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|e| {
-                    e.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect(),
+            env: image_config::env_pairs(&run_config),
             workdir: run_config
                 .working_dir()
                 .clone()

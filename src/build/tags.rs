@@ -2,21 +2,19 @@
 
 /// `NAME-DATE_N` with N one above the highest for that name and date among `existing`.
 pub fn next_dated(name: &str, date: &str, existing: &[String]) -> String {
-    let prefix = format!("{name}-{date}_");
-    let highest = existing
-        .iter()
-        .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u32>().ok())
-        .max()
-        .unwrap_or(0);
-    format!("{prefix}{}", highest + 1)
+    next_numbered(&format!("{name}-{date}_"), existing)
 }
 
 /// The checkin default `YYYY-MM-DD_vN`.
 pub fn next_checkin(date: &str, existing: &[String]) -> String {
-    let prefix = format!("{date}_v");
+    next_numbered(&format!("{date}_v"), existing)
+}
+
+/// `PREFIXN` with N one above the highest such tag in `existing`.
+fn next_numbered(prefix: &str, existing: &[String]) -> String {
     let highest = existing
         .iter()
-        .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .filter_map(|t| t.strip_prefix(prefix)?.parse::<u32>().ok())
         .max()
         .unwrap_or(0);
     format!("{prefix}{}", highest + 1)

@@ -61,15 +61,8 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         root: &tree.path,
         argv,
-        env: config
-            .env()
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|e| {
-                e.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
+        env: crate::build::image_config::env_pairs(&config)
+            .into_iter()
             .chain([(
                 "TERM".to_string(),
                 std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),

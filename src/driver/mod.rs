@@ -143,6 +143,23 @@ impl DriverError {
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
+/// The snapshots in a directory whose entries are named by
+/// [`ChainId::store_name`]; anything else there is not a snapshot.
+fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(DriverError::io("read directory", dir))? {
+        let entry = entry.map_err(DriverError::io("read directory", dir))?;
+        ids.extend(
+            entry
+                .file_name()
+                .to_str()
+                .and_then(ChainId::from_store_name),
+        );
+    }
+    ids.sort();
+    Ok(ids)
+}
+
 /// A store of read-only snapshots named by ChainID, and of the writable work
 /// trees checked out of them.
 ///

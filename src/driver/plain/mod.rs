@@ -186,20 +186,7 @@ impl SnapshotDriver for PlainDriver {
     }
 
     fn snapshots(&self) -> Result<Vec<ChainId>> {
-        let dir = self.root.join("snapshots");
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
-            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(ChainId::from_store_name)
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        super::list_snapshots(&self.root.join("snapshots"))
     }
 
     fn remove(&self, id: &ChainId) -> Result<()> {
