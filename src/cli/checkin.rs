@@ -24,20 +24,7 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
             tree.path.display()
         )
     })?;
-    let base_desc = session
-        .layout
-        .tags()?
-        .into_iter()
-        .map(|(_, d)| d)
-        .find(|d| d.digest().to_string() == record.manifest)
-        .ok_or_else(|| {
-            anyhow!(
-                "the image {} that was checked out ({}) is no longer tagged",
-                record.tag,
-                record.manifest
-            )
-        })?;
-    let base = session.layout.image(&base_desc)?;
+    let base = record.image(&session)?;
 
     let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();
     let tag = match &args.tag {

@@ -43,6 +43,24 @@ impl Record {
             .with_context(|| format!("writing {}", path.display()))
     }
 
+    /// The image that was checked out (by digest: its tag may have moved since).
+    pub fn image(&self, session: &Session) -> anyhow::Result<crate::layout::image::Image> {
+        let desc = session
+            .layout
+            .tags()?
+            .into_iter()
+            .map(|(_, d)| d)
+            .find(|d| d.digest().to_string() == self.manifest)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the image {} that was checked out ({}) is no longer tagged",
+                    self.tag,
+                    self.manifest
+                )
+            })?;
+        Ok(session.layout.image(&desc)?)
+    }
+
     pub fn clear(storedir: &Path) -> anyhow::Result<()> {
         let path = record_path(storedir);
         match std::fs::remove_file(&path) {

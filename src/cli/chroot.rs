@@ -1,6 +1,7 @@
 use anyhow::{anyhow, bail};
 use clap::Args;
 
+use super::checkout::Record;
 use super::{GlobalArgs, Session, CHECKOUT};
 use crate::build::ensure_snapshot;
 use crate::sandbox::{self, Output, RunOptions};
@@ -52,7 +53,10 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             let tree = driver
                 .work_tree(CHECKOUT)?
                 .ok_or_else(|| anyhow!("no tag given and no checkout in progress"))?;
-            (tree, None, false)
+            // The checked-out image's env and workdir, when it is still known.
+            let image =
+                Record::load(&session.config.storedir)?.and_then(|r| r.image(&session).ok());
+            (tree, image, false)
         }
     };
     let config = image

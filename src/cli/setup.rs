@@ -19,6 +19,7 @@ pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
         println!("the plain driver needs no setup: nothing to do");
         return Ok(());
     }
+    let _lock = lock_store(&config)?;
     let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
     let outcome = btrfs::setup_store(lofile, config.losize, mnt).with_context(|| {
         format!(
@@ -52,6 +53,7 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         println!("the plain driver has no setup to undo: nothing to do");
         return Ok(());
     }
+    let _lock = lock_store(&config)?;
     let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
     let outcome = match btrfs::unsetup_store(lofile, mnt, args.force) {
         Err(DriverError::Busy(name)) => anyhow::bail!(
@@ -67,11 +69,15 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         })?,
     };
     match outcome {
-        UnsetupOutcome::Removed => println!(
-            "unmounted {} and removed {}",
-            mnt.display(),
-            lofile.display()
-        ),
+        UnsetupOutcome::Removed => {
+            // A checkout forced away leaves no record pointing at it.
+            super::checkout::Record::clear(&config.storedir)?;
+            println!(
+                "unmounted {} and removed {}",
+                mnt.display(),
+                lofile.display()
+            )
+        }
         UnsetupOutcome::NothingThere => println!(
             "no btrfs store at {} or {}: nothing to do",
             mnt.display(),
@@ -79,4 +85,12 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Setup and unsetup hold the store lock, so that no build runs on a store
+/// being made or taken away.
+fn lock_store(config: &crate::config::Config) -> anyhow::Result<crate::layout::lock::Lock> {
+    std::fs::create_dir_all(&config.storedir)
+        .with_context(|| format!("creating the store {}", config.storedir.display()))?;
+    Ok(crate::layout::lock::lock(&config.storedir)?)
 }

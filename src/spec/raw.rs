@@ -280,7 +280,8 @@ fn string_list<'de, D: Deserializer<'de>>(
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
             let mut items = Vec::new();
-            while let Some(item) = seq.next_element::<String>()? {
+            // `- true` or `- 10` in a list means the text, as in a script.
+            while let Some(Scalar(item)) = seq.next_element::<Scalar>()? {
                 items.push(item);
             }
             Ok(items)
@@ -535,6 +536,13 @@ network: none
         assert_eq!(t.volumes, ["/data"]);
         assert_eq!(t.ports, ["80/tcp", "53/udp", "8080/tcp"]);
         assert_eq!(t.network, Network::None);
+    }
+
+    #[test]
+    fn list_items_that_yaml_reads_as_numbers_or_booleans_are_their_text() {
+        let t = target("base: x\nrun: [true, 'echo hi']\ncmd: [sleep, 10]").unwrap();
+        assert_eq!(t.run, vec!["true", "echo hi"]);
+        assert_eq!(t.cmd, Some(vec!["sleep".to_string(), "10".to_string()]));
     }
 
     #[test]
