@@ -239,11 +239,10 @@ impl<'a> TreeView<'a> {
     }
 }
 
+/// What a driver that walks both trees entirely would report: the reference
+/// the drivers' own candidate finding is tested against.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
-
+pub(crate) fn full_compare(base: &Path, tree: &Path) -> Vec<Change> {
     fn all_paths(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
         for e in fs::read_dir(root.join(rel)).unwrap() {
             let e = e.unwrap();
@@ -254,12 +253,19 @@ mod tests {
             }
         }
     }
+    let mut c = BTreeSet::new();
+    all_paths(base, Path::new(""), &mut c);
+    all_paths(tree, Path::new(""), &mut c);
+    compare(base, tree, &c).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn diff(base: &Path, tree: &Path) -> Vec<Change> {
-        let mut c = BTreeSet::new();
-        all_paths(base, Path::new(""), &mut c);
-        all_paths(tree, Path::new(""), &mut c);
-        compare(base, tree, &c).unwrap()
+        full_compare(base, tree)
     }
 
     fn pair() -> (tempfile::TempDir, PathBuf, PathBuf) {
