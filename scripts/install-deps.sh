@@ -5,6 +5,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # build: bindgen for loopdev-3 and libbtrfsutil, the btrfs library, mkfs.btrfs
   libclang-dev libbtrfsutil-dev btrfs-progs pkg-config
+  # tests: losetup, findmnt, mount
+  mount util-linux
   # fixtures
   busybox-static debootstrap rpm dpkg-dev zstd xz-utils bzip2 ca-certificates
   # interop and comparison tools
@@ -18,6 +20,6 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt-get install -y -q "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
