@@ -131,7 +131,7 @@ impl Layout {
             Compression::Zstd => MediaType::ImageLayerZstd,
         };
         let descriptor = blob.finish(media_type)?;
-        tracing::info!(
+        tracing::debug!(
             layer = %descriptor.digest(),
             diff_id = %diff_id,
             entries,

@@ -108,7 +108,7 @@ impl Layout {
             .map_err(|e| layout.invalid(OCI_LAYOUT_FILE, e))?;
         // Written last: a folder with an `oci-layout` file is a whole layout.
         layout.write_file_atomic(OCI_LAYOUT_FILE, &canonical_json(&header)?)?;
-        tracing::info!(layout = %root.display(), "created OCI layout");
+        tracing::debug!(layout = %root.display(), "created OCI layout");
         Ok(layout)
     }
 

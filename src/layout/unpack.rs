@@ -175,7 +175,7 @@ pub fn extract_tarball(path: &Path, tree: &Path) -> Result<()> {
     decompressed(format, buffered, |reader| {
         Unpacker::new(tree, &name, false).run(reader, path)
     })?;
-    tracing::info!(tarball = %name, tree = %tree.display(), "extracted");
+    tracing::debug!(tarball = %name, tree = %tree.display(), "extracted");
     Ok(())
 }
 
@@ -197,7 +197,7 @@ impl Layout {
             })?;
         }
         blob.finish()?;
-        tracing::info!(layer = %name, tree = %tree.display(), "applied layer");
+        tracing::debug!(layer = %name, tree = %tree.display(), "applied layer");
         Ok(())
     }
 }

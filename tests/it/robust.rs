@@ -149,12 +149,16 @@ fn sigkill_at_any_point(env: &Env, store_root: &Path) {
     let mut left_behind = 0;
     for moment in moments {
         let mut child = env.cmd(&build).spawn().expect("spawn");
+        // A build that ends before the moment comes is reaped by try_wait:
+        // its pid may then be anyone's, so it must not be signalled.
+        let mut reaped = false;
         match moment {
             Moment::WorkTree(target) => {
                 let tree = store_root.join(format!("work/build-{target}"));
                 let deadline = Instant::now() + whole * 4;
                 while !tree.exists() && Instant::now() < deadline {
                     if child.try_wait().unwrap().is_some() {
+                        reaped = true;
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -162,8 +166,10 @@ fn sigkill_at_any_point(env: &Env, store_root: &Path) {
             }
             Moment::Fraction(f) => std::thread::sleep(whole.mul_f64(f)),
         }
-        signal(&child, libc::SIGKILL);
-        child.wait().unwrap();
+        if !reaped {
+            signal(&child, libc::SIGKILL);
+            child.wait().unwrap();
+        }
         assert_layout_valid(env);
         left_behind += usize::from(!work_entries(store_root).is_empty());
         env.ok(&["status"]);

@@ -82,7 +82,7 @@ pub fn setup_store_with(
     // The mount holds the device now; with autoclear it goes when the mount does.
     drop(attachment);
     BtrfsDriver::open_with(&target, sys)?;
-    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store set up");
+    tracing::debug!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store set up");
     Ok(outcome)
 }
 
@@ -177,6 +177,6 @@ pub fn unsetup_store_with(
             ) => {}
         Err(e) => return Err(DriverError::io("remove directory", &target)(e)),
     }
-    tracing::info!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store removed");
+    tracing::debug!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store removed");
     Ok(outcome)
 }
