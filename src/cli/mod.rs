@@ -41,7 +41,7 @@ pub struct GlobalArgs {
     /// OCI layout directory, over the config's `layoutdir`
     #[arg(long, global = true, value_name = "DIR")]
     pub layout: Option<PathBuf>,
-    /// Plain store directory, over the config's `storedir`
+    /// Store directory (plain snapshots, build cache, lock), over the config's `storedir`
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// Layer compression, over the config's `compression`
@@ -73,7 +73,7 @@ pub enum Command {
     Build(build::BuildArgs),
     /// List the tags of the layout
     Ls,
-    /// Remove blobs and snapshots that no tag reaches, and dated tags with --dated
+    /// Remove older dated tags, then blobs and snapshots that no tag reaches
     Gc(gc::GcArgs),
     /// Create, format and mount the btrfs loopback store
     Setup,
