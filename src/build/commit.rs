@@ -5,7 +5,7 @@ use oci_spec::image::{Descriptor, MediaType};
 
 use super::{discard_after, image_config, BuildError};
 use crate::config::Compression;
-use crate::driver::{ChainId, SnapshotDriver, WorkTree};
+use crate::driver::{SnapshotDriver, WorkTree};
 use crate::layout::image::Image;
 use crate::layout::layer::{self, LayerOptions, WrittenLayer};
 use crate::layout::Layout;
@@ -92,13 +92,6 @@ pub fn layer_options(compression: Compression, source_date_epoch: Option<i64>) -
 /// `SOURCE_DATE_EPOCH` from the environment, if set to a number.
 pub fn source_date_epoch() -> Option<i64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
-}
-
-/// The chain a base image's tree has (empty for no base).
-pub fn chain_of(image: Option<&Image>) -> ChainId {
-    image.map_or_else(ChainId::empty, |i| {
-        ChainId::of(i.config.rootfs().diff_ids())
-    })
 }
 
 /// Docker layer media types name the same bytes as the OCI ones; an OCI

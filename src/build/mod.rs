@@ -219,13 +219,7 @@ impl<'a> Builder<'a> {
         let name = t.name.as_str();
         let base = match &t.base {
             Base::Empty => None,
-            Base::Tag(tag) => {
-                let desc = self
-                    .layout
-                    .resolve(tag)?
-                    .ok_or_else(|| LayoutError::NoTag(tag.clone()))?;
-                Some(self.layout.image(&desc)?)
-            }
+            Base::Tag(tag) => Some(self.layout.image_by_tag(tag)?),
         };
         let base_digest = base.as_ref().map_or("empty".to_string(), |b| {
             b.manifest_desc.digest().to_string()

@@ -82,7 +82,7 @@ pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
             open.path.display()
         );
     }
-    let image = session.image(&args.tag)?;
+    let image = session.layout.image_by_tag(&args.tag)?;
     let chain = ensure_snapshot(&session.layout, session.driver.as_ref(), &image)?;
     let tree = session.driver.checkout(&chain, CHECKOUT)?;
     Record {

@@ -44,7 +44,7 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
     let (tag, argv) = args.tag_and_argv();
     let (tree, image, throwaway) = match tag {
         Some(tag) => {
-            let image = session.image(tag)?;
+            let image = session.layout.image_by_tag(tag)?;
             let chain = ensure_snapshot(&session.layout, driver, &image)?;
             let tree = driver.checkout(&chain, &format!("chroot-{}", std::process::id()))?;
             (tree, Some(image), true)

@@ -261,17 +261,6 @@ impl Session {
             _locks: (store_lock, layout_lock),
         })
     }
-
-    /// The image a tag names.
-    pub fn image(&self, tag: &str) -> anyhow::Result<crate::layout::image::Image> {
-        let desc = self.layout.resolve(tag)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "tag {tag} is not in the layout {}",
-                self.layout.root().display()
-            )
-        })?;
-        Ok(self.layout.image(&desc)?)
-    }
 }
 
 pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::SnapshotDriver>> {
