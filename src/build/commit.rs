@@ -70,13 +70,16 @@ fn write_layer(
     Ok(Some(layout.write_layer(&tree.path, &changes, opts)?))
 }
 
-/// `created` for a new image: now, or the fixed `SOURCE_DATE_EPOCH`.
+/// `created` for a new image: now to the nanosecond (as docker and buildah
+/// write it, so images built within one second still sort), or the fixed
+/// `SOURCE_DATE_EPOCH` in whole seconds.
 pub fn created(source_date_epoch: Option<i64>) -> String {
-    let when = match source_date_epoch {
-        Some(epoch) => chrono::DateTime::from_timestamp(epoch, 0).unwrap_or_default(),
-        None => chrono::Utc::now(),
-    };
-    when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    match source_date_epoch {
+        Some(epoch) => chrono::DateTime::from_timestamp(epoch, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+    }
 }
 
 pub fn layer_options(compression: Compression, source_date_epoch: Option<i64>) -> LayerOptions {

@@ -3,9 +3,24 @@
 
 use std::collections::BTreeMap;
 
+use indexmap::IndexMap;
 use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
 
-use crate::spec::ConfigKeys;
+use crate::spec::vars;
+use crate::spec::{plan, ConfigKeys};
+
+/// The `PATH` docker gives an image built from scratch (buildah does too),
+/// so that `sh` or `$PATH:/opt/bin` mean in it what they mean elsewhere.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A config key whose value could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ResolveError {
+    /// The key, with the entry for mappings: `env PATH`, `workdir`.
+    pub key: String,
+    pub message: String,
+}
 
 /// An image's `Env` as `(name, value)` pairs, for a process run in it.
 pub fn env_pairs(config: &Config) -> Vec<(String, String)> {
@@ -26,7 +41,70 @@ pub fn empty_config() -> ImageConfiguration {
     c.set_architecture(Arch::Amd64);
     c.set_os(Os::Linux);
     c.set_rootfs(RootFs::default());
+    let mut run = Config::default();
+    run.set_env(Some(vec![format!("PATH={DEFAULT_PATH}")]));
+    c.set_config(Some(run));
     c
+}
+
+/// The target's keys with their values made final against the config they
+/// inherit, as docker's `ENV`, `WORKDIR` and `LABEL` do: `$` references
+/// expanded from the inherited `Env` and the target's `env` keys before
+/// them (in order; then `workdir` and `labels` see all of `env`), and a
+/// relative `workdir` taken from the inherited one.
+pub fn resolve(base: &Config, keys: &ConfigKeys) -> Result<ConfigKeys, ResolveError> {
+    let mut env: IndexMap<String, String> = env_pairs(base).into_iter().collect();
+    let mut out = keys.clone();
+    for (name, value) in &keys.env {
+        let value = expand(&env, value, || format!("env {name}"))?;
+        out.env.insert(name.clone(), value.clone());
+        env.insert(name.clone(), value);
+    }
+    if let Some(w) = &keys.workdir {
+        let w = expand(&env, w, || "workdir".to_string())?;
+        if w.is_empty() {
+            return Err(ResolveError {
+                key: "workdir".into(),
+                message: format!(
+                    "{:?} expands to nothing",
+                    keys.workdir.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+        let inherited = base.working_dir().as_deref().unwrap_or("/");
+        out.workdir = Some(workdir(inherited, &w));
+    }
+    for (name, value) in &keys.labels {
+        let value = expand(&env, value, || format!("labels {name}"))?;
+        out.labels.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+fn expand(
+    env: &IndexMap<String, String>,
+    text: &str,
+    key: impl Fn() -> String,
+) -> Result<String, ResolveError> {
+    vars::expand(text, &|name| env.get(name).cloned()).map_err(|e| ResolveError {
+        key: key(),
+        message: e.to_string(),
+    })
+}
+
+/// `requested` made absolute against `inherited` and cleaned, as docker
+/// does for `WORKDIR` (`/app` then `sub` is `/app/sub`; `..` stops at `/`).
+fn workdir(inherited: &str, requested: &str) -> String {
+    let joined = if requested.starts_with('/') {
+        requested.to_string()
+    } else {
+        format!("{inherited}/{requested}")
+    };
+    let path = plan::image_path(&joined);
+    match path.strip_suffix('/') {
+        Some(dir) if !dir.is_empty() => dir.to_string(),
+        _ => path,
+    }
 }
 
 /// History entries that pair with the layers one to one (umoci relies on it).
@@ -79,6 +157,9 @@ pub fn derive(
     let mut run = config.config().clone().unwrap_or_default();
     apply_keys(&mut run, keys);
     config.set_config(Some(run));
+    if let Some(author) = &keys.author {
+        config.set_author(Some(author.clone()));
+    }
     config
 }
 
@@ -170,6 +251,86 @@ mod tests {
         let h = out.history().clone().unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].empty_layer(), Some(true));
+    }
+
+    fn base_with(env: &[&str], workdir: Option<&str>) -> Config {
+        let mut c = Config::default();
+        c.set_env(Some(env.iter().map(|e| e.to_string()).collect()));
+        c.set_working_dir(workdir.map(str::to_string));
+        c
+    }
+
+    fn keys(env: &[(&str, &str)], workdir: Option<&str>, labels: &[(&str, &str)]) -> ConfigKeys {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        ConfigKeys {
+            env: pairs(env),
+            workdir: workdir.map(str::to_string),
+            labels: pairs(labels),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn env_expands_from_the_inherited_env_and_the_keys_before() {
+        let base = base_with(&["PATH=/bin", "A=old"], None);
+        let k = keys(
+            &[
+                ("PATH", "$PATH:/opt/bin"),
+                ("A", "new"),
+                ("B", r"${A}-$UNSET-\$A"),
+            ],
+            Some("$A"),
+            &[("l", "${B:+b=$B}")],
+        );
+        let out = resolve(&base, &k).unwrap();
+        let env: Vec<_> = out.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(env, ["PATH=/bin:/opt/bin", "A=new", "B=new--$A"]);
+        assert_eq!(out.workdir.as_deref(), Some("/new"));
+        assert_eq!(out.labels["l"], "b=new--$A");
+    }
+
+    #[rstest::rstest]
+    #[case::relative(Some("/app"), "sub", "/app/sub")]
+    #[case::nothing_inherited(None, "sub", "/sub")]
+    #[case::absolute(Some("/app"), "/srv/", "/srv")]
+    #[case::dots(Some("/app/x"), "../y/./z", "/app/y/z")]
+    #[case::above_root(Some("/"), "../..", "/")]
+    fn a_relative_workdir_resolves_against_the_inherited_one(
+        #[case] inherited: Option<&str>,
+        #[case] requested: &str,
+        #[case] want: &str,
+    ) {
+        let out = resolve(&base_with(&[], inherited), &keys(&[], Some(requested), &[])).unwrap();
+        assert_eq!(out.workdir.as_deref(), Some(want));
+    }
+
+    #[test]
+    fn resolve_errors_name_the_key() {
+        let base = base_with(&[], None);
+        let e = resolve(&base, &keys(&[("X", "${NEED:?set NEED}")], None, &[])).unwrap_err();
+        assert_eq!(e.to_string(), "env X: NEED: set NEED");
+        let e = resolve(&base, &keys(&[], Some("$NOPE"), &[])).unwrap_err();
+        assert_eq!(e.to_string(), "workdir: \"$NOPE\" expands to nothing");
+        let e = resolve(&base, &keys(&[], None, &[("l", "${x?}")])).unwrap_err();
+        assert_eq!(e.to_string(), "labels l: x: is not allowed to be unset");
+    }
+
+    #[test]
+    fn an_image_from_nothing_has_the_default_path_and_an_author_is_set() {
+        let k = ConfigKeys {
+            author: Some("me".into()),
+            ..Default::default()
+        };
+        let out = derive(&empty_config(), None, "t", "x".into(), &k);
+        assert_eq!(
+            out.config().clone().unwrap().env().clone().unwrap(),
+            vec![format!("PATH={DEFAULT_PATH}")]
+        );
+        assert_eq!(out.author().as_deref(), Some("me"));
     }
 
     #[test]

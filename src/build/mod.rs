@@ -22,7 +22,7 @@ use crate::driver::{ChainId, DriverError, SnapshotDriver, WorkTree};
 use crate::layout::image::Image;
 use crate::layout::layer::LayerOptions;
 use crate::layout::{Layout, LayoutError};
-use crate::spec::{Base, BuildPlan, Target};
+use crate::spec::{Base, BuildPlan, ConfigKeys, Target};
 
 pub use materialize::{discard_after, ensure_snapshot};
 
@@ -249,10 +249,16 @@ impl<'a> Builder<'a> {
             }
             _ => ChainId::empty(),
         };
+        let inherited = base
+            .as_ref()
+            .map_or_else(image_config::empty_config, |b| b.config.clone());
+        let keys =
+            image_config::resolve(&inherited.config().clone().unwrap_or_default(), &t.config)
+                .map_err(|e| BuildError::step(name, e.key.clone())(e.message.into()))?;
         let tree = self
             .driver
             .checkout(&base_chain, &format!("build-{name}"))?;
-        if let Err(e) = self.fill(t, &tree, base.as_ref(), spec_dir) {
+        if let Err(e) = self.fill(t, &keys, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
         let (manifest, layer) = commit::commit(
@@ -261,8 +267,8 @@ impl<'a> Builder<'a> {
             tree,
             base.as_ref(),
             &commit::Commit {
-                keys: &t.config,
-                created_by: format!("genoci build {name}"),
+                keys: &keys,
+                created_by: format!("genoci build {name}: {}", t.summary),
                 created: self.created(),
                 layer: self.layer_options(),
             },
@@ -294,12 +300,13 @@ impl<'a> Builder<'a> {
     fn fill(
         &self,
         t: &Target,
+        keys: &ConfigKeys,
         tree: &WorkTree,
         base: Option<&Image>,
         spec_dir: &Path,
     ) -> Result<(), BuildError> {
         let name = t.name.as_str();
-        let filled = self.run_actions(t, tree.path.as_path(), base, spec_dir);
+        let filled = self.run_actions(t, keys, tree.path.as_path(), base, spec_dir);
         // A hook may leave something mounted in the tree (a bind-mounted
         // resolv.conf): it must not reach the diff, and discarding a failed
         // tree must not delete through it into the host.
@@ -328,6 +335,7 @@ impl<'a> Builder<'a> {
     fn run_actions(
         &self,
         t: &Target,
+        keys: &ConfigKeys,
         root: &Path,
         base: Option<&Image>,
         spec_dir: &Path,
@@ -336,7 +344,9 @@ impl<'a> Builder<'a> {
         let interrupted =
             || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
         let run_config = base
-            .and_then(|b| b.config.config().clone())
+            .map_or_else(image_config::empty_config, |b| b.config.clone())
+            .config()
+            .clone()
             .unwrap_or_default();
         let ctx = actions::run::RunContext {
             target: name,
@@ -377,7 +387,7 @@ impl<'a> Builder<'a> {
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
             .map_err(|e| BuildError::Action(e.into()))?;
         // As docker's WORKDIR: the directory exists in the image that names it.
-        if let Some(workdir) = &t.config.workdir {
+        if let Some(workdir) = &keys.workdir {
             crate::fsutil::resolve_in(root, Path::new(workdir), true)
                 .and_then(|dir| std::fs::create_dir_all(&dir))
                 .map_err(|e| BuildError::step(name, format!("workdir {workdir}"))(e.into()))?;

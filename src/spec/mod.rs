@@ -4,6 +4,7 @@
 
 pub mod plan;
 pub mod raw;
+pub mod vars;
 
 use std::path::PathBuf;
 
@@ -63,7 +64,10 @@ pub enum RunItem {
 pub struct ConfigKeys {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
+    /// Values as written: `$NAME` references are expanded at build time,
+    /// against the base image's `Env` and the keys before them.
     pub env: IndexMap<String, String>,
+    /// As written; relative to the inherited one, expanded at build time.
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub labels: IndexMap<String, String>,
@@ -71,6 +75,28 @@ pub struct ConfigKeys {
     /// `PORT/PROTO`, proto defaulting to `tcp`.
     pub ports: Vec<String>,
     pub annotations: IndexMap<String, String>,
+    pub author: Option<String>,
+}
+
+impl ConfigKeys {
+    /// The names of the keys set, in the order of the spec's key table.
+    pub fn set_keys(&self) -> Vec<&'static str> {
+        [
+            ("entrypoint", self.entrypoint.is_some()),
+            ("cmd", self.cmd.is_some()),
+            ("env", !self.env.is_empty()),
+            ("workdir", self.workdir.is_some()),
+            ("user", self.user.is_some()),
+            ("labels", !self.labels.is_empty()),
+            ("volumes", !self.volumes.is_empty()),
+            ("ports", !self.ports.is_empty()),
+            ("annotations", !self.annotations.is_empty()),
+            ("author", self.author.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +114,10 @@ pub struct Target {
     pub post: Vec<String>,
     pub network: Network,
     pub config: ConfigKeys,
+    /// What the target does, in short, for its history entry: the actions
+    /// with their items as written (so the same spec in another folder
+    /// gives the same image) and the config keys it sets.
+    pub summary: String,
     /// The target's stanza in a canonical form (JSON with keys in spec order),
     /// for the build cache.
     pub stanza: String,

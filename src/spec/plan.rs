@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 use yaml_serde::Value;
 
 use super::raw::{self, RawError, RawTarget};
+use super::vars;
 use super::{Base, BuildPlan, ConfigKeys, CopyItem, Package, Problem, RunItem, SpecError, Target};
 
 /// The longest tag a registry accepts (distribution spec).
@@ -281,6 +282,8 @@ impl<'a> Checker<'a> {
             }
         }
 
+        self.check_references(name, raw);
+
         let config = ConfigKeys {
             entrypoint: raw.entrypoint.clone(),
             cmd: raw.cmd.clone(),
@@ -291,6 +294,7 @@ impl<'a> Checker<'a> {
             volumes: raw.volumes.clone(),
             ports: raw.ports.clone(),
             annotations: raw.annotations.clone(),
+            author: raw.author.clone(),
         };
         let no_action = [
             &raw.pre,
@@ -332,9 +336,31 @@ impl<'a> Checker<'a> {
             run,
             post: raw.post.clone(),
             network: raw.network,
+            summary: summary(raw, &config),
             config,
             stanza,
         })
+    }
+
+    /// The syntax of `$` references, checked before anything is built;
+    /// their values are known only when the base image is.
+    fn check_references(&mut self, name: &str, raw: &RawTarget) {
+        let values = raw
+            .env
+            .iter()
+            .map(|(k, v)| ("env", k.as_str(), v))
+            .chain(raw.workdir.iter().map(|w| ("workdir", "", w)))
+            .chain(raw.labels.iter().map(|(k, v)| ("labels", k.as_str(), v)));
+        for (key, item, value) in values {
+            if let Err(e) = vars::parse(value) {
+                let what = if item.is_empty() {
+                    String::new()
+                } else {
+                    format!("{item}: ")
+                };
+                self.report(Some(name), Some(key), format!("{what}{e}"));
+            }
+        }
     }
 
     fn need_file(&mut self, name: &str, key: &str, item: &str, path: &Path) {
@@ -466,10 +492,33 @@ fn lexical(path: &Path) -> PathBuf {
         .collect()
 }
 
+/// What a target does, in short: `expand ./a.tar; run 2 steps; config env`.
+fn summary(raw: &RawTarget, config: &ConfigKeys) -> String {
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut done: Vec<String> = Vec::new();
+    if !raw.pre.is_empty() {
+        done.push(format!("pre {}", count(raw.pre.len(), "command")));
+    }
+    done.extend(raw.expand.iter().map(|e| format!("expand {e}")));
+    done.extend(raw.copy.iter().map(|c| format!("copy {c}")));
+    done.extend(raw.install.iter().map(|i| format!("install {i}")));
+    if !raw.run.is_empty() {
+        done.push(format!("run {}", count(raw.run.len(), "step")));
+    }
+    if !raw.post.is_empty() {
+        done.push(format!("post {}", count(raw.post.len(), "command")));
+    }
+    let keys = config.set_keys();
+    if !keys.is_empty() {
+        done.push(format!("config {}", keys.join(", ")));
+    }
+    done.join("; ")
+}
+
 /// An absolute path inside the image: relative paths start at `/`, and
 /// `..` stops at `/` since the image has nothing above its root. A trailing
 /// `/` is kept: it asks to copy into that directory.
-fn image_path(dest: &str) -> String {
+pub fn image_path(dest: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in dest.split('/') {
         match part {
@@ -618,6 +667,9 @@ mod tests {
     #[case::relative_volume("a:\n  base: empty\n  volumes: data\n", &[], Some("a"), Some("volumes"), Some(3), "must be an absolute path")]
     #[case::nothing_to_do("a:\n  base: empty\n  network: none\n", &[], Some("a"), None, Some(1), "nothing to do")]
     #[case::empty_lists_do_nothing("a:\n  base: empty\n  run: []\n  env: {}\n", &[], Some("a"), None, Some(1), "nothing to do")]
+    #[case::bad_env_reference("a:\n  base: empty\n  env: {P: \"${P\"}\n", &[], Some("a"), Some("env"), Some(3), "P: \"${P\": missing '}'")]
+    #[case::bad_workdir_reference("a:\n  base: empty\n  workdir: /${A:=x}\n", &[], Some("a"), Some("workdir"), Some(3), "unsupported modifier \":=\"")]
+    #[case::bad_label_reference("a:\n  base: empty\n  labels:\n    l: ${}\n", &[], Some("a"), Some("labels"), Some(3), "l: \"${}\": bad substitution")]
     #[case::empty_spec("# only a comment\n", &[], None, None, None, "the spec has no targets")]
     #[case::not_a_spec("- a\n- b\n", &[], None, None, None, "must be a mapping of target names")]
     #[case::yaml_syntax("a:\n  base: empty\n  run: [x\n", &[], None, None, Some(4), "did not find expected")]
@@ -771,6 +823,16 @@ tool:
                 },
             ]
         );
+        // Items as written: the same spec elsewhere gives the same history.
+        assert_eq!(
+            os.summary,
+            "expand ./rootfs.tar; expand extra.tar.gz; install pkgs/a.deb; install https://example.com/b.rpm"
+        );
+        assert_eq!(
+            app.summary,
+            "copy conf/app.conf ../../etc/app/; copy 'my file' opt/x; copy conf /etc/conf; run 3 steps; config entrypoint"
+        );
+        assert_eq!(tool.summary, "config env");
         assert_eq!(
             app.run,
             [

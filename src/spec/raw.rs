@@ -79,6 +79,8 @@ pub struct RawTarget {
     pub ports: Vec<String>,
     #[serde(default, deserialize_with = "network")]
     pub network: Network,
+    #[serde(default)]
+    pub author: Option<String>,
 }
 
 impl RawTarget {
@@ -393,17 +395,31 @@ fn user<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     d.deserialize_any(V)
 }
 
-/// `80` → `80/tcp`; `53/udp` kept. The protocols are those of the image
-/// spec's `ExposedPorts`.
-fn port<E: de::Error>(text: &str) -> Result<String, E> {
-    let (number, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-    let valid_number = number.parse::<u16>().is_ok_and(|n| n > 0);
-    if !valid_number || !matches!(proto, "tcp" | "udp" | "sctp") {
-        return Err(E::custom(format!(
-            "invalid port {text:?}: expected PORT or PORT/tcp|udp|sctp, PORT in 1-65535"
-        )));
+/// `80` → `80/tcp`; `53/UDP` → `53/udp`; a range `8000-8002/tcp` → one
+/// entry per port, as docker stores `EXPOSE` in `ExposedPorts`. The
+/// protocols are those of the image spec's `ExposedPorts`.
+fn port<E: de::Error>(text: &str) -> Result<Vec<String>, E> {
+    let invalid = || {
+        E::custom(format!(
+            "invalid port {text:?}: expected PORT, PORT-PORT, optionally /tcp, /udp or /sctp, PORT in 1-65535"
+        ))
+    };
+    let (numbers, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(invalid());
     }
-    Ok(format!("{number}/{proto}"))
+    let number = |n: &str| n.parse::<u16>().ok().filter(|&n| n > 0);
+    let (first, last) = match numbers.split_once('-') {
+        Some((a, b)) => (number(a), number(b)),
+        None => (number(numbers), number(numbers)),
+    };
+    match (first, last) {
+        (Some(first), Some(last)) if first <= last => {
+            Ok((first..=last).map(|n| format!("{n}/{proto}")).collect())
+        }
+        _ => Err(invalid()),
+    }
 }
 
 fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -411,16 +427,16 @@ fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     impl<'de> Visitor<'de> for V {
         type Value = Vec<String>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a port, PORT/PROTO, or a list of them")
+            f.write_str("a port, PORT/PROTO, a range PORT-PORT[/PROTO], or a list of them")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(vec![port(v)?])
+            port(v)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(vec![port(&v.to_string())?])
+            port(&v.to_string())
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(vec![port(&v.to_string())?])
+            port(&v.to_string())
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Vec::new())
@@ -428,7 +444,7 @@ fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut ports = Vec::new();
             while let Some(Scalar(item)) = seq.next_element::<Scalar>()? {
-                ports.push(port(&item)?);
+                ports.extend(port(&item)?);
             }
             Ok(ports)
         }
@@ -500,6 +516,7 @@ annotations: {org.example: x}
 volumes: /data
 ports: [80, "53/udp", 8080/tcp]
 network: none
+author: A. U. Thor <a@example.org>
 "#,
         );
         let t = t.unwrap_or_else(|e| panic!("{e:?}"));
@@ -536,6 +553,7 @@ network: none
         assert_eq!(t.volumes, ["/data"]);
         assert_eq!(t.ports, ["80/tcp", "53/udp", "8080/tcp"]);
         assert_eq!(t.network, Network::None);
+        assert_eq!(t.author.as_deref(), Some("A. U. Thor <a@example.org>"));
     }
 
     #[test]
@@ -575,6 +593,9 @@ network: none
     #[case::number("80", &["80/tcp"])]
     #[case::string("'53/udp'", &["53/udp"])]
     #[case::list("[80, 443/tcp, '53/udp', 9/sctp]", &["80/tcp", "443/tcp", "53/udp", "9/sctp"])]
+    #[case::upper_case_proto("[80/TCP, 53/Udp]", &["80/tcp", "53/udp"])]
+    #[case::range("8000-8002", &["8000/tcp", "8001/tcp", "8002/tcp"])]
+    #[case::range_proto("[7-8/UDP, 9-9]", &["7/udp", "8/udp", "9/tcp"])]
     fn port_forms(#[case] ports: &str, #[case] want: &[&str]) {
         assert_eq!(target(&format!("ports: {ports}")).unwrap().ports, want);
     }
@@ -583,6 +604,9 @@ network: none
     #[case::unknown_key("base: x\nrunn: y", "runn", "unknown field `runn`")]
     #[case::bad_port("ports: 70000", "ports", "invalid port")]
     #[case::bad_proto("ports: 80/icmp", "ports", "invalid port")]
+    #[case::reversed_range("ports: 8002-8000", "ports", "invalid port")]
+    #[case::open_range("ports: 8000-", "ports", "invalid port")]
+    #[case::zero_in_range("ports: 0-2", "ports", "invalid port")]
     #[case::env_item("env: [NOVALUE]", "env", "is not NAME=value")]
     #[case::env_name("env: {'': x}", "env", "invalid variable name")]
     #[case::network("network: bridge", "network", "invalid network")]
