@@ -50,7 +50,7 @@ pub fn empty_config() -> ImageConfiguration {
 /// The target's keys with their values made final against the config they
 /// inherit, as docker's `ENV`, `WORKDIR` and `LABEL` do: `$` references
 /// expanded from the inherited `Env` and the target's `env` keys before
-/// them (in order; then `workdir` and `labels` see all of `env`), and a
+/// them (in order; then `workdir`, `user` and `labels` see all of `env`), and a
 /// relative `workdir` taken from the inherited one.
 pub fn resolve(base: &Config, keys: &ConfigKeys) -> Result<ConfigKeys, ResolveError> {
     let mut env: IndexMap<String, String> = env_pairs(base).into_iter().collect();
@@ -73,6 +73,9 @@ pub fn resolve(base: &Config, keys: &ConfigKeys) -> Result<ConfigKeys, ResolveEr
         }
         let inherited = base.working_dir().as_deref().unwrap_or("/");
         out.workdir = Some(workdir(inherited, &w));
+    }
+    if let Some(u) = &keys.user {
+        out.user = Some(expand(&env, u, || "user".to_string())?);
     }
     for (name, value) in &keys.labels {
         let value = expand(&env, value, || format!("labels {name}"))?;
@@ -286,7 +289,12 @@ mod tests {
             Some("$A"),
             &[("l", "${B:+b=$B}")],
         );
+        let k = ConfigKeys {
+            user: Some("${A}:${G:-100}".into()),
+            ..k
+        };
         let out = resolve(&base, &k).unwrap();
+        assert_eq!(out.user.as_deref(), Some("new:100"));
         let env: Vec<_> = out.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(env, ["PATH=/bin:/opt/bin", "A=new", "B=new--$A"]);
         assert_eq!(out.workdir.as_deref(), Some("/new"));

@@ -69,6 +69,7 @@ pub struct ConfigKeys {
     pub env: IndexMap<String, String>,
     /// As written; relative to the inherited one, expanded at build time.
     pub workdir: Option<String>,
+    /// As written; expanded at build time.
     pub user: Option<String>,
     pub labels: IndexMap<String, String>,
     pub volumes: Vec<String>,

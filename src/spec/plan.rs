@@ -350,6 +350,7 @@ impl<'a> Checker<'a> {
             .iter()
             .map(|(k, v)| ("env", k.as_str(), v))
             .chain(raw.workdir.iter().map(|w| ("workdir", "", w)))
+            .chain(raw.user.iter().map(|u| ("user", "", u)))
             .chain(raw.labels.iter().map(|(k, v)| ("labels", k.as_str(), v)));
         for (key, item, value) in values {
             if let Err(e) = vars::parse(value) {

@@ -1,6 +1,6 @@
-//! Variable references in `env`, `workdir` and `labels` values, with the
-//! forms docker's `ENV`, `WORKDIR` and `LABEL` expand (BuildKit's shell
-//! lexer): `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`,
+//! Variable references in `env`, `workdir`, `user` and `labels` values,
+//! with the forms docker's `ENV`, `WORKDIR`, `USER` and `LABEL` expand
+//! (BuildKit's shell lexer): `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`,
 //! `${NAME:+word}`, `${NAME+word}`, `${NAME:?message}`, `${NAME?message}`.
 //!
 //! Two choices differ from docker's lexer on purpose, because YAML already

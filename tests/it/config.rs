@@ -113,6 +113,13 @@ fn cases() -> Vec<Case> {
             podman: None,
         },
         Case {
+            target: "user-expands",
+            keys: "env: {U: \"1000\"}\n  user: \"$U:${G:-100}\"\n",
+            dockerfile: Some("FROM {base}\nENV U=1000\nUSER $U:${G:-100}\n"),
+            fields: vec![("/config/User", json!("1000:100"))],
+            podman: None,
+        },
+        Case {
             // buildah 1.28 keeps "8000-8002/TCP" as one key; docker (and the
             // image spec's `PORT/PROTO` keys) store one lower-case entry per port.
             target: "port-ranges",
