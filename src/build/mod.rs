@@ -241,6 +241,14 @@ impl<'a> Builder<'a> {
             }
         }
 
+        // `$` references and a relative workdir mean something only against
+        // the config the target inherits; resolved before any work is done.
+        let inherited = base
+            .as_ref()
+            .map_or_else(image_config::empty_config, |b| b.config.clone());
+        let keys =
+            image_config::resolve(&inherited.config().clone().unwrap_or_default(), &t.config)
+                .map_err(|e| BuildError::step(name, e.key.clone())(e.message.into()))?;
         let base_chain = match (&base, &t.base) {
             (Some(image), Base::Tag(tag)) => {
                 let _guard = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,12 +257,6 @@ impl<'a> Builder<'a> {
             }
             _ => ChainId::empty(),
         };
-        let inherited = base
-            .as_ref()
-            .map_or_else(image_config::empty_config, |b| b.config.clone());
-        let keys =
-            image_config::resolve(&inherited.config().clone().unwrap_or_default(), &t.config)
-                .map_err(|e| BuildError::step(name, e.key.clone())(e.message.into()))?;
         let tree = self
             .driver
             .checkout(&base_chain, &format!("build-{name}"))?;

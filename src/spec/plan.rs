@@ -670,6 +670,7 @@ mod tests {
     #[case::empty_lists_do_nothing("a:\n  base: empty\n  run: []\n  env: {}\n", &[], Some("a"), None, Some(1), "nothing to do")]
     #[case::bad_env_reference("a:\n  base: empty\n  env: {P: \"${P\"}\n", &[], Some("a"), Some("env"), Some(3), "P: \"${P\": missing '}'")]
     #[case::bad_workdir_reference("a:\n  base: empty\n  workdir: /${A:=x}\n", &[], Some("a"), Some("workdir"), Some(3), "unsupported modifier \":=\"")]
+    #[case::bad_user_reference("a:\n  base: empty\n  user: \"${U\"\n", &[], Some("a"), Some("user"), Some(3), "missing '}'")]
     #[case::bad_label_reference("a:\n  base: empty\n  labels:\n    l: ${}\n", &[], Some("a"), Some("labels"), Some(3), "l: \"${}\": bad substitution")]
     #[case::empty_spec("# only a comment\n", &[], None, None, None, "the spec has no targets")]
     #[case::not_a_spec("- a\n- b\n", &[], None, None, None, "must be a mapping of target names")]
