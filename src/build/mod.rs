@@ -58,6 +58,8 @@ pub enum BuildError {
     Failed {
         total: usize,
         failures: Vec<BuildError>,
+        /// The targets that were built (or found cached) all the same.
+        built: Vec<(String, Outcome)>,
     },
 }
 
@@ -210,6 +212,7 @@ impl<'a> Builder<'a> {
             Err(BuildError::Failed {
                 total: targets.len(),
                 failures,
+                built: outcomes,
             })
         }
     }

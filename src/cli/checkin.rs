@@ -13,6 +13,7 @@ pub struct CheckinArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
+    let sde = commit::source_date_epoch()?;
     let session = Session::open(g)?;
     let tree = session
         .driver
@@ -39,7 +40,6 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
     for mount in crate::actions::hooks::release_mounts_under(&tree.path)? {
         tracing::warn!(mount = %mount.display(), "unmounted what was left mounted in the checkout");
     }
-    let sde = commit::source_date_epoch();
     let (manifest, layer) = commit::commit(
         &session.layout,
         session.driver.as_ref(),

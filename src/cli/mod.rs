@@ -205,6 +205,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<crate::spec::SpecError>()
             || cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::build::commit::BadSourceDateEpoch>()
             || cause.is::<UsageError>()
         {
             return exit::USAGE;
