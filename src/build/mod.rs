@@ -252,9 +252,11 @@ impl<'a> Builder<'a> {
             }
             _ => ChainId::empty(),
         };
+        // Named by process too: builds of the same target for two layouts
+        // may share a store.
         let tree = self
             .driver
-            .checkout(&base_chain, &format!("build-{name}"))?;
+            .checkout(&base_chain, &format!("build-{}-{name}", std::process::id()))?;
         if let Err(e) = self.fill(t, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
@@ -395,7 +397,7 @@ impl<'a> Builder<'a> {
         let dated = tags::next_dated(name, &tags::today(), &existing);
         self.layout.set_tags(&[
             (name.to_string(), manifest.clone()),
-            (dated.clone(), manifest.clone()),
+            (dated.clone(), tags::mark_dated(manifest)),
         ])?;
         Ok(vec![name.to_string(), dated])
     }

@@ -4,10 +4,12 @@ mod util;
 
 mod btrfs;
 mod cache;
+mod checkouts;
 mod compression;
 mod core;
 mod distro;
 mod example;
+mod gc;
 mod honesty;
 mod interop;
 mod lpack;
