@@ -50,7 +50,6 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        storedir: session.config.storedir.clone(),
     };
     match Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets) {
         Ok(outcomes) => {

@@ -4,6 +4,7 @@ mod util;
 
 mod btrfs;
 mod cache;
+mod cachekey;
 mod checkouts;
 mod compression;
 mod core;
