@@ -166,13 +166,16 @@ impl Process {
     }
 }
 
-/// The start time of `pid`, if it runs.
+/// The start time of `pid`, if it runs (a zombie has stopped for good).
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count
-    // fields from the last `)`. The start time is field 22, the 20th after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    // fields from the last `)`: the state is field 3, the start time 22.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl Owner {
@@ -346,13 +349,18 @@ mod tests {
             .is_alive(),
             "a reused pid"
         );
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let pid = child.id();
-        let start = process_start(pid);
+        let start = process_start(pid).expect("a running child has a start time");
+        assert!(Process { pid, start }.is_alive());
+        // Ended but not reaped yet: a zombie is not alive.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(!Process { pid, start }.is_alive());
         child.wait().unwrap();
-        if let Some(start) = start {
-            assert!(!Process { pid, start }.is_alive());
-        }
+        assert!(!Process { pid, start }.is_alive());
         assert!(!Owner::this_process().is_abandoned());
         assert!(Owner::default().is_abandoned());
         let checkout = Owner {

@@ -140,6 +140,7 @@ fn read_record(root: &Path, name: &str) -> Result<WorkTree> {
 }
 
 /// Every work tree of the store at `root`, from the records in `work/`.
+/// Other processes may share the store: the listing is a moment's view.
 fn work_trees_in(root: &Path) -> Result<Vec<WorkTree>> {
     let dir = root.join(WORK);
     let mut names = BTreeSet::new();
@@ -153,7 +154,16 @@ fn work_trees_in(root: &Path) -> Result<Vec<WorkTree>> {
             names.insert(name.to_string());
         }
     }
-    names.iter().map(|n| read_record(root, n)).collect()
+    let mut trees = Vec::new();
+    for name in &names {
+        match read_record(root, name) {
+            Ok(tree) => trees.push(tree),
+            // Discarded by another process sharing the store since the listing.
+            Err(DriverError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(trees)
 }
 
 fn exists(path: &Path) -> Result<bool> {

@@ -366,6 +366,23 @@ mod tests {
     }
 
     #[test]
+    fn a_work_tree_keeps_its_owner() {
+        let (_t, d) = store();
+        let kept = Owner {
+            layout: Some("/project/oci".into()),
+            note: Some(serde_json::json!({"tag": "app"})),
+            ..Owner::default()
+        };
+        d.checkout_as(&ChainId::empty(), "kept", &kept).unwrap();
+        d.checkout(&ChainId::empty(), "mine").unwrap();
+        let trees = d.work_trees().unwrap();
+        assert_eq!(trees[0].owner, kept);
+        assert!(!trees[0].is_abandoned());
+        assert_eq!(trees[1].owner, Owner::this_process());
+        assert!(!trees[1].is_abandoned());
+    }
+
+    #[test]
     fn names_cannot_escape_the_store() {
         let (_t, d) = store();
         for bad in ["../x", "a/b", "..", ""] {
