@@ -81,8 +81,9 @@ pub fn key(
 }
 
 /// The target as the plan resolved it, without what does not reach the
-/// image: its name and line, its spelling, and where its host files are
-/// (their contents are hashed instead). A copied file keeps its own name
+/// image: its name and line, its spelling, its base's tag (the base
+/// manifest counts), and where its host files are (their contents are
+/// hashed instead). A copied file keeps its own name
 /// when DEST is a directory, so that name stays.
 fn meaning(target: &Target) -> String {
     let mut t = target.clone();
@@ -104,9 +105,16 @@ fn meaning(target: &Target) -> String {
             blank(f);
         }
     }
-    // Labels and annotations are maps in the image: their order is spelling.
+    // The base counts by its manifest digest, not by its tag's name.
+    t.base = crate::spec::Base::Empty;
+    // Labels, annotations, volumes and ports are maps or sets in the
+    // image: their order is spelling.
     t.config.labels.sort_keys();
     t.config.annotations.sort_keys();
+    for set in [&mut t.config.volumes, &mut t.config.ports] {
+        set.sort();
+        set.dedup();
+    }
     format!("{t:?}")
 }
 
@@ -281,6 +289,12 @@ mod tests {
         assert_eq!(k, key_of(&t.path().join("two"), SPEC, None), "the place");
         let respelled = "app:\n  env: {A: \"1\"}\n  copy:\n    - ./d /srv\n  base: empty\n";
         assert_eq!(k, key_of(&t.path().join("one"), respelled, None));
+        let ports = |p: &str| {
+            let spec = format!("app:\n  base: empty\n  copy: ./d /srv\n  ports: {p}\n");
+            key_of(&t.path().join("one"), &spec, None)
+        };
+        assert_eq!(ports("[80, 443]"), ports("[443, 80, 80]"));
+        assert_ne!(ports("[80]"), ports("[81]"));
         let other = "app:\n  base: empty\n  copy: ./d /opt\n  env:\n    A: \"1\"\n";
         assert_ne!(k, key_of(&t.path().join("one"), other, None));
     }
