@@ -92,9 +92,29 @@ pub fn layer_options(compression: Compression, source_date_epoch: Option<i64>) -
     }
 }
 
-/// `SOURCE_DATE_EPOCH` from the environment, if set to a number.
-pub fn source_date_epoch() -> Option<i64> {
-    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+/// `SOURCE_DATE_EPOCH` is set to something that is not a number of seconds.
+#[derive(Debug, thiserror::Error)]
+#[error("SOURCE_DATE_EPOCH={0:?} is not a number of seconds since 1970")]
+pub struct BadSourceDateEpoch(pub String);
+
+/// `SOURCE_DATE_EPOCH` from the environment (unset or empty: none). A value
+/// that is not a number is an error: ignoring it would give a build that is
+/// silently not reproducible.
+pub fn source_date_epoch() -> Result<Option<i64>, BadSourceDateEpoch> {
+    parse_source_date_epoch(std::env::var_os("SOURCE_DATE_EPOCH").as_deref())
+}
+
+fn parse_source_date_epoch(
+    value: Option<&std::ffi::OsStr>,
+) -> Result<Option<i64>, BadSourceDateEpoch> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| BadSourceDateEpoch(text.into_owned()))
 }
 
 /// Docker layer media types name the same bytes as the OCI ones; an OCI
@@ -107,4 +127,26 @@ fn oci_layer_type(desc: &mut Descriptor) {
         _ => return,
     };
     desc.set_media_type(oci);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn source_date_epoch_is_a_number_or_an_error() {
+        assert_eq!(parse_source_date_epoch(None).unwrap(), None);
+        assert_eq!(parse_source_date_epoch(Some(OsStr::new(""))).unwrap(), None);
+        assert_eq!(
+            parse_source_date_epoch(Some(OsStr::new("1700000000"))).unwrap(),
+            Some(1_700_000_000)
+        );
+        for bad in ["yesterday", "17e8", "1.5", " "] {
+            assert!(
+                parse_source_date_epoch(Some(OsStr::new(bad))).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -35,7 +35,9 @@ pub fn ensure_snapshot(
         let layer = &layers[n];
         tracing::info!(layer = %layer.digest(), "materialising layer {} of {}", n + 1, layers.len());
         let name = format!("materialize-{}", &chains[n + 1].store_name()[..12]);
-        if let Some(stale) = driver.work_tree(&name)? {
+        // Another process materialising the same layer in a shared store
+        // owns its tree: only one left by a dead process is cleared.
+        if let Some(stale) = driver.work_tree(&name)?.filter(|t| t.is_abandoned()) {
             driver.discard(stale)?;
         }
         let tree = driver.checkout(&chains[n], &name)?;

@@ -58,6 +58,8 @@ pub enum BuildError {
     Failed {
         total: usize,
         failures: Vec<BuildError>,
+        /// The targets that were built (or found cached) all the same.
+        built: Vec<(String, Outcome)>,
     },
 }
 
@@ -84,8 +86,6 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Targets built at the same time.
     pub jobs: usize,
-    /// Where the build cache lives (`storedir`).
-    pub storedir: PathBuf,
 }
 
 /// What became of one target.
@@ -105,7 +105,6 @@ pub struct Builder<'a> {
     layout: &'a Layout,
     driver: &'a dyn SnapshotDriver,
     opts: BuildOptions,
-    cache: cache::Cache,
     /// index.json is read, changed and rewritten whole: one writer at a time.
     tagging: Mutex<()>,
     /// Targets on the same base missing from the store would rebuild it in
@@ -115,12 +114,10 @@ pub struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     pub fn new(layout: &'a Layout, driver: &'a dyn SnapshotDriver, opts: BuildOptions) -> Self {
-        let cache = cache::Cache::new(&opts.storedir);
         Builder {
             layout,
             driver,
             opts,
-            cache,
             tagging: Mutex::new(()),
             materializing: Mutex::new(()),
         }
@@ -210,6 +207,7 @@ impl<'a> Builder<'a> {
             Err(BuildError::Failed {
                 total: targets.len(),
                 failures,
+                built: outcomes,
             })
         }
     }
@@ -226,17 +224,18 @@ impl<'a> Builder<'a> {
         });
         let key = cache::key(
             &base_digest,
-            &t.stanza,
+            t,
             &self.options_key(),
-            &t.input_files(),
+            self.opts.source_date_epoch,
         )
         .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
         if !self.opts.no_cache {
-            if let Some(manifest) = self.cache.lookup(name, &key) {
-                let current = self.layout.resolve(name)?.map(|d| d.digest().to_string());
-                if current.as_deref() == Some(manifest.as_str()) {
+            if let Some(current) = self.layout.resolve(name)? {
+                if cache::recorded_key(&current) == Some(key.as_str()) {
                     tracing::info!(target = name, "unchanged, using the cached image");
-                    return Ok(Outcome::Cached { manifest });
+                    return Ok(Outcome::Cached {
+                        manifest: current.digest().to_string(),
+                    });
                 }
             }
         }
@@ -257,9 +256,11 @@ impl<'a> Builder<'a> {
             }
             _ => ChainId::empty(),
         };
+        // Named by process too: builds of the same target for two layouts
+        // may share a store.
         let tree = self
             .driver
-            .checkout(&base_chain, &format!("build-{name}"))?;
+            .checkout(&base_chain, &format!("build-{}-{name}", std::process::id()))?;
         if let Err(e) = self.fill(t, &keys, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
@@ -279,10 +280,7 @@ impl<'a> Builder<'a> {
             e @ BuildError::Step { .. } => e,
             e => BuildError::step(name, "commit")(e.into()),
         })?;
-        let tags = self.tag(name, &manifest)?;
-        if let Err(e) = self.cache.record(name, &key, manifest.digest().as_ref()) {
-            tracing::warn!(target = name, "could not record the build cache: {e}");
-        }
+        let tags = self.tag(name, &manifest, &key)?;
         tracing::info!(
             target = name,
             manifest = %manifest.digest(),
@@ -397,14 +395,15 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Move `NAME` and add the next `NAME-YYYY-MM-DD_N`.
-    fn tag(&self, name: &str, manifest: &Descriptor) -> Result<Vec<String>, BuildError> {
+    /// Move `NAME` (recording the cache `key` it was built for) and add the
+    /// next `NAME-YYYY-MM-DD_N`.
+    fn tag(&self, name: &str, manifest: &Descriptor, key: &str) -> Result<Vec<String>, BuildError> {
         let _guard = self.tagging.lock().unwrap_or_else(|p| p.into_inner());
         let existing: Vec<String> = self.layout.tags()?.into_iter().map(|(t, _)| t).collect();
         let dated = tags::next_dated(name, &tags::today(), &existing);
         self.layout.set_tags(&[
-            (name.to_string(), manifest.clone()),
-            (dated.clone(), manifest.clone()),
+            (name.to_string(), cache::with_key(manifest, key)),
+            (dated.clone(), tags::mark_dated(manifest)),
         ])?;
         Ok(vec![name.to_string(), dated])
     }

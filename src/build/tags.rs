@@ -1,5 +1,29 @@
 //! Tag names: `NAME` moves with every build, `NAME-YYYY-MM-DD_N` records it.
 
+use oci_spec::image::Descriptor;
+
+/// The index annotation that marks a dated tag genoci made, the only tags
+/// `gc` prunes: a tag of the same shape copied in by another tool, or given
+/// to `checkin` by hand, is the user's.
+pub const DATED_ANNOTATION: &str = "dev.genoci.dated";
+
+/// `desc` marked as the target of a dated tag genoci made.
+pub fn mark_dated(desc: &Descriptor) -> Descriptor {
+    let mut desc = desc.clone();
+    let mut annotations = desc.annotations().clone().unwrap_or_default();
+    annotations.insert(DATED_ANNOTATION.to_string(), "true".to_string());
+    desc.set_annotations(Some(annotations));
+    desc
+}
+
+/// Whether the index entry `desc` is a dated tag genoci made.
+pub fn is_marked_dated(desc: &Descriptor) -> bool {
+    desc.annotations()
+        .as_ref()
+        .and_then(|a| a.get(DATED_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
+
 /// `NAME-DATE_N` with N one above the highest for that name and date among `existing`.
 pub fn next_dated(name: &str, date: &str, existing: &[String]) -> String {
     next_numbered(&format!("{name}-{date}_"), existing)

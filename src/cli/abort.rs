@@ -1,18 +1,17 @@
 use anyhow::anyhow;
 
-use super::checkout::Record;
-use super::{GlobalArgs, Session, CHECKOUT};
+use super::{GlobalArgs, Session};
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
+    // Only this layout's checkout: another layout's in a shared store is not ours to lose.
     let tree = session
         .driver
-        .work_tree(CHECKOUT)?
+        .work_tree(&super::checkout::tree_name(&session.layout))?
         .ok_or_else(|| anyhow!("no checkout in progress"))?;
     crate::actions::hooks::release_mounts_under(&tree.path)?;
     let path = tree.path.clone();
     session.driver.discard(tree)?;
-    Record::clear(&session.config.storedir)?;
     println!("discarded {}", path.display());
     Ok(())
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GlobalArgs, Session, UsageError};
-use crate::build::{commit, BuildOptions, Builder, Outcome};
+use crate::build::{commit, BuildError, BuildOptions, Builder, Outcome};
 use crate::layout::Layout;
 
 #[derive(Debug, Args)]
@@ -22,6 +22,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
+    let source_date_epoch = commit::source_date_epoch()?;
     let config = g.load_config()?;
     // The spec is checked before anything is created: a bad spec leaves no
     // empty layout or store behind.
@@ -44,20 +45,40 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
     let layout = &session.layout;
     let opts = BuildOptions {
         compression: session.config.compression,
-        source_date_epoch: commit::source_date_epoch(),
+        source_date_epoch,
         no_cache: args.no_cache,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        storedir: session.config.storedir.clone(),
     };
-    let outcomes =
-        Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets)?;
+    match Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets) {
+        Ok(outcomes) => {
+            summary(&outcomes);
+            Ok(())
+        }
+        // What did get built is tagged: say so before saying what failed.
+        Err(BuildError::Failed {
+            total,
+            failures,
+            built,
+        }) => {
+            summary(&built);
+            Err(BuildError::Failed {
+                total,
+                failures,
+                built,
+            }
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn summary(outcomes: &[(String, Outcome)]) {
     for (name, outcome) in outcomes {
         match outcome {
             Outcome::Built { tags, .. } => println!("{name}: built, tagged {}", tags.join(" ")),
             Outcome::Cached { .. } => println!("{name}: unchanged (cached)"),
         }
     }
-    Ok(())
 }

@@ -1,8 +1,8 @@
 use anyhow::{anyhow, Context};
 use clap::Args;
 
-use super::checkout::Record;
-use super::{GlobalArgs, Session, CHECKOUT};
+use super::checkout::open_checkout;
+use super::{GlobalArgs, Session};
 use crate::build::{commit, tags};
 use crate::spec::ConfigKeys;
 
@@ -13,18 +13,12 @@ pub struct CheckinArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
+    let sde = commit::source_date_epoch()?;
     let session = Session::open(g)?;
-    let tree = session
-        .driver
-        .work_tree(CHECKOUT)?
-        .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;
-    let record = Record::load(&session.config.storedir)?.ok_or_else(|| {
-        anyhow!(
-            "the checkout at {} has no record of its tag",
-            tree.path.display()
-        )
-    })?;
-    let base = record.image(&session)?;
+    let super::checkout::Checkout { tree, record } =
+        open_checkout(&session.layout, session.driver.as_ref())?
+            .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;
+    let base = record.image(&session.layout)?;
 
     let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();
     let tag = match &args.tag {
@@ -39,7 +33,6 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
     for mount in crate::actions::hooks::release_mounts_under(&tree.path)? {
         tracing::warn!(mount = %mount.display(), "unmounted what was left mounted in the checkout");
     }
-    let sde = commit::source_date_epoch();
     let (manifest, layer) = commit::commit(
         &session.layout,
         session.driver.as_ref(),
@@ -54,7 +47,6 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
     )
     .context("checking in")?;
     session.layout.set_tags(&[(tag.clone(), manifest)])?;
-    Record::clear(&session.config.storedir)?;
     match layer {
         Some(l) => println!("{tag}: {} entries changed", l.entries),
         None => println!("{tag}: no changes"),

@@ -1,11 +1,13 @@
-use std::path::{Path, PathBuf};
-
 use anyhow::{bail, Context};
 use clap::Args;
+use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use super::{GlobalArgs, Session, CHECKOUT};
+use super::{GlobalArgs, Session};
 use crate::build::ensure_snapshot;
+use crate::driver::{Owner, SnapshotDriver, WorkTree};
+use crate::layout::Layout;
 
 #[derive(Debug, Args)]
 pub struct CheckoutArgs {
@@ -13,70 +15,110 @@ pub struct CheckoutArgs {
     pub tag: String,
 }
 
-/// What was checked out, kept in the store beside the work tree.
-#[derive(Debug, Serialize, Deserialize)]
+/// What was checked out, kept in the work tree's own record in the store
+/// (its owner's note): the tree and what it was checked out from cannot
+/// part, and a checkout on another driver or for another layout has its
+/// own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub tag: String,
-    pub manifest: String,
+    /// The image itself, by digest: its tag may move or go before checkin.
+    pub manifest: Descriptor,
 }
 
-fn record_path(storedir: &Path) -> PathBuf {
-    storedir.join("checkout.json")
+/// An open checkout: its tree and its record.
+pub struct Checkout {
+    pub tree: WorkTree,
+    pub record: Record,
+}
+
+/// The layout as the owner of a checkout: its absolute path.
+pub fn layout_owner(layout: &Layout) -> String {
+    let root = layout.root();
+    root.canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The work tree name of `layout`'s checkout: one per layout in a store,
+/// so that layouts sharing a store never meet in one tree.
+pub fn tree_name(layout: &Layout) -> String {
+    let hash = Sha256::digest(layout_owner(layout).as_bytes());
+    format!("checkout-{}", &hex::encode(hash)[..16])
 }
 
 impl Record {
-    pub fn load(storedir: &Path) -> anyhow::Result<Option<Record>> {
-        let path = record_path(storedir);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+    /// The image that was checked out, whatever became of its tag (gc keeps
+    /// it while the checkout is open).
+    pub fn image(&self, layout: &Layout) -> anyhow::Result<crate::layout::image::Image> {
+        layout.image(&self.manifest).with_context(|| {
+            format!(
+                "reading the image {} that was checked out ({})",
+                self.tag,
+                self.manifest.digest()
+            )
+        })
     }
+}
 
-    fn save(&self, storedir: &Path) -> anyhow::Result<()> {
-        let path = record_path(storedir);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+/// `layout`'s checkout in `driver`'s store, if one is open.
+pub fn open_checkout(
+    layout: &Layout,
+    driver: &dyn SnapshotDriver,
+) -> anyhow::Result<Option<Checkout>> {
+    let Some(tree) = driver.work_tree(&tree_name(layout))? else {
+        return Ok(None);
+    };
+    let record = tree
+        .owner
+        .note
+        .clone()
+        .and_then(|note| serde_json::from_value::<Record>(note).ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the checkout at {} has no record of its image",
+                tree.path.display()
+            )
+        })?;
+    Ok(Some(Checkout { tree, record }))
+}
+
+/// The images of this layout's open checkouts, in the session's store and
+/// in the other driver's store when it can be opened: `gc` must keep them.
+pub fn open_images(session: &Session) -> anyhow::Result<Vec<Descriptor>> {
+    let mut images = Vec::new();
+    if let Some(c) = open_checkout(&session.layout, session.driver.as_ref())? {
+        images.push(c.record.manifest);
     }
-
-    /// The image that was checked out (by digest: its tag may have moved since).
-    pub fn image(&self, session: &Session) -> anyhow::Result<crate::layout::image::Image> {
-        let desc = session
-            .layout
-            .tags()?
-            .into_iter()
-            .map(|(_, d)| d)
-            .find(|d| d.digest().to_string() == self.manifest)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the image {} that was checked out ({}) is no longer tagged",
-                    self.tag,
-                    self.manifest
-                )
-            })?;
-        Ok(session.layout.image(&desc)?)
-    }
-
-    pub fn clear(storedir: &Path) -> anyhow::Result<()> {
-        let path = record_path(storedir);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
+    let mut other = session.config.clone();
+    other.driver = match other.driver {
+        crate::config::DriverKind::Plain => crate::config::DriverKind::Btrfs,
+        crate::config::DriverKind::Btrfs => crate::config::DriverKind::Plain,
+    };
+    let other_exists = match other.driver {
+        crate::config::DriverKind::Plain => other.storedir.join("work").is_dir(),
+        crate::config::DriverKind::Btrfs => other.btrfsmount.join("work").is_dir(),
+    };
+    if other_exists {
+        // A store that cannot be opened (a btrfs not mounted) has no checkout to keep.
+        if let Ok(driver) = super::open_driver(&other) {
+            if let Some(c) = open_checkout(&session.layout, driver.as_ref())? {
+                images.push(c.record.manifest);
             }
-            _ => Ok(()),
         }
     }
+    Ok(images)
 }
 
 pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
-    if let Some(open) = session.driver.work_tree(CHECKOUT)? {
-        let what =
-            Record::load(&session.config.storedir)?.map_or_else(|| "a tree".to_string(), |r| r.tag);
+    let name = tree_name(&session.layout);
+    if let Some(open) = session.driver.work_tree(&name)? {
+        let what = open_checkout(&session.layout, session.driver.as_ref())
+            .ok()
+            .flatten()
+            .map_or_else(|| "a tree".to_string(), |c| c.record.tag);
         bail!(
             "a checkout of {what} is in progress at {}: `genoci checkin` or `genoci abort` it first",
             open.path.display()
@@ -84,12 +126,16 @@ pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
     }
     let image = session.layout.image_by_tag(&args.tag)?;
     let chain = ensure_snapshot(&session.layout, session.driver.as_ref(), &image)?;
-    let tree = session.driver.checkout(&chain, CHECKOUT)?;
-    Record {
+    let record = Record {
         tag: args.tag.clone(),
-        manifest: image.manifest_desc.digest().to_string(),
-    }
-    .save(&session.config.storedir)?;
+        manifest: image.manifest_desc.clone(),
+    };
+    let owner = Owner {
+        process: None,
+        layout: Some(layout_owner(&session.layout)),
+        note: Some(serde_json::to_value(&record)?),
+    };
+    let tree = session.driver.checkout_as(&chain, &name, &owner)?;
     println!("{}", tree.path.display());
     Ok(())
 }

@@ -1,8 +1,8 @@
 use anyhow::{anyhow, bail};
 use clap::Args;
 
-use super::checkout::Record;
-use super::{GlobalArgs, Session, CHECKOUT};
+use super::checkout::open_checkout;
+use super::{GlobalArgs, Session};
 use crate::build::ensure_snapshot;
 use crate::sandbox::{self, Output, RunOptions};
 
@@ -50,13 +50,11 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             (tree, Some(image), true)
         }
         None => {
-            let tree = driver
-                .work_tree(CHECKOUT)?
+            let checkout = open_checkout(&session.layout, driver)?
                 .ok_or_else(|| anyhow!("no tag given and no checkout in progress"))?;
-            // The checked-out image's env and workdir, when it is still known.
-            let image =
-                Record::load(&session.config.storedir)?.and_then(|r| r.image(&session).ok());
-            (tree, image, false)
+            // The checked-out image's env and workdir.
+            let image = checkout.record.image(&session.layout).ok();
+            (checkout.tree, image, false)
         }
     };
     let config = image

@@ -1,9 +1,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Args;
+use oci_spec::image::Descriptor;
 
-use super::{GlobalArgs, Session, CHECKOUT};
-use crate::build::tags::parse_dated;
+use super::{GlobalArgs, Session};
+use crate::build::tags::{is_marked_dated, parse_dated};
 use crate::driver::ChainId;
 
 #[derive(Debug, Args)]
@@ -13,33 +14,26 @@ pub struct GcArgs {
     pub keep_dated: bool,
 }
 
+/// Everything is read and checked first; nothing is removed unless the
+/// whole layout could be read.
 pub fn run(g: &GlobalArgs, args: &GcArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let layout = &session.layout;
     let tags = layout.tags()?;
+    let prune = if args.keep_dated {
+        Vec::new()
+    } else {
+        older_dated(&tags)
+    };
+    let checkouts = super::checkout::open_images(&session)?;
+    let plan = layout.gc_plan(&prune, &checkouts)?;
+    let keep = snapshots_to_keep(&session, &plan.kept, &checkouts)?;
 
-    if !args.keep_dated {
-        let old = older_dated(&tags.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>());
-        if !old.is_empty() {
-            layout.remove_tags(&old)?;
-            println!("removed {} older dated tags", old.len());
-        }
+    let stats = layout.gc_apply(plan)?;
+    if stats.tags > 0 {
+        println!("removed {} older dated tags", stats.tags);
     }
-
-    let stats = layout.gc()?;
     println!("removed {} blobs ({} bytes)", stats.blobs, stats.bytes);
-
-    // Every prefix of every tagged image's layers stays: they are the bases
-    // that the next build or materialisation starts from.
-    let mut keep: BTreeSet<ChainId> = BTreeSet::from([ChainId::empty()]);
-    for (_, desc) in layout.tags()? {
-        let image = layout.image(&desc)?;
-        let ids = image.config.rootfs().diff_ids();
-        keep.extend((0..=ids.len()).map(|n| ChainId::of(&ids[..n])));
-    }
-    if let Some(tree) = session.driver.work_tree(CHECKOUT)? {
-        keep.insert(tree.base);
-    }
     let mut removed = 0;
     for id in session.driver.snapshots()? {
         if !keep.contains(&id) {
@@ -51,36 +45,73 @@ pub fn run(g: &GlobalArgs, args: &GcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Dated tags other than the newest of each name.
-fn older_dated(tags: &[String]) -> Vec<String> {
+/// Every prefix of every kept image's layers: they are the bases that the
+/// next build or materialisation starts from; and the base of every open
+/// work tree, whoever owns it. An entry that is not an image (an artifact,
+/// an index with no linux/amd64 image) has no snapshots.
+fn snapshots_to_keep(
+    session: &Session,
+    kept: &[Descriptor],
+    checkouts: &[Descriptor],
+) -> anyhow::Result<BTreeSet<ChainId>> {
+    let mut keep: BTreeSet<ChainId> = BTreeSet::from([ChainId::empty()]);
+    for desc in kept.iter().chain(checkouts) {
+        match session.layout.image(desc) {
+            Ok(image) => {
+                let ids = image.config.rootfs().diff_ids();
+                keep.extend((0..=ids.len()).map(|n| ChainId::of(&ids[..n])));
+            }
+            Err(e) => tracing::debug!(digest = %desc.digest(), "not an image, no snapshot: {e}"),
+        }
+    }
+    keep.extend(session.driver.work_trees()?.into_iter().map(|t| t.base));
+    Ok(keep)
+}
+
+/// Dated tags genoci made, other than the newest of each name.
+fn older_dated(tags: &[(String, Descriptor)]) -> Vec<String> {
+    let ours: Vec<&str> = tags
+        .iter()
+        .filter(|(_, d)| is_marked_dated(d))
+        .map(|(t, _)| t.as_str())
+        .collect();
     let mut newest: BTreeMap<&str, (&str, u32)> = BTreeMap::new();
-    for tag in tags {
+    for tag in &ours {
         if let Some((name, when)) = parse_dated(tag) {
             let e = newest.entry(name).or_insert(when);
             *e = (*e).max(when);
         }
     }
-    tags.iter()
+    ours.iter()
         .filter(|t| parse_dated(t).is_some_and(|(name, when)| newest[name] != when))
-        .cloned()
+        .map(|t| t.to_string())
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::tags::mark_dated;
+    use oci_spec::image::MediaType;
 
     #[test]
-    fn keeps_the_newest_dated_tag_of_each_name() {
-        let tags: Vec<String> = [
-            "a",
-            "a-2026-01-01_3",
-            "a-2026-01-02_1",
-            "a-2026-01-02_2",
-            "b-2026-01-01_1",
+    fn keeps_the_newest_dated_tag_of_each_name_and_every_tag_not_ours() {
+        let desc = Descriptor::new(
+            MediaType::ImageManifest,
+            1,
+            crate::layout::blobs::sha256_digest(&"ab".repeat(32)),
+        );
+        let ours = mark_dated(&desc);
+        let tags: Vec<(String, Descriptor)> = [
+            ("a", &desc),
+            ("a-2026-01-01_3", &ours),
+            ("a-2026-01-02_1", &ours),
+            ("a-2026-01-02_2", &ours),
+            ("a-2025-01-01_1", &desc),
+            ("b-2026-01-01_1", &ours),
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(|(t, d)| (t.to_string(), (*d).clone()))
         .collect();
         assert_eq!(older_dated(&tags), vec!["a-2026-01-01_3", "a-2026-01-02_1"]);
     }

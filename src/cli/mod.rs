@@ -205,6 +205,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<crate::spec::SpecError>()
             || cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::build::commit::BadSourceDateEpoch>()
             || cause.is::<UsageError>()
         {
             return exit::USAGE;
@@ -222,12 +223,10 @@ pub struct Session {
     _locks: (crate::layout::lock::Lock, crate::layout::lock::Lock),
 }
 
-/// The work tree `genoci checkout` keeps between commands.
-pub const CHECKOUT: &str = "checkout";
-
 impl Session {
     /// Open and lock the layout (created if missing) and the store, and
-    /// discard work trees that a killed genoci left behind.
+    /// discard work trees that a killed genoci left behind (never one whose
+    /// owner is alive, nor a checkout kept for any layout).
     pub fn open(g: &GlobalArgs) -> anyhow::Result<Session> {
         Session::with_config(g.load_config()?)
     }
@@ -249,7 +248,7 @@ impl Session {
         let layout_lock = crate::layout::lock::lock(layout.root())?;
         let driver = open_driver(&config)?;
         for stale in driver.work_trees()? {
-            if stale.name != CHECKOUT {
+            if stale.is_abandoned() {
                 tracing::info!(tree = %stale.name, "removing a work tree left by an interrupted run");
                 driver.discard(stale)?;
             }

@@ -69,15 +69,11 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         })?,
     };
     match outcome {
-        UnsetupOutcome::Removed => {
-            // A checkout forced away leaves no record pointing at it.
-            super::checkout::Record::clear(&config.storedir)?;
-            println!(
-                "unmounted {} and removed {}",
-                mnt.display(),
-                lofile.display()
-            )
-        }
+        UnsetupOutcome::Removed => println!(
+            "unmounted {} and removed {}",
+            mnt.display(),
+            lofile.display()
+        ),
         UnsetupOutcome::NothingThere => println!(
             "no btrfs store at {} or {}: nothing to do",
             mnt.display(),

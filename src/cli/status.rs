@@ -1,5 +1,5 @@
-use super::checkout::Record;
-use super::{GlobalArgs, Session, CHECKOUT};
+use super::checkout::{open_checkout, tree_name};
+use super::{GlobalArgs, Session};
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
@@ -21,9 +21,12 @@ pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     println!("snapshots: {}", session.driver.snapshots()?.len());
-    match session.driver.work_tree(CHECKOUT)? {
+    match session.driver.work_tree(&tree_name(&session.layout))? {
         Some(tree) => {
-            let tag = Record::load(&c.storedir)?.map_or_else(|| "?".to_string(), |r| r.tag);
+            let tag = open_checkout(&session.layout, session.driver.as_ref())
+                .ok()
+                .flatten()
+                .map_or_else(|| "?".to_string(), |c| c.record.tag);
             println!("checkout:  {tag} at {}", tree.path.display());
         }
         None => println!("checkout:  none"),

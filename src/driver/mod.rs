@@ -11,6 +11,7 @@ pub mod plain;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The OCI ChainID of a stack of layers, or the empty stack.
@@ -109,6 +110,92 @@ pub struct WorkTree {
     pub base: ChainId,
     /// Its root directory.
     pub path: PathBuf,
+    /// Who it belongs to, as recorded beside it in the store.
+    pub owner: Owner,
+}
+
+impl WorkTree {
+    /// Whether the tree was left behind by a process that is gone, so the
+    /// next command on the store may discard it. The tree an older genoci
+    /// kept a checkout in (`checkout`, with no owner recorded) is kept.
+    pub fn is_abandoned(&self) -> bool {
+        self.owner.is_abandoned() && self.name != "checkout"
+    }
+}
+
+/// Who a work tree belongs to, kept in its record in the store: several
+/// genoci processes, for several layouts, may share one store (two project
+/// directories naming the same btrfs filesystem).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The process working in the tree. A tree whose process is gone was
+    /// left by a killed run; one whose process lives is never removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The layout (its absolute path) a checkout kept between commands
+    /// belongs to; only commands on that layout touch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// What the owner keeps with the tree (a checkout's image), so that the
+    /// record and the tree cannot part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<serde_json::Value>,
+}
+
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat`: clock ticks after boot.
+    pub start: u64,
+}
+
+impl Process {
+    /// This process.
+    pub fn current() -> Process {
+        let pid = std::process::id();
+        Process {
+            pid,
+            start: process_start(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether this process still runs (a reused pid is another process).
+    pub fn is_alive(&self) -> bool {
+        process_start(self.pid) == Some(self.start)
+    }
+}
+
+/// The start time of `pid`, if it runs (a zombie has stopped for good).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields from the last `)`: the state is field 3, the start time 22.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+impl Owner {
+    /// A tree worked in by this process for as long as it runs.
+    pub fn this_process() -> Owner {
+        Owner {
+            process: Some(Process::current()),
+            ..Owner::default()
+        }
+    }
+
+    /// Whether a tree so owned was left behind by a process that is gone
+    /// (or by a genoci that recorded no owner, which made trees for one
+    /// command only).
+    pub fn is_abandoned(&self) -> bool {
+        match &self.process {
+            Some(p) => !p.is_alive(),
+            None => self.layout.is_none(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +265,15 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 ///   `id`; if `id` already exists the tree is discarded instead (same content
 ///   by construction of ChainIDs).
 /// - [`discard`](Self::discard) consumes the tree and deletes it.
-/// - A work tree left by a killed process is found by
-///   [`work_trees`](Self::work_trees) and removed with `discard` by the next
-///   command that holds the store lock.
+/// - Every work tree has an [`Owner`], recorded with it when it is checked
+///   out and reported by [`work_trees`](Self::work_trees): a running process
+///   (builds, materialising, chroot) or a layout (a checkout kept between
+///   commands, with its note). A store may be shared by several processes
+///   and layouts: a tree whose owning process is alive is never removed by
+///   anyone else, and a layout's checkout is touched only by commands on
+///   that layout. A tree whose process is gone
+///   ([`WorkTree::is_abandoned`]) is removed with `discard` by the next
+///   command that opens the store.
 pub trait SnapshotDriver: Send + Sync {
     /// Short name for messages: `plain` or `btrfs`.
     fn name(&self) -> &'static str;
@@ -191,8 +284,16 @@ pub trait SnapshotDriver: Send + Sync {
     /// Read-only root of a committed snapshot.
     fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf>;
 
-    /// A new writable tree named `name`, equal to snapshot `base`.
-    fn checkout(&self, base: &ChainId, name: &str) -> Result<WorkTree>;
+    /// A new writable tree named `name`, equal to snapshot `base`, owned by
+    /// `owner`. The record of its base and owner is in the store as soon as
+    /// the tree is, so that no one takes a tree in the making for one left
+    /// behind.
+    fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree>;
+
+    /// [`checkout_as`](Self::checkout_as) for this process, for as long as it runs.
+    fn checkout(&self, base: &ChainId, name: &str) -> Result<WorkTree> {
+        self.checkout_as(base, name, &Owner::this_process())
+    }
 
     /// What a layer must hold to turn `tree.base` into `tree`.
     fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>>;
@@ -233,6 +334,40 @@ mod tests {
         );
         assert_eq!(ChainId::of(&[a, b]).to_string(), expected);
         assert!(ChainId::of::<&str>(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_process_is_alive_while_it_runs_and_not_after() {
+        let me = Process::current();
+        assert!(me.start > 0);
+        assert!(me.is_alive());
+        assert!(
+            !Process {
+                start: me.start + 1,
+                ..me
+            }
+            .is_alive(),
+            "a reused pid"
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = process_start(pid).expect("a running child has a start time");
+        assert!(Process { pid, start }.is_alive());
+        // Ended but not reaped yet: a zombie is not alive.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(!Process { pid, start }.is_alive());
+        child.wait().unwrap();
+        assert!(!Process { pid, start }.is_alive());
+        assert!(!Owner::this_process().is_abandoned());
+        assert!(Owner::default().is_abandoned());
+        let checkout = Owner {
+            layout: Some("/l".into()),
+            ..Owner::default()
+        };
+        assert!(!checkout.is_abandoned());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{canonical_json, Layout, LayoutError, Result, INDEX_FILE};
 /// The annotation that names a tag.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-fn ref_name(desc: &Descriptor) -> Option<&str> {
+pub(crate) fn ref_name(desc: &Descriptor) -> Option<&str> {
     desc.annotations()
         .as_ref()
         .and_then(|a| a.get(REF_NAME))

@@ -4,11 +4,15 @@ mod util;
 
 mod btrfs;
 mod cache;
+mod cachekey;
+mod checkouts;
 mod compression;
 mod config;
 mod core;
 mod distro;
 mod example;
+mod gc;
+mod honesty;
 mod interop;
 mod lpack;
 mod oci;

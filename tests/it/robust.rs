@@ -26,7 +26,7 @@ fn prepare(env: &Env) {
 /// Start a build of `slow.yaml` and wait until its run step has begun.
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
-    let started = store_root.join("work/build-slow/started");
+    let started = store_root.join(format!("work/build-{}-slow/started", child.id()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started.exists() {
         if Instant::now() > deadline {
@@ -154,7 +154,8 @@ fn sigkill_at_any_point(env: &Env, store_root: &Path) {
         let mut reaped = false;
         match moment {
             Moment::WorkTree(target) => {
-                let tree = store_root.join(format!("work/build-{target}"));
+                let tree = format!("work/build-{}-{target}", child.id());
+                let tree = store_root.join(tree);
                 let deadline = Instant::now() + whole * 4;
                 while !tree.exists() && Instant::now() < deadline {
                     if child.try_wait().unwrap().is_some() {

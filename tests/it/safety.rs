@@ -367,7 +367,8 @@ slow:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let marker = env.path().join(".genoci/work/build-slow/started");
+    let tree = format!(".genoci/work/build-{}-slow", child.id());
+    let marker = env.path().join(tree).join("started");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {
         if let Some(status) = child.try_wait().unwrap() {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use store::{setup_store, unsetup_store, SetupOutcome, UnsetupOutcome};
 pub use sys::{Kernel, System};
 
-use super::{diff, ChainId, Change, DriverError, Result, SnapshotDriver, WorkTree};
+use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 
 const SNAPSHOTS: &str = "snapshots";
 const WORK: &str = "work";
@@ -43,6 +43,8 @@ pub struct BtrfsDriver {
 #[derive(Serialize, Deserialize)]
 struct WorkTreeRecord {
     base: String,
+    #[serde(default)]
+    owner: Owner,
 }
 
 impl BtrfsDriver {
@@ -99,31 +101,16 @@ impl BtrfsDriver {
         self.root.join(WORK).join(format!("{name}.json"))
     }
 
-    fn write_record(&self, name: &str, base: &ChainId) -> Result<()> {
+    fn write_record(&self, name: &str, base: &ChainId, owner: &Owner) -> Result<()> {
         let path = self.record_path(name);
         let tmp = self.root.join(WORK).join(format!(".{name}.json.tmp"));
         let record = WorkTreeRecord {
             base: base.to_string(),
+            owner: owner.clone(),
         };
         let bytes = serde_json::to_vec(&record).expect("a record always serializes");
         fs::write(&tmp, bytes).map_err(DriverError::io("write", &tmp))?;
         fs::rename(&tmp, &path).map_err(DriverError::io("rename", &tmp))
-    }
-
-    fn read_record(&self, name: &str) -> Result<WorkTree> {
-        let path = self.record_path(name);
-        let bytes = fs::read(&path).map_err(DriverError::io("read", &path))?;
-        let bad = |why: String| DriverError::Btrfs(format!("{}: {why}", path.display()));
-        let record: WorkTreeRecord =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let store_name = record.base.strip_prefix("sha256:").unwrap_or(&record.base);
-        let base = ChainId::from_store_name(store_name)
-            .ok_or_else(|| bad(format!("{} is not a chain id", record.base)))?;
-        Ok(WorkTree {
-            name: name.to_string(),
-            base,
-            path: self.work_dir(name),
-        })
     }
 
     /// Delete a subvolume, read-only or not, and whatever is nested in it.
@@ -133,6 +120,50 @@ impl BtrfsDriver {
         }
         self.sys.delete_subvolume(path)
     }
+}
+
+/// The work tree `name` of the store at `root`, from its record.
+fn read_record(root: &Path, name: &str) -> Result<WorkTree> {
+    let path = root.join(WORK).join(format!("{name}.json"));
+    let bytes = fs::read(&path).map_err(DriverError::io("read", &path))?;
+    let bad = |why: String| DriverError::Btrfs(format!("{}: {why}", path.display()));
+    let record: WorkTreeRecord = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let store_name = record.base.strip_prefix("sha256:").unwrap_or(&record.base);
+    let base = ChainId::from_store_name(store_name)
+        .ok_or_else(|| bad(format!("{} is not a chain id", record.base)))?;
+    Ok(WorkTree {
+        name: name.to_string(),
+        base,
+        path: root.join(WORK).join(name),
+        owner: record.owner,
+    })
+}
+
+/// Every work tree of the store at `root`, from the records in `work/`.
+/// Other processes may share the store: the listing is a moment's view.
+fn work_trees_in(root: &Path) -> Result<Vec<WorkTree>> {
+    let dir = root.join(WORK);
+    let mut names = BTreeSet::new();
+    for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+        let entry = entry.map_err(DriverError::io("read directory", &dir))?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if !name.starts_with('.') {
+            names.insert(name.to_string());
+        }
+    }
+    let mut trees = Vec::new();
+    for name in &names {
+        match read_record(root, name) {
+            Ok(tree) => trees.push(tree),
+            // Discarded by another process sharing the store since the listing.
+            Err(DriverError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(trees)
 }
 
 fn exists(path: &Path) -> Result<bool> {
@@ -185,7 +216,7 @@ impl SnapshotDriver for BtrfsDriver {
         }
     }
 
-    fn checkout(&self, base: &ChainId, name: &str) -> Result<WorkTree> {
+    fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
         check_name(name, &self.root)?;
         let source = self.snapshot_path(base)?;
         let path = self.work_dir(name);
@@ -194,7 +225,7 @@ impl SnapshotDriver for BtrfsDriver {
         }
         // The record goes first: a tree is never left without one saying
         // what it was checked out from.
-        self.write_record(name, base)?;
+        self.write_record(name, base, owner)?;
         if let Err(e) = self.sys.snapshot(&source, &path, false) {
             remove_file_if_present(&self.record_path(name))?;
             return Err(e);
@@ -204,6 +235,7 @@ impl SnapshotDriver for BtrfsDriver {
             name: name.to_string(),
             base: base.clone(),
             path,
+            owner: owner.clone(),
         })
     }
 
@@ -282,19 +314,7 @@ impl SnapshotDriver for BtrfsDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        let dir = self.root.join(WORK);
-        let mut names = BTreeSet::new();
-        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
-            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if !name.starts_with('.') {
-                names.insert(name.to_string());
-            }
-        }
-        names.iter().map(|n| self.read_record(n)).collect()
+        work_trees_in(&self.root)
     }
 }
 

@@ -10,9 +10,6 @@ use super::sys::{Kernel, System};
 use super::BtrfsDriver;
 use crate::driver::{DriverError, Result};
 
-/// The work tree the lpack workflow (`checkout`, `checkin`, `abort`) uses.
-pub const CHECKOUT_NAME: &str = "checkout";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetupOutcome {
     /// A new image file was made, formatted and mounted.
@@ -132,8 +129,9 @@ pub enum UnsetupOutcome {
 }
 
 /// Unmount the store, detach its loop devices and remove `lofile` and the
-/// (then empty) mount point. Refused while the [`CHECKOUT_NAME`] work tree
-/// exists, unless `force`.
+/// (then empty) mount point. Refused while a work tree that someone owns
+/// is there (a checkout of any layout sharing the store, or a running
+/// build's tree), unless `force`.
 pub fn unsetup_store(lofile: &Path, mountpoint: &Path, force: bool) -> Result<UnsetupOutcome> {
     unsetup_store_with(&Kernel, lofile, mountpoint, force)
 }
@@ -147,9 +145,11 @@ pub fn unsetup_store_with(
     let target = checked_mountpoint(mountpoint)?;
     let mut outcome = UnsetupOutcome::NothingThere;
     if sys.is_btrfs_mount(&target)? {
-        let checkout = target.join("work").join(format!("{CHECKOUT_NAME}.json"));
-        if !force && exists(&checkout)? {
-            return Err(DriverError::Busy(CHECKOUT_NAME.to_string()));
+        if !force {
+            let trees = super::work_trees_in(&target)?;
+            if let Some(owned) = trees.into_iter().find(|t| !t.is_abandoned()) {
+                return Err(DriverError::Busy(owned.name));
+            }
         }
         sys.unmount(&target)?;
         outcome = UnsetupOutcome::Removed;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use filetime::FileTime;
 
 use super::loopback::LoopAttachment;
-use super::store::{setup_store_with, unsetup_store_with, UnsetupOutcome, CHECKOUT_NAME};
+use super::store::{setup_store_with, unsetup_store_with, UnsetupOutcome};
 use super::*;
 
 fn can_run() -> bool {
@@ -334,7 +334,13 @@ fn unsetup_refuses_a_checkout_unless_forced_and_leaves_nothing() {
     }
     let store = TestStore::new();
     let driver = store.driver();
-    driver.checkout(&ChainId::empty(), CHECKOUT_NAME).unwrap();
+    let kept = crate::driver::Owner {
+        layout: Some("/some/layout".into()),
+        ..Default::default()
+    };
+    driver
+        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
+        .unwrap();
     // A second device on the same file, attached the way another tool would
     // (without autoclear), must go too.
     let out = Program::new("losetup")

@@ -3,7 +3,7 @@
 //! ```text
 //! storedir/snapshots/<chain>     committed trees (never written again)
 //! storedir/work/<name>/          a work tree
-//! storedir/work/<name>.json      its base; written when the copy is complete
+//! storedir/work/<name>.json      its base and owner; written when the copy is complete
 //! ```
 //!
 //! `changes` must catch every change, even a rewrite that keeps size and
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{diff, ChainId, Change, DriverError, Result, SnapshotDriver, WorkTree};
+use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::fsutil::{copy_tree, CopyOptions};
 
 pub struct PlainDriver {
@@ -31,6 +31,8 @@ pub struct PlainDriver {
 #[derive(Serialize, Deserialize)]
 struct Marker {
     base: String,
+    #[serde(default)]
+    owner: Owner,
 }
 
 impl PlainDriver {
@@ -121,7 +123,9 @@ impl SnapshotDriver for PlainDriver {
         }
     }
 
-    fn checkout(&self, base: &ChainId, name: &str) -> Result<WorkTree> {
+    /// The store lock keeps other processes out while the copy is made, so
+    /// the record can wait for the copy: its ctime is the watermark.
+    fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
         let path = self.work_dir(name)?;
         let marker = self.marker_path(name)?;
         if path.exists() || marker.exists() {
@@ -142,6 +146,7 @@ impl SnapshotDriver for PlainDriver {
         }
         let body = serde_json::to_vec(&Marker {
             base: base.store_name(),
+            owner: owner.clone(),
         })
         .expect("marker serializes");
         fs::write(&marker, body).map_err(DriverError::io("write", &marker))?;
@@ -149,6 +154,7 @@ impl SnapshotDriver for PlainDriver {
             name: name.to_string(),
             base: base.clone(),
             path,
+            owner: owner.clone(),
         })
     }
 
@@ -209,16 +215,19 @@ impl SnapshotDriver for PlainDriver {
                 continue;
             }
             // A tree without its marker is a copy that never finished: its
-            // base is unknown, and it is only good for discarding.
-            let base = fs::read(self.marker_path(&name)?)
+            // base and owner are unknown, and it is only good for discarding.
+            let marker = fs::read(self.marker_path(&name)?)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<Marker>(&b).ok());
+            let base = marker
+                .as_ref()
                 .and_then(|m| ChainId::from_store_name(&m.base))
                 .unwrap_or_else(ChainId::empty);
             trees.push(WorkTree {
                 path: self.work_dir(&name)?,
                 name,
                 base,
+                owner: marker.map(|m| m.owner).unwrap_or_default(),
             });
         }
         trees.sort_by(|a, b| a.name.cmp(&b.name));
@@ -354,6 +363,23 @@ mod tests {
         });
         let tree = d.checkout(&one, "b").unwrap();
         assert_eq!(d.changes(&tree).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_work_tree_keeps_its_owner() {
+        let (_t, d) = store();
+        let kept = Owner {
+            layout: Some("/project/oci".into()),
+            note: Some(serde_json::json!({"tag": "app"})),
+            ..Owner::default()
+        };
+        d.checkout_as(&ChainId::empty(), "kept", &kept).unwrap();
+        d.checkout(&ChainId::empty(), "mine").unwrap();
+        let trees = d.work_trees().unwrap();
+        assert_eq!(trees[0].owner, kept);
+        assert!(!trees[0].is_abandoned());
+        assert_eq!(trees[1].owner, Owner::this_process());
+        assert!(!trees[1].is_abandoned());
     }
 
     #[test]
