@@ -245,6 +245,7 @@ fn install_copies(
             workdir: "/".into(),
             network: ctx.network,
             output: Output::Prefixed(ctx.target.to_string()),
+            privileged: false,
         })
         .map_err(|source| match source {
             SandboxError::NotFound { program, .. } => InstallError::NoManager {

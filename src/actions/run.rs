@@ -122,6 +122,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         workdir: ctx.workdir.clone(),
         network: ctx.network,
         output: Output::Prefixed(ctx.target.to_string()),
+        privileged: false,
     });
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
 

@@ -78,6 +78,7 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "/".to_string()),
         network: crate::spec::Network::Host,
         output: Output::Inherit,
+        privileged: false,
     };
     let status = sandbox::run(&opts);
     let program = opts.argv[0].clone();

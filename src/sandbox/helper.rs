@@ -28,6 +28,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use super::{caps, confine};
+
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
 
@@ -47,6 +49,9 @@ pub struct Request {
     pub workdir: String,
     pub isolate_network: bool,
     pub bind_resolv_conf: bool,
+    /// Confine the command as a container runtime does (see `confine`);
+    /// false only for a target marked `privileged`.
+    pub confined: bool,
     /// genoci's PID: if it is gone before the death signal is armed, stop.
     pub parent: i32,
 }
@@ -252,6 +257,9 @@ fn enter_root(request: &Request) {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     );
+    if request.confined {
+        confine::tree_nodev(root).or_fail(|| "confine the tree".into());
+    }
     mount_at(
         Some(Path::new("proc")),
         &root.join("proc"),
@@ -259,7 +267,10 @@ fn enter_root(request: &Request) {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     );
-    populate_dev(&root.join("dev"));
+    if request.confined {
+        confine::restrict_proc(&root.join("proc")).or_fail(|| "restrict /proc".into());
+    }
+    populate_dev(&root.join("dev"), request.confined);
     if request.bind_resolv_conf {
         let target = root.join("etc/resolv.conf");
         mount_at(
@@ -292,12 +303,19 @@ fn enter_root(request: &Request) {
 
 /// A tmpfs with the host's harmless devices, a private devpts and the usual
 /// links: what a container runtime gives, and nothing of the host's disks.
-fn populate_dev(dev: &Path) {
+/// Confined, the tmpfs is `nodev`: a node made there cannot be opened (the
+/// bound devices are mounts of their own and still open).
+fn populate_dev(dev: &Path, confined: bool) {
+    let nodev = if confined {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
     mount_at(
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
     );
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -401,6 +419,10 @@ fn exec_command(request: &Request) -> ! {
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if request.confined {
+        caps::drop_bounding().or_fail(|| "drop capabilities".into());
+        caps::limit_root().or_fail(|| "limit capabilities".into());
+    }
 
     let mut env = request.env.clone();
     if !env.iter().any(|(k, _)| k == "PATH") {

@@ -9,6 +9,8 @@
 //! why); genoci's side prepares the mount points, forwards the output and
 //! cleans up.
 
+mod caps;
+mod confine;
 mod helper;
 pub mod output;
 pub mod scratch;
@@ -39,6 +41,9 @@ pub struct RunOptions<'a> {
     pub workdir: String,
     pub network: Network,
     pub output: Output,
+    /// Skip the confinement (capabilities, `/proc` and `/dev` limits, seccomp):
+    /// the command runs as full host root in its namespaces.
+    pub privileged: bool,
 }
 
 /// Where the command's output goes.
@@ -148,6 +153,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         workdir: opts.workdir.clone(),
         isolate_network: opts.network == Network::None,
         bind_resolv_conf: prepared.bind_resolv_conf,
+        confined: !opts.privileged,
         parent: std::process::id() as i32,
     };
     tracing::debug!(root = %root.display(), command = %command, "sandbox run");

@@ -67,6 +67,7 @@ fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
         workdir: "/".into(),
         network: Network::Host,
         output: Output::Prefixed("test".into()),
+        privileged: false,
     }
 }
 
@@ -295,4 +296,20 @@ fn inherit_mode_runs_on_genoci_s_own_streams() {
     o.output = Output::Inherit;
     assert!(run(&o).unwrap().success());
     assert!(tree.join("done").exists());
+}
+
+#[test]
+fn confined_runs_keep_docker_s_capabilities_and_privileged_ones_all() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let bounding = |privileged: bool| {
+        let mut o = opts(&tree, "grep ^CapBnd /proc/self/status > /bnd");
+        o.privileged = privileged;
+        assert!(run(&o).unwrap().success());
+        let line = fs::read_to_string(tree.join("bnd")).unwrap();
+        u64::from_str_radix(line.trim_start_matches("CapBnd:").trim(), 16).unwrap()
+    };
+    assert_eq!(bounding(false), caps::default_mask());
+    assert_ne!(bounding(true), caps::default_mask());
 }

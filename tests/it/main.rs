@@ -5,6 +5,7 @@ mod util;
 mod btrfs;
 mod cache;
 mod compression;
+mod confine;
 mod core;
 mod distro;
 mod example;

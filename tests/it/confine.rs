@@ -1,0 +1,232 @@
+//! A `run` step is confined as a docker container is: it cannot reach the
+//! host kernel or the host network, yet legitimate steps still work.
+//!
+//! Every escape probe is harmless should it unexpectedly succeed: sysctls
+//! get their current value written back, a route added is deleted at once,
+//! the block device is a loop device on a temp file, the "module" is junk
+//! the kernel would refuse to load anyway.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::{require_root, run_ok, stderr, Env};
+
+/// Shell functions the probes share. `refused WANT CMD...` runs CMD and
+/// insists it fails with an error mentioning WANT (so a probe that fails
+/// for an unrelated reason does not count as confinement).
+const PRELUDE: &str = r#"
+refused() {
+  want="$1"; shift
+  if "$@" 2>/tmp/err; then echo "NOT REFUSED: $*"; exit 1; fi
+  grep -q "$want" /tmp/err || { echo "refused otherwise: $*: $(cat /tmp/err)"; exit 1; }
+  echo "refused: $*"
+}
+"#;
+
+/// A spec: the busybox base and a child `probe` running `script` (with
+/// `extra` keys, e.g. `privileged: true`).
+fn spec(env: &Env, script: &str, extra: &str) {
+    env.busybox("bb.tar.gz");
+    let script = format!("{PRELUDE}{script}");
+    let indented: String = script.lines().map(|l| format!("    {l}\n")).collect();
+    env.write(
+        "spec.yaml",
+        &format!(
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nprobe:\n  base: base\n{extra}  run: |\n{indented}"
+        ),
+    );
+}
+
+fn build(env: &Env, script: &str, extra: &str) -> Output {
+    spec(env, script, extra);
+    env.genoci(&["build", "spec.yaml"])
+}
+
+fn build_ok(env: &Env, script: &str) {
+    let out = build(env, script, "");
+    assert!(out.status.success(), "probe failed:\n{}", output(&out));
+}
+
+fn output(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+/// `CapXxx` lines of /proc/self/status as (name, mask).
+fn caps_of(status: &str) -> Vec<(String, u64)> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(":\t"))
+        .filter(|(k, _)| k.starts_with("Cap"))
+        .map(|(k, v)| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+        .collect()
+}
+
+/// docker's default capability set (`docker run alpine grep Cap /proc/self/status`).
+const DOCKER_CAPS: u64 = 0xa804_25fb;
+
+fn assert_docker_caps(status: &str) {
+    let caps = caps_of(status);
+    let want: Vec<(String, u64)> = [
+        ("CapInh", 0),
+        ("CapPrm", DOCKER_CAPS),
+        ("CapEff", DOCKER_CAPS),
+        ("CapBnd", DOCKER_CAPS),
+        ("CapAmb", 0),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    assert_eq!(caps, want, "{status}");
+}
+
+// ---- capabilities ----
+
+#[test]
+fn run_steps_have_docker_s_capabilities_in_every_set() {
+    require_root!();
+    let env = Env::new();
+    build_ok(&env, "grep ^Cap /proc/self/status > /caps");
+    let root = env.unpack("probe");
+    assert_docker_caps(&fs::read_to_string(root.join("caps")).unwrap());
+}
+
+#[test]
+fn chroot_has_docker_s_capabilities_in_every_set() {
+    require_root!();
+    let env = Env::new();
+    build_ok(&env, "true");
+    let out = env.ok(&["chroot", "probe", "/bin/grep", "^Cap", "/proc/self/status"]);
+    assert_docker_caps(&out);
+}
+
+#[test]
+fn a_step_cannot_mount() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"mkdir -p /mnt
+refused "denied" mount -t tmpfs none /mnt
+refused "denied" mount -o remount,rw /
+rm /tmp/err
+"#,
+    );
+}
+
+#[test]
+fn a_step_cannot_change_the_host_s_routes() {
+    require_root!();
+    let env = Env::new();
+    // 192.0.2.0/24 is TEST-NET-1: no host uses it; deleted at once if added.
+    build_ok(
+        &env,
+        r#"if ip route add 192.0.2.0/24 dev lo 2>/tmp/err; then
+  ip route del 192.0.2.0/24 dev lo
+  echo "NOT REFUSED: route add"; exit 1
+fi
+grep -q "not permitted" /tmp/err
+rm /tmp/err
+"#,
+    );
+}
+
+// ---- /proc and /dev ----
+
+#[test]
+fn global_sysctls_and_core_pattern_are_read_only() {
+    require_root!();
+    let env = Env::new();
+    // The current value written back: a no-op should the write go through.
+    build_ok(
+        &env,
+        r#"for f in vm/swappiness kernel/core_pattern; do
+  v=$(cat /proc/sys/$f)
+  refused "Read-only file system" sh -c "echo '$v' > /proc/sys/$f"
+done
+for p in sys sysrq-trigger irq bus fs; do
+  test -e /proc/$p || continue
+  grep -q " /proc/$p ro," /proc/self/mountinfo || { echo "/proc/$p writable"; exit 1; }
+done
+rm /tmp/err
+"#,
+    );
+}
+
+#[test]
+fn docker_s_masked_proc_files_read_empty() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"for f in kcore keys timer_list interrupts sched_debug latency_stats timer_stats; do
+  test -e /proc/$f || continue
+  n=$(head -c 64 /proc/$f | wc -c)
+  test "$n" = 0 || { echo "/proc/$f readable"; exit 1; }
+done
+for d in acpi scsi asound; do
+  test -d /proc/$d || continue
+  test -z "$(ls -A /proc/$d)" || { echo "/proc/$d listed"; exit 1; }
+done
+"#,
+    );
+}
+
+/// A loop device attached to a temp file holding a marker; detached on drop.
+struct Loop(PathBuf);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let dev = run_ok(Command::new("losetup").args(["--find", "--show"]).arg(file));
+        Loop(PathBuf::from(dev.trim()))
+    }
+
+    /// (major, minor)
+    fn numbers(&self) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = fs::metadata(&self.0).unwrap().rdev();
+        (libc::major(rdev) as u64, libc::minor(rdev) as u64)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn device_nodes_land_in_the_layer_but_do_not_open() {
+    require_root!();
+    let env = Env::new();
+    let backing = env.path().join("disk.img");
+    let mut data = b"MARKER-0123".to_vec();
+    data.resize(1 << 20, 0);
+    fs::write(&backing, data).unwrap();
+    let lo = Loop::attach(&backing);
+    let (major, minor) = lo.numbers();
+    build_ok(
+        &env,
+        &format!(
+            r#"mknod /blk b {major} {minor}
+mknod /dev/blk b {major} {minor}
+mknod /chr c 1 3
+refused "denied" head -c 6 /blk
+refused "denied" head -c 6 /dev/blk
+refused "denied" sh -c 'echo x > /chr'
+echo x > /dev/null
+rm /tmp/err
+"#
+        ),
+    );
+    drop(lo);
+    let root = env.unpack("probe");
+    let blk = fs::symlink_metadata(root.join("blk")).unwrap();
+    assert!(blk.file_type().is_block_device());
+    assert!(fs::symlink_metadata(root.join("chr"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(!root.join("dev/blk").exists(), "/dev is the sandbox's own");
+}
