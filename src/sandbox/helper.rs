@@ -28,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-use super::{caps, confine};
+use super::{caps, confine, seccomp};
 
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
@@ -421,6 +421,8 @@ fn exec_command(request: &Request) -> ! {
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if request.confined {
         caps::drop_bounding().or_fail(|| "drop capabilities".into());
+        // Loading the filter without no_new_privs needs CAP_SYS_ADMIN.
+        seccomp::apply().or_fail(|| "load the seccomp filter".into());
         caps::limit_root().or_fail(|| "limit capabilities".into());
     }
 

@@ -14,6 +14,7 @@ mod confine;
 mod helper;
 pub mod output;
 pub mod scratch;
+pub mod seccomp;
 
 use std::fs;
 use std::io::{self, Read};

@@ -230,3 +230,100 @@ rm /tmp/err
         .is_char_device());
     assert!(!root.join("dev/blk").exists(), "/dev is the sandbox's own");
 }
+
+// ---- seccomp ----
+
+#[test]
+fn a_step_cannot_load_a_module_or_make_namespaces() {
+    require_root!();
+    let env = Env::new();
+    // Junk the kernel would refuse to load in any case; the filter answers
+    // EPERM before the kernel looks (a kernel without modules says ENOSYS).
+    build_ok(
+        &env,
+        r#"head -c 4096 /dev/urandom > /tmp/junk.ko
+refused "not permitted" insmod /tmp/junk.ko
+refused "not permitted" unshare -U true
+refused "not permitted" unshare -n true
+rm /tmp/junk.ko /tmp/err
+"#,
+    );
+}
+
+// ---- legitimate steps ----
+
+#[test]
+fn chown_mknod_and_ping_still_work() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"echo x > /owned
+chown 1000:1000 /owned
+mknod /null c 1 3
+ping -c 1 -W 5 127.0.0.1
+"#,
+    );
+    let root = env.unpack("probe");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(root.join("owned")).unwrap().uid(), 1000);
+}
+
+/// `setcap cap_net_raw+ep`, as perl can say it with no libcap: a
+/// `security.capability` v2 value.
+const SETCAP: &str = r#"perl -e '$v = pack("V5", 0x02000001, 1 << 13, 0, 0, 0); ($p, $n) = ("/usr/bin/capped", "security.capability"); syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'"#;
+
+#[test]
+fn useradd_and_file_capabilities_work_on_debian() {
+    require_root!();
+    let env = Env::new();
+    fs::copy(
+        crate::util::fixture("debian"),
+        env.path().join("debian.tar.gz"),
+    )
+    .unwrap();
+    env.write(
+        "spec.yaml",
+        &format!(
+            r#"debian:
+  base: empty
+  expand: ./debian.tar.gz
+users:
+  base: debian
+  run:
+    - useradd -m -u 1234 app && chown -R app:app /home/app
+    - |
+      cp /bin/true /usr/bin/capped
+      {SETCAP}
+"#
+        ),
+    );
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("users");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("app:x:1234:"), "{passwd}");
+    let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
+    assert_eq!(cap.get(..8), Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]));
+}
+
+fn xattr(path: &Path, name: &str) -> Vec<u8> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "{}", std::io::Error::last_os_error());
+    buf.truncate(n as usize);
+    buf
+}

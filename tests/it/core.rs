@@ -397,7 +397,8 @@ s:
   base: base
   run: |
     for n in mnt pid uts ipc; do readlink /proc/self/ns/$n; done > /ns
-    hostname sandboxed
+    # As in a docker container: no CAP_SYS_ADMIN, no sethostname.
+    ! hostname sandboxed 2>/dev/null
     test ! -e {host}/marker
     mkdir -p {host} && echo changed > {host}/marker
     ls /proc | grep -c '^[0-9]' > /nprocs
