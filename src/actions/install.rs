@@ -245,7 +245,7 @@ fn install_copies(
             workdir: "/".into(),
             network: ctx.network,
             output: Output::Prefixed(ctx.target.to_string()),
-            privileged: false,
+            privileged: ctx.privileged,
         })
         .map_err(|source| match source {
             SandboxError::NotFound { program, .. } => InstallError::NoManager {
@@ -291,6 +291,7 @@ mod tests {
             env: vec![],
             workdir: "/".into(),
             network: Network::Host,
+            privileged: false,
         }
     }
 

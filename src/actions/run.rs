@@ -17,6 +17,8 @@ pub struct RunContext<'a> {
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub network: Network,
+    /// Skip the sandbox's confinement (the target's `privileged` key).
+    pub privileged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +124,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         workdir: ctx.workdir.clone(),
         network: ctx.network,
         output: Output::Prefixed(ctx.target.to_string()),
-        privileged: false,
+        privileged: ctx.privileged,
     });
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
 
@@ -177,6 +179,7 @@ mod tests {
             env: vec![("GREETING".into(), "hi".into())],
             workdir: "/".into(),
             network: Network::None,
+            privileged: false,
         }
     }
 

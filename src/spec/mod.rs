@@ -87,6 +87,9 @@ pub struct Target {
     pub run: Vec<RunItem>,
     pub post: Vec<String>,
     pub network: Network,
+    /// Run steps and installs run unconfined (full root in the sandbox's
+    /// namespaces); the build warns.
+    pub privileged: bool,
     pub config: ConfigKeys,
     /// The target's stanza in a canonical form (JSON with keys in spec order),
     /// for the build cache.

@@ -332,6 +332,7 @@ impl<'a> Checker<'a> {
             run,
             post: raw.post.clone(),
             network: raw.network,
+            privileged: raw.privileged,
             config,
             stanza,
         })

@@ -79,6 +79,9 @@ pub struct RawTarget {
     pub ports: Vec<String>,
     #[serde(default, deserialize_with = "network")]
     pub network: Network,
+    /// Run steps and installs without the sandbox's confinement.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl RawTarget {
@@ -556,6 +559,8 @@ network: none
             }
         );
         assert_eq!(t.network, Network::Host);
+        assert!(!t.privileged);
+        assert!(target("privileged: true").unwrap().privileged);
     }
 
     #[rstest]
@@ -586,6 +591,7 @@ network: none
     #[case::env_item("env: [NOVALUE]", "env", "is not NAME=value")]
     #[case::env_name("env: {'': x}", "env", "invalid variable name")]
     #[case::network("network: bridge", "network", "invalid network")]
+    #[case::privileged("privileged: yes please", "privileged", "expected a boolean")]
     #[case::quote("cmd: echo 'x", "cmd", "unterminated ' quote")]
     #[case::run_map("run: {a: b}", "run", "a string or a list of strings")]
     #[case::label_list("labels: {a: [1]}", "labels", "a string, number or boolean")]

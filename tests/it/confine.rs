@@ -327,3 +327,52 @@ fn xattr(path: &Path, name: &str) -> Vec<u8> {
     buf.truncate(n as usize);
     buf
 }
+
+// ---- privileged ----
+
+#[test]
+fn privileged_restores_full_root_and_warns() {
+    require_root!();
+    let env = Env::new();
+    // What confinement refuses goes through again: full capabilities and a
+    // writable /proc/sys (the current value written back).
+    let out = build(
+        &env,
+        r#"grep ^CapBnd /proc/self/status > /caps
+v=$(cat /proc/sys/vm/swappiness)
+echo "$v" > /proc/sys/vm/swappiness
+"#,
+        "  privileged: true\n",
+    );
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        stderr(&out).contains("target probe is privileged"),
+        "{}",
+        stderr(&out)
+    );
+    let root = env.unpack("probe");
+    let caps = caps_of(&fs::read_to_string(root.join("caps")).unwrap());
+    assert_ne!(caps[0].1, DOCKER_CAPS);
+}
+
+#[test]
+fn confinement_does_not_change_the_layer() {
+    require_root!();
+    let env = Env::new();
+    env.busybox("bb.tar.gz");
+    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && ln -s f /srv/a/l\n";
+    env.write(
+        "spec.yaml",
+        &format!(
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}"
+        ),
+    );
+    let out = env
+        .cmd(&["build", "spec.yaml"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output(&out));
+    let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
+    assert_eq!(layers("confined"), layers("free"));
+}
