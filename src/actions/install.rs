@@ -246,6 +246,7 @@ fn install_copies(
             network: ctx.network,
             output: Output::Prefixed(ctx.target.to_string()),
             privileged: ctx.privileged,
+            user: None,
         })
         .map_err(|source| match source {
             SandboxError::NotFound { program, .. } => InstallError::NoManager {
@@ -292,6 +293,7 @@ mod tests {
             workdir: "/".into(),
             network: Network::Host,
             privileged: false,
+            user: String::new(),
         }
     }
 

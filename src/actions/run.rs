@@ -19,6 +19,8 @@ pub struct RunContext<'a> {
     pub network: Network,
     /// Skip the sandbox's confinement (the target's `privileged` key).
     pub privileged: bool,
+    /// The inherited image `User` steps run as (empty: root).
+    pub user: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         network: ctx.network,
         output: Output::Prefixed(ctx.target.to_string()),
         privileged: ctx.privileged,
+        user: Some(ctx.user.clone()),
     });
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
 
@@ -180,6 +183,7 @@ mod tests {
             workdir: "/".into(),
             network: Network::None,
             privileged: false,
+            user: String::new(),
         }
     }
 

@@ -347,6 +347,7 @@ impl<'a> Builder<'a> {
                 .unwrap_or_else(|| "/".to_string()),
             network: t.network,
             privileged: t.privileged,
+            user: run_config.user().clone().unwrap_or_default(),
         };
         if t.privileged && !(t.install.is_empty() && t.run.is_empty()) {
             tracing::warn!(

@@ -79,6 +79,7 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         network: crate::spec::Network::Host,
         output: Output::Inherit,
         privileged: false,
+        user: None,
     };
     let status = sandbox::run(&opts);
     let program = opts.argv[0].clone();

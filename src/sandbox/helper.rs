@@ -28,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-use super::{caps, confine, seccomp};
+use super::{caps, confine, seccomp, user};
 
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
@@ -52,6 +52,9 @@ pub struct Request {
     /// Confine the command as a container runtime does (see `confine`);
     /// false only for a target marked `privileged`.
     pub confined: bool,
+    /// Run as this image `User` (see `user`); `None`: root, as genoci's own
+    /// steps (installs) run.
+    pub user: Option<String>,
     /// genoci's PID: if it is gone before the death signal is armed, stop.
     pub parent: i32,
 }
@@ -403,6 +406,42 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Switch to the image user `spec`, resolved in the tree's passwd and group
+/// files (the tree is `/` by now), and give `HOME` a value if the image did
+/// not; returns the uid.
+fn become_user(spec: &str, env: &mut Vec<(String, String)>) -> u32 {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let user = user::resolve(spec, &read("/etc/passwd"), &read("/etc/group"))
+        .unwrap_or_else(|e| setup_failed(&format!("run as user {spec:?}"), e));
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), user.home.clone()));
+    }
+    if user.uid != 0 {
+        // The output pipes are root's: `echo > /dev/stdout` reopens them.
+        for fd in 0..=2 {
+            // SAFETY: fstat and fchown on descriptors of ours, with a
+            // zeroed stat buffer the kernel fills.
+            unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+                    libc::fchown(fd, user.uid, user.gid);
+                }
+            }
+        }
+    }
+    let groups: Vec<unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|&g| unistd::Gid::from_raw(g))
+        .collect();
+    unistd::setgroups(&groups).or_fail(|| format!("set the groups of user {spec:?}"));
+    let gid = unistd::Gid::from_raw(user.gid);
+    unistd::setresgid(gid, gid, gid).or_fail(|| format!("set the group of user {spec:?}"));
+    let uid = unistd::Uid::from_raw(user.uid);
+    unistd::setresuid(uid, uid, uid).or_fail(|| format!("become user {spec:?}"));
+    user.uid
+}
+
 /// The command's process: default signal handling, exactly the requested
 /// environment, argv[0] looked up in the tree's PATH.
 fn exec_command(request: &Request) -> ! {
@@ -419,14 +458,20 @@ fn exec_command(request: &Request) -> ! {
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let mut env = request.env.clone();
     if request.confined {
         caps::drop_bounding().or_fail(|| "drop capabilities".into());
         // Loading the filter without no_new_privs needs CAP_SYS_ADMIN.
         seccomp::apply().or_fail(|| "load the seccomp filter".into());
+    }
+    let uid = match &request.user {
+        Some(spec) => become_user(spec, &mut env),
+        None => 0,
+    };
+    // A non-root uid lost every capability but the bounding set with setuid.
+    if request.confined && uid == 0 {
         caps::limit_root().or_fail(|| "limit capabilities".into());
     }
-
-    let mut env = request.env.clone();
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }

@@ -15,6 +15,7 @@ mod helper;
 pub mod output;
 pub mod scratch;
 pub mod seccomp;
+pub mod user;
 
 use std::fs;
 use std::io::{self, Read};
@@ -45,6 +46,11 @@ pub struct RunOptions<'a> {
     /// Skip the confinement (capabilities, `/proc` and `/dev` limits, seccomp):
     /// the command runs as full host root in its namespaces.
     pub privileged: bool,
+    /// The image `User` to run as (`name`, `uid`, `name:group`,
+    /// `uid:gid`; empty: root), resolved in the tree's `/etc/passwd` and
+    /// `/etc/group` with `HOME` from passwd, as docker does for `RUN`.
+    /// `None`: root with the environment as given (genoci's own steps).
+    pub user: Option<String>,
 }
 
 /// Where the command's output goes.
@@ -155,6 +161,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         isolate_network: opts.network == Network::None,
         bind_resolv_conf: prepared.bind_resolv_conf,
         confined: !opts.privileged,
+        user: opts.user.clone(),
         parent: std::process::id() as i32,
     };
     tracing::debug!(root = %root.display(), command = %command, "sandbox run");

@@ -68,6 +68,7 @@ fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
         network: Network::Host,
         output: Output::Prefixed("test".into()),
         privileged: false,
+        user: None,
     }
 }
 

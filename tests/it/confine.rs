@@ -376,3 +376,113 @@ fn confinement_does_not_change_the_layer() {
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
     assert_eq!(layers("confined"), layers("free"));
 }
+
+// ---- the image's user ----
+
+/// A base with an `app` user (uid 1000, also in `wheel`) as its `User`,
+/// the given `user` value, an `Env`, and room for busybox's dpkg.
+fn user_spec(env: &Env, user: &str, child: &str) {
+    env.busybox("bb.tar.gz");
+    env.write(
+        "spec.yaml",
+        &format!(
+            r#"base:
+  base: empty
+  expand: ./bb.tar.gz
+  run: |
+    chmod 755 /
+    echo 'app:x:1000:1000:App:/home/app:/bin/sh' >> /etc/passwd
+    printf 'app:x:1000:\nwheel:x:10:app\n' >> /etc/group
+    mkdir -p /home/app /var/lib/dpkg/info && chown app:app /home/app
+    touch /var/lib/dpkg/status
+  user: "{user}"
+  env: {{GREETING: hello}}
+child:
+  base: base
+{child}"#
+        ),
+    );
+}
+
+const WHO: &str = r#"  run: |
+    id -u > /tmp/uid
+    id -G > /tmp/groups
+    echo "$HOME $GREETING" > /tmp/home
+    grep ^Cap /proc/self/status > /tmp/caps
+"#;
+
+fn read(root: &Path, file: &str) -> String {
+    fs::read_to_string(root.join(file)).unwrap()
+}
+
+#[test]
+fn run_steps_run_as_the_image_user_by_name() {
+    require_root!();
+    let env = Env::new();
+    user_spec(&env, "app", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
+    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
+    let caps = caps_of(&read(&root, "tmp/caps"));
+    // As docker: a non-root user keeps the bounding set only.
+    assert_eq!(caps[1], ("CapPrm".to_string(), 0));
+    assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS));
+}
+
+#[test]
+fn a_numeric_user_needs_no_passwd_entry() {
+    require_root!();
+    let env = Env::new();
+    // docker: `USER 4321:99` runs as 4321, group 99, HOME=/.
+    user_spec(&env, "4321:99", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "4321\n");
+    assert_eq!(read(&root, "tmp/groups"), "99\n");
+    assert_eq!(read(&root, "tmp/home"), "/ hello\n");
+}
+
+#[test]
+fn an_unknown_user_name_fails_the_step_naming_it() {
+    require_root!();
+    let env = Env::new();
+    user_spec(&env, "nobody-here", WHO);
+    let out = env.genoci(&["build", "spec.yaml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("target child: run step 1")
+            && err.contains("\"nobody-here\" is not in the image's /etc/passwd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn install_stays_root_under_an_image_user() {
+    require_root!();
+    crate::util::require_tool!("dpkg-deb");
+    let env = Env::new();
+    let pkg = env.path().join("pkg");
+    fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    fs::create_dir_all(pkg.join("usr/share/hello")).unwrap();
+    fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: hello-genoci\nVersion: 1.0\nArchitecture: all\n\
+         Maintainer: Test <test@example.org>\nDescription: test package\n",
+    )
+    .unwrap();
+    fs::write(pkg.join("usr/share/hello/hi.txt"), "hi\n").unwrap();
+    run_ok(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&pkg)
+            .arg(env.path().join("hello.deb")),
+    );
+    user_spec(&env, "app", &format!("  install: ./hello.deb\n{WHO}"));
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "usr/share/hello/hi.txt"), "hi\n");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+}
