@@ -5,12 +5,18 @@
 //! namespace, and the mount points it had to create are removed (see
 //! [`scratch`]).
 //!
+//! Unless a target is `privileged`, the command is confined as a default
+//! docker container is: docker's default capabilities ([`caps`]), `/proc`
+//! partly read-only and masked and the tree `nodev` ([`confine`]), and a
+//! seccomp filter with the effect of docker's default profile ([`seccomp`]).
+//! Run steps run as the image's `User` ([`user`]).
+//!
 //! The work happens in a re-executed helper process (see `helper.rs` for
 //! why); genoci's side prepares the mount points, forwards the output and
 //! cleans up.
 
-mod caps;
-mod confine;
+pub mod caps;
+pub mod confine;
 mod helper;
 pub mod output;
 pub mod scratch;
