@@ -205,3 +205,24 @@ pub fn filter() -> Result<ScmpFilterContext, SeccompError> {
 pub fn apply() -> Result<(), SeccompError> {
     filter()?.load().rule("load")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_denied_name_is_a_system_call_libseccomp_knows() {
+        // A typo would be skipped silently by `filter`.
+        let unknown: Vec<&str> = DENIED
+            .iter()
+            .flat_map(|(_, names)| names.iter().copied())
+            .filter(|name| ScmpSyscall::from_name(name).is_err())
+            .collect();
+        assert!(unknown.is_empty(), "{unknown:?}");
+    }
+
+    #[test]
+    fn the_filter_builds() {
+        filter().unwrap();
+    }
+}

@@ -432,6 +432,20 @@ fn run_steps_run_as_the_image_user_by_name() {
 }
 
 #[test]
+fn a_uid_listed_in_passwd_runs_as_that_user() {
+    require_root!();
+    let env = Env::new();
+    // docker: `USER 1000`, then `RUN id -u` prints 1000, with the passwd
+    // entry's groups and home.
+    user_spec(&env, "1000", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
+    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
+}
+
+#[test]
 fn a_numeric_user_needs_no_passwd_entry() {
     require_root!();
     let env = Env::new();
