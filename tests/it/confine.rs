@@ -474,6 +474,32 @@ fn an_unknown_user_name_fails_the_step_naming_it() {
 }
 
 #[test]
+fn run_steps_see_the_user_podman_runs_the_image_as() {
+    require_root!();
+    crate::util::require_tool!("podman");
+    crate::util::require_tool!("runc");
+    let env = Env::new();
+    let report = "id -u; id -G; echo $HOME";
+    let mut children = String::new();
+    let cases = ["app", "1000", "4321:99", "app:wheel", "root"];
+    for (i, user) in cases.iter().enumerate() {
+        children.push_str(&format!(
+            "u{i}:\n  base: base\n  user: \"{user}\"\n  cmd: [\"/bin/sh\", \"-c\", \"{report}\"]\nc{i}:\n  base: u{i}\n  run: ({report}) > /tmp/who\n"
+        ));
+    }
+    user_spec(&env, "", "  run: \"true\"\n");
+    let spec = fs::read_to_string(env.path().join("spec.yaml")).unwrap();
+    env.write("spec.yaml", &format!("{spec}{children}"));
+    env.ok(&["build", "spec.yaml"]);
+    let podman = crate::interop::Podman::new();
+    for (i, user) in cases.iter().enumerate() {
+        let tag = format!("c{i}");
+        let seen = read(&env.unpack(&tag), "tmp/who");
+        assert_eq!(seen, podman.run(&env.layout(), &tag), "user {user}");
+    }
+}
+
+#[test]
 fn install_stays_root_under_an_image_user() {
     require_root!();
     crate::util::require_tool!("dpkg-deb");

@@ -112,12 +112,12 @@ fn every_built_image_passes_umoci_skopeo_and_oci_image_tool() {
 /// Podman with storage of its own, released on drop. Its directory name is
 /// all lowercase: podman makes an image name of an `oci:` path, and names
 /// must be lowercase, so layouts are handed to it through a link in here.
-struct Podman {
+pub(crate) struct Podman {
     dir: PathBuf,
 }
 
 impl Podman {
-    fn new() -> Podman {
+    pub(crate) fn new() -> Podman {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "genoci-podman-{}-{}",
@@ -141,7 +141,7 @@ impl Podman {
     }
 
     /// `podman run` an image of `layout`; its stdout.
-    fn run(&self, layout: &Path, tag: &str) -> String {
+    pub(crate) fn run(&self, layout: &Path, tag: &str) -> String {
         let link = self.dir.join("layout");
         if fs::symlink_metadata(&link).is_ok() {
             fs::remove_file(&link).unwrap();
