@@ -5,6 +5,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # build: bindgen for loopdev-3 and libbtrfsutil, the btrfs library, mkfs.btrfs
   libclang-dev libbtrfsutil-dev btrfs-progs pkg-config
+  # build: the seccomp filter of run steps (libseccomp crate)
+  libseccomp-dev
   # tests: losetup, findmnt, mount
   mount util-linux
   # fixtures

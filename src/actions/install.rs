@@ -245,6 +245,8 @@ fn install_copies(
             workdir: "/".into(),
             network: ctx.network,
             output: Output::Prefixed(ctx.target.to_string()),
+            privileged: ctx.privileged,
+            user: None,
         })
         .map_err(|source| match source {
             SandboxError::NotFound { program, .. } => InstallError::NoManager {
@@ -290,6 +292,8 @@ mod tests {
             env: vec![],
             workdir: "/".into(),
             network: Network::Host,
+            privileged: false,
+            user: String::new(),
         }
     }
 

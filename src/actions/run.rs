@@ -17,6 +17,10 @@ pub struct RunContext<'a> {
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub network: Network,
+    /// Skip the sandbox's confinement (the target's `privileged` key).
+    pub privileged: bool,
+    /// The inherited image `User` steps run as (empty: root).
+    pub user: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,8 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         workdir: ctx.workdir.clone(),
         network: ctx.network,
         output: Output::Prefixed(ctx.target.to_string()),
+        privileged: ctx.privileged,
+        user: Some(ctx.user.clone()),
     });
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
 
@@ -176,6 +182,8 @@ mod tests {
             env: vec![("GREETING".into(), "hi".into())],
             workdir: "/".into(),
             network: Network::None,
+            privileged: false,
+            user: String::new(),
         }
     }
 

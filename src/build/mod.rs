@@ -356,7 +356,15 @@ impl<'a> Builder<'a> {
                 .clone()
                 .unwrap_or_else(|| "/".to_string()),
             network: t.network,
+            privileged: t.privileged,
+            user: run_config.user().clone().unwrap_or_default(),
         };
+        if t.privileged && !(t.install.is_empty() && t.run.is_empty()) {
+            tracing::warn!(
+                target = name,
+                "target {name} is privileged: its install and run steps run as full host root, unconfined"
+            );
+        }
 
         actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir)
             .map_err(|e| BuildError::Action(e.into()))?;

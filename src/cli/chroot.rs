@@ -76,6 +76,8 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "/".to_string()),
         network: crate::spec::Network::Host,
         output: Output::Inherit,
+        privileged: false,
+        user: None,
     };
     let status = sandbox::run(&opts);
     let program = opts.argv[0].clone();

@@ -28,6 +28,8 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use super::{caps, confine, seccomp, user};
+
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
 
@@ -47,6 +49,12 @@ pub struct Request {
     pub workdir: String,
     pub isolate_network: bool,
     pub bind_resolv_conf: bool,
+    /// Confine the command as a container runtime does (see `confine`);
+    /// false only for a target marked `privileged`.
+    pub confined: bool,
+    /// Run as this image `User` (see `user`); `None`: root, as genoci's own
+    /// steps (installs) run.
+    pub user: Option<String>,
     /// genoci's PID: if it is gone before the death signal is armed, stop.
     pub parent: i32,
 }
@@ -252,6 +260,9 @@ fn enter_root(request: &Request) {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     );
+    if request.confined {
+        confine::tree_nodev(root).or_fail(|| "confine the tree".into());
+    }
     mount_at(
         Some(Path::new("proc")),
         &root.join("proc"),
@@ -259,7 +270,10 @@ fn enter_root(request: &Request) {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     );
-    populate_dev(&root.join("dev"));
+    if request.confined {
+        confine::restrict_proc(&root.join("proc")).or_fail(|| "restrict /proc".into());
+    }
+    populate_dev(&root.join("dev"), request.confined);
     if request.bind_resolv_conf {
         let target = root.join("etc/resolv.conf");
         mount_at(
@@ -292,12 +306,19 @@ fn enter_root(request: &Request) {
 
 /// A tmpfs with the host's harmless devices, a private devpts and the usual
 /// links: what a container runtime gives, and nothing of the host's disks.
-fn populate_dev(dev: &Path) {
+/// Confined, the tmpfs is `nodev`: a node made there cannot be opened (the
+/// bound devices are mounts of their own and still open).
+fn populate_dev(dev: &Path, confined: bool) {
+    let nodev = if confined {
+        MsFlags::MS_NODEV
+    } else {
+        MsFlags::empty()
+    };
     mount_at(
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
     );
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -385,6 +406,42 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Switch to the image user `spec`, resolved in the tree's passwd and group
+/// files (the tree is `/` by now), and give `HOME` a value if the image did
+/// not; returns the uid.
+fn become_user(spec: &str, env: &mut Vec<(String, String)>) -> u32 {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let user = user::resolve(spec, &read("/etc/passwd"), &read("/etc/group"))
+        .unwrap_or_else(|e| setup_failed(&format!("run as user {spec:?}"), e));
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".into(), user.home.clone()));
+    }
+    if user.uid != 0 {
+        // The output pipes are root's: `echo > /dev/stdout` reopens them.
+        for fd in 0..=2 {
+            // SAFETY: fstat and fchown on descriptors of ours, with a
+            // zeroed stat buffer the kernel fills.
+            unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+                    libc::fchown(fd, user.uid, user.gid);
+                }
+            }
+        }
+    }
+    let groups: Vec<unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|&g| unistd::Gid::from_raw(g))
+        .collect();
+    unistd::setgroups(&groups).or_fail(|| format!("set the groups of user {spec:?}"));
+    let gid = unistd::Gid::from_raw(user.gid);
+    unistd::setresgid(gid, gid, gid).or_fail(|| format!("set the group of user {spec:?}"));
+    let uid = unistd::Uid::from_raw(user.uid);
+    unistd::setresuid(uid, uid, uid).or_fail(|| format!("become user {spec:?}"));
+    user.uid
+}
+
 /// The command's process: default signal handling, exactly the requested
 /// environment, argv[0] looked up in the tree's PATH.
 fn exec_command(request: &Request) -> ! {
@@ -401,8 +458,20 @@ fn exec_command(request: &Request) -> ! {
         let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-
     let mut env = request.env.clone();
+    if request.confined {
+        caps::drop_bounding().or_fail(|| "drop capabilities".into());
+        // Loading the filter without no_new_privs needs CAP_SYS_ADMIN.
+        seccomp::apply().or_fail(|| "load the seccomp filter".into());
+    }
+    let uid = match &request.user {
+        Some(spec) => become_user(spec, &mut env),
+        None => 0,
+    };
+    // A non-root uid lost every capability but the bounding set with setuid.
+    if request.confined && uid == 0 {
+        caps::limit_root().or_fail(|| "limit capabilities".into());
+    }
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }

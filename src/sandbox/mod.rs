@@ -5,13 +5,23 @@
 //! namespace, and the mount points it had to create are removed (see
 //! [`scratch`]).
 //!
+//! Unless a target is `privileged`, the command is confined as a default
+//! docker container is: docker's default capabilities ([`caps`]), `/proc`
+//! partly read-only and masked and the tree `nodev` ([`confine`]), and a
+//! seccomp filter with the effect of docker's default profile ([`seccomp`]).
+//! Run steps run as the image's `User` ([`user`]).
+//!
 //! The work happens in a re-executed helper process (see `helper.rs` for
 //! why); genoci's side prepares the mount points, forwards the output and
 //! cleans up.
 
+pub mod caps;
+pub mod confine;
 mod helper;
 pub mod output;
 pub mod scratch;
+pub mod seccomp;
+pub mod user;
 
 use std::fs;
 use std::io::{self, Read};
@@ -39,6 +49,14 @@ pub struct RunOptions<'a> {
     pub workdir: String,
     pub network: Network,
     pub output: Output,
+    /// Skip the confinement (capabilities, `/proc` and `/dev` limits, seccomp):
+    /// the command runs as full host root in its namespaces.
+    pub privileged: bool,
+    /// The image `User` to run as (`name`, `uid`, `name:group`,
+    /// `uid:gid`; empty: root), resolved in the tree's `/etc/passwd` and
+    /// `/etc/group` with `HOME` from passwd, as docker does for `RUN`.
+    /// `None`: root with the environment as given (genoci's own steps).
+    pub user: Option<String>,
 }
 
 /// Where the command's output goes.
@@ -148,6 +166,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         workdir: opts.workdir.clone(),
         isolate_network: opts.network == Network::None,
         bind_resolv_conf: prepared.bind_resolv_conf,
+        confined: !opts.privileged,
+        user: opts.user.clone(),
         parent: std::process::id() as i32,
     };
     tracing::debug!(root = %root.display(), command = %command, "sandbox run");

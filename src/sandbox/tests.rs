@@ -67,6 +67,8 @@ fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
         workdir: "/".into(),
         network: Network::Host,
         output: Output::Prefixed("test".into()),
+        privileged: false,
+        user: None,
     }
 }
 
@@ -295,4 +297,146 @@ fn inherit_mode_runs_on_genoci_s_own_streams() {
     o.output = Output::Inherit;
     assert!(run(&o).unwrap().success());
     assert!(tree.join("done").exists());
+}
+
+#[test]
+fn confined_runs_keep_docker_s_capabilities_and_privileged_ones_all() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let bounding = |privileged: bool| {
+        let mut o = opts(&tree, "grep ^CapBnd /proc/self/status > /bnd");
+        o.privileged = privileged;
+        assert!(run(&o).unwrap().success());
+        let line = fs::read_to_string(tree.join("bnd")).unwrap();
+        u64::from_str_radix(line.trim_start_matches("CapBnd:").trim(), 16).unwrap()
+    };
+    assert_eq!(bounding(false), caps::default_mask());
+    assert_ne!(bounding(true), caps::default_mask());
+}
+
+/// Set in the test binary re-run as [`seccomp_probe_entry`].
+const SECCOMP_PROBE_VAR: &str = "GENOCI_TEST_SECCOMP_PROBE";
+
+/// Under the filter, make harmless calls whose errno tells the filter's
+/// answer from the kernel's (invalid arguments, missing paths), and print
+/// `name errno` lines.
+#[test]
+fn seccomp_probe_entry() {
+    if std::env::var(SECCOMP_PROBE_VAR).is_err() {
+        return;
+    }
+    seccomp::apply().unwrap();
+    let errno = |ret: libc::c_long| {
+        if ret < 0 {
+            io::Error::last_os_error().raw_os_error().unwrap()
+        } else {
+            0
+        }
+    };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let target = c"/proc/self/genoci-no-such-dir";
+    // SAFETY: each call gets valid pointers or NULL where the kernel checks
+    // arguments before using them; none has a lasting effect.
+    let probes: Vec<(&str, i32)> = unsafe {
+        vec![
+            ("getpid", errno(libc::syscall(libc::SYS_getpid))),
+            (
+                "clock_settime",
+                errno(libc::syscall(
+                    libc::SYS_clock_settime,
+                    libc::CLOCK_MONOTONIC,
+                    &ts,
+                )),
+            ),
+            (
+                "unshare",
+                errno(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)),
+            ),
+            (
+                "mount",
+                errno(libc::syscall(
+                    libc::SYS_mount,
+                    c"none".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    0,
+                )),
+            ),
+            (
+                "init_module",
+                errno(libc::syscall(libc::SYS_init_module, 0, 0, c"".as_ptr())),
+            ),
+            ("reboot", errno(libc::syscall(libc::SYS_reboot, 0, 0, 0, 0))),
+            ("bpf", errno(libc::syscall(libc::SYS_bpf, 9999, 0, 0))),
+            (
+                "keyctl",
+                errno(libc::syscall(libc::SYS_keyctl, 0, -3i32, 0)),
+            ),
+            ("clone3", errno(libc::syscall(libc::SYS_clone3, 0, 0))),
+            (
+                "personality",
+                errno(libc::syscall(libc::SYS_personality, 0x0040000)),
+            ),
+            (
+                "personality_query",
+                errno(libc::syscall(libc::SYS_personality, 0xffff_ffffu32)),
+            ),
+            (
+                "socket_vsock",
+                errno(libc::syscall(libc::SYS_socket, 40, libc::SOCK_STREAM, 0)),
+            ),
+        ]
+    };
+    for (name, e) in probes {
+        println!("{name} {e}");
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn the_seccomp_filter_refuses_what_docker_refuses() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: loading a filter without no_new_privs needs root");
+        return;
+    }
+    let out = std::process::Command::new("/proc/self/exe")
+        .args([
+            "sandbox::tests::seccomp_probe_entry",
+            "--exact",
+            "--nocapture",
+            "--quiet",
+            "--test-threads=1",
+        ])
+        .env(SECCOMP_PROBE_VAR, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<(String, i32)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(n, e)| Some((n.to_string(), e.parse().ok()?)))
+        .collect();
+    let want: Vec<(String, i32)> = [
+        ("getpid", 0),
+        ("clock_settime", libc::EPERM),
+        ("unshare", libc::EPERM),
+        ("mount", libc::EPERM),
+        ("init_module", libc::EPERM),
+        ("reboot", libc::EPERM),
+        ("bpf", libc::EPERM),
+        ("keyctl", libc::EPERM),
+        ("clone3", libc::ENOSYS),
+        ("personality", libc::EPERM),
+        ("personality_query", 0),
+        ("socket_vsock", libc::EPERM),
+    ]
+    .iter()
+    .map(|(n, e)| (n.to_string(), *e))
+    .collect();
+    assert_eq!(got, want, "{text}{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -114,6 +114,9 @@ pub struct Target {
     pub run: Vec<RunItem>,
     pub post: Vec<String>,
     pub network: Network,
+    /// Run steps and installs run unconfined (full root in the sandbox's
+    /// namespaces); the build warns.
+    pub privileged: bool,
     pub config: ConfigKeys,
     /// What the target does, in short, for its history entry: the actions
     /// with their items as written (so the same spec in another folder

@@ -337,6 +337,7 @@ impl<'a> Checker<'a> {
             post: raw.post.clone(),
             network: raw.network,
             summary: summary(raw, &config),
+            privileged: raw.privileged,
             config,
             stanza,
         })

@@ -81,6 +81,9 @@ pub struct RawTarget {
     pub network: Network,
     #[serde(default)]
     pub author: Option<String>,
+    /// Run steps and installs without the sandbox's confinement.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl RawTarget {
@@ -574,6 +577,8 @@ author: A. U. Thor <a@example.org>
             }
         );
         assert_eq!(t.network, Network::Host);
+        assert!(!t.privileged);
+        assert!(target("privileged: true").unwrap().privileged);
     }
 
     #[rstest]
@@ -610,6 +615,7 @@ author: A. U. Thor <a@example.org>
     #[case::env_item("env: [NOVALUE]", "env", "is not NAME=value")]
     #[case::env_name("env: {'': x}", "env", "invalid variable name")]
     #[case::network("network: bridge", "network", "invalid network")]
+    #[case::privileged("privileged: yes please", "privileged", "expected a boolean")]
     #[case::quote("cmd: echo 'x", "cmd", "unterminated ' quote")]
     #[case::run_map("run: {a: b}", "run", "a string or a list of strings")]
     #[case::label_list("labels: {a: [1]}", "labels", "a string, number or boolean")]

@@ -8,6 +8,7 @@ mod cachekey;
 mod checkouts;
 mod compression;
 mod config;
+mod confine;
 mod core;
 mod distro;
 mod example;

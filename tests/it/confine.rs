@@ -1,0 +1,528 @@
+//! A `run` step is confined as a docker container is: it cannot reach the
+//! host kernel or the host network, yet legitimate steps still work.
+//!
+//! Every escape probe is harmless should it unexpectedly succeed: sysctls
+//! get their current value written back, a route added is deleted at once,
+//! the block device is a loop device on a temp file, the "module" is junk
+//! the kernel would refuse to load anyway.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::{require_root, run_ok, stderr, Env};
+
+/// Shell functions the probes share. `refused WANT CMD...` runs CMD and
+/// insists it fails with an error mentioning WANT (so a probe that fails
+/// for an unrelated reason does not count as confinement).
+const PRELUDE: &str = r#"
+refused() {
+  want="$1"; shift
+  if "$@" 2>/tmp/err; then echo "NOT REFUSED: $*"; exit 1; fi
+  grep -q "$want" /tmp/err || { echo "refused otherwise: $*: $(cat /tmp/err)"; exit 1; }
+  echo "refused: $*"
+}
+"#;
+
+/// A spec: the busybox base and a child `probe` running `script` (with
+/// `extra` keys, e.g. `privileged: true`).
+fn spec(env: &Env, script: &str, extra: &str) {
+    env.busybox("bb.tar.gz");
+    let script = format!("{PRELUDE}{script}");
+    let indented: String = script.lines().map(|l| format!("    {l}\n")).collect();
+    env.write(
+        "spec.yaml",
+        &format!(
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nprobe:\n  base: base\n{extra}  run: |\n{indented}"
+        ),
+    );
+}
+
+fn build(env: &Env, script: &str, extra: &str) -> Output {
+    spec(env, script, extra);
+    env.genoci(&["build", "spec.yaml"])
+}
+
+fn build_ok(env: &Env, script: &str) {
+    let out = build(env, script, "");
+    assert!(out.status.success(), "probe failed:\n{}", output(&out));
+}
+
+fn output(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+/// `CapXxx` lines of /proc/self/status as (name, mask).
+fn caps_of(status: &str) -> Vec<(String, u64)> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(":\t"))
+        .filter(|(k, _)| k.starts_with("Cap"))
+        .map(|(k, v)| (k.to_string(), u64::from_str_radix(v.trim(), 16).unwrap()))
+        .collect()
+}
+
+/// docker's default capability set (`docker run alpine grep Cap /proc/self/status`).
+const DOCKER_CAPS: u64 = 0xa804_25fb;
+
+fn assert_docker_caps(status: &str) {
+    let caps = caps_of(status);
+    let want: Vec<(String, u64)> = [
+        ("CapInh", 0),
+        ("CapPrm", DOCKER_CAPS),
+        ("CapEff", DOCKER_CAPS),
+        ("CapBnd", DOCKER_CAPS),
+        ("CapAmb", 0),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    assert_eq!(caps, want, "{status}");
+}
+
+// ---- capabilities ----
+
+#[test]
+fn run_steps_have_docker_s_capabilities_in_every_set() {
+    require_root!();
+    let env = Env::new();
+    build_ok(&env, "grep ^Cap /proc/self/status > /caps");
+    let root = env.unpack("probe");
+    assert_docker_caps(&fs::read_to_string(root.join("caps")).unwrap());
+}
+
+#[test]
+fn chroot_has_docker_s_capabilities_in_every_set() {
+    require_root!();
+    let env = Env::new();
+    build_ok(&env, "true");
+    let out = env.ok(&["chroot", "probe", "/bin/grep", "^Cap", "/proc/self/status"]);
+    assert_docker_caps(&out);
+}
+
+#[test]
+fn a_step_cannot_mount() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"mkdir -p /mnt
+refused "denied" mount -t tmpfs none /mnt
+refused "denied" mount -o remount,rw /
+rm /tmp/err
+"#,
+    );
+}
+
+#[test]
+fn a_step_cannot_change_the_host_s_routes() {
+    require_root!();
+    let env = Env::new();
+    // 192.0.2.0/24 is TEST-NET-1: no host uses it; deleted at once if added.
+    build_ok(
+        &env,
+        r#"if ip route add 192.0.2.0/24 dev lo 2>/tmp/err; then
+  ip route del 192.0.2.0/24 dev lo
+  echo "NOT REFUSED: route add"; exit 1
+fi
+grep -q "not permitted" /tmp/err
+rm /tmp/err
+"#,
+    );
+}
+
+// ---- /proc and /dev ----
+
+#[test]
+fn global_sysctls_and_core_pattern_are_read_only() {
+    require_root!();
+    let env = Env::new();
+    // The current value written back: a no-op should the write go through.
+    build_ok(
+        &env,
+        r#"for f in vm/swappiness kernel/core_pattern; do
+  v=$(cat /proc/sys/$f)
+  refused "Read-only file system" sh -c "echo '$v' > /proc/sys/$f"
+done
+for p in sys sysrq-trigger irq bus fs; do
+  test -e /proc/$p || continue
+  grep -q " /proc/$p ro," /proc/self/mountinfo || { echo "/proc/$p writable"; exit 1; }
+done
+rm /tmp/err
+"#,
+    );
+}
+
+#[test]
+fn docker_s_masked_proc_files_read_empty() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"for f in kcore keys timer_list interrupts sched_debug latency_stats timer_stats; do
+  test -e /proc/$f || continue
+  n=$(head -c 64 /proc/$f | wc -c)
+  test "$n" = 0 || { echo "/proc/$f readable"; exit 1; }
+done
+for d in acpi scsi asound; do
+  test -d /proc/$d || continue
+  test -z "$(ls -A /proc/$d)" || { echo "/proc/$d listed"; exit 1; }
+done
+"#,
+    );
+}
+
+/// A loop device attached to a temp file holding a marker; detached on drop.
+struct Loop(PathBuf);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let dev = run_ok(Command::new("losetup").args(["--find", "--show"]).arg(file));
+        Loop(PathBuf::from(dev.trim()))
+    }
+
+    /// (major, minor)
+    fn numbers(&self) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = fs::metadata(&self.0).unwrap().rdev();
+        (libc::major(rdev) as u64, libc::minor(rdev) as u64)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn device_nodes_land_in_the_layer_but_do_not_open() {
+    require_root!();
+    let env = Env::new();
+    let backing = env.path().join("disk.img");
+    let mut data = b"MARKER-0123".to_vec();
+    data.resize(1 << 20, 0);
+    fs::write(&backing, data).unwrap();
+    let lo = Loop::attach(&backing);
+    let (major, minor) = lo.numbers();
+    build_ok(
+        &env,
+        &format!(
+            r#"mknod /blk b {major} {minor}
+mknod /dev/blk b {major} {minor}
+mknod /chr c 1 3
+refused "denied" head -c 6 /blk
+refused "denied" head -c 6 /dev/blk
+refused "denied" sh -c 'echo x > /chr'
+echo x > /dev/null
+rm /tmp/err
+"#
+        ),
+    );
+    drop(lo);
+    let root = env.unpack("probe");
+    let blk = fs::symlink_metadata(root.join("blk")).unwrap();
+    assert!(blk.file_type().is_block_device());
+    assert!(fs::symlink_metadata(root.join("chr"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(!root.join("dev/blk").exists(), "/dev is the sandbox's own");
+}
+
+// ---- seccomp ----
+
+#[test]
+fn a_step_cannot_load_a_module_or_make_namespaces() {
+    require_root!();
+    let env = Env::new();
+    // Junk the kernel would refuse to load in any case; the filter answers
+    // EPERM before the kernel looks (a kernel without modules says ENOSYS).
+    build_ok(
+        &env,
+        r#"head -c 4096 /dev/urandom > /tmp/junk.ko
+refused "not permitted" insmod /tmp/junk.ko
+refused "not permitted" unshare -U true
+refused "not permitted" unshare -n true
+rm /tmp/junk.ko /tmp/err
+"#,
+    );
+}
+
+// ---- legitimate steps ----
+
+#[test]
+fn chown_mknod_and_ping_still_work() {
+    require_root!();
+    let env = Env::new();
+    build_ok(
+        &env,
+        r#"echo x > /owned
+chown 1000:1000 /owned
+mknod /null c 1 3
+ping -c 1 -W 5 127.0.0.1
+"#,
+    );
+    let root = env.unpack("probe");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(root.join("owned")).unwrap().uid(), 1000);
+}
+
+/// `setcap cap_net_raw+ep`, as perl can say it with no libcap: a
+/// `security.capability` v2 value.
+const SETCAP: &str = r#"perl -e '$v = pack("V5", 0x02000001, 1 << 13, 0, 0, 0); ($p, $n) = ("/usr/bin/capped", "security.capability"); syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'"#;
+
+#[test]
+fn useradd_and_file_capabilities_work_on_debian() {
+    require_root!();
+    let env = Env::new();
+    fs::copy(
+        crate::util::fixture("debian"),
+        env.path().join("debian.tar.gz"),
+    )
+    .unwrap();
+    env.write(
+        "spec.yaml",
+        &format!(
+            r#"debian:
+  base: empty
+  expand: ./debian.tar.gz
+users:
+  base: debian
+  run:
+    - useradd -m -u 1234 app && chown -R app:app /home/app
+    - |
+      cp /bin/true /usr/bin/capped
+      {SETCAP}
+"#
+        ),
+    );
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("users");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("app:x:1234:"), "{passwd}");
+    let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
+    assert_eq!(cap.get(..8), Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]));
+}
+
+fn xattr(path: &Path, name: &str) -> Vec<u8> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "{}", std::io::Error::last_os_error());
+    buf.truncate(n as usize);
+    buf
+}
+
+// ---- privileged ----
+
+#[test]
+fn privileged_restores_full_root_and_warns() {
+    require_root!();
+    let env = Env::new();
+    // What confinement refuses goes through again: full capabilities and a
+    // writable /proc/sys (the current value written back).
+    let out = build(
+        &env,
+        r#"grep ^CapBnd /proc/self/status > /caps
+v=$(cat /proc/sys/vm/swappiness)
+echo "$v" > /proc/sys/vm/swappiness
+"#,
+        "  privileged: true\n",
+    );
+    assert!(out.status.success(), "{}", output(&out));
+    assert!(
+        stderr(&out).contains("target probe is privileged"),
+        "{}",
+        stderr(&out)
+    );
+    let root = env.unpack("probe");
+    let caps = caps_of(&fs::read_to_string(root.join("caps")).unwrap());
+    assert_ne!(caps[0].1, DOCKER_CAPS);
+}
+
+#[test]
+fn confinement_does_not_change_the_layer() {
+    require_root!();
+    let env = Env::new();
+    env.busybox("bb.tar.gz");
+    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && ln -s f /srv/a/l\n";
+    env.write(
+        "spec.yaml",
+        &format!(
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}"
+        ),
+    );
+    let out = env
+        .cmd(&["build", "spec.yaml"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output(&out));
+    let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
+    assert_eq!(layers("confined"), layers("free"));
+}
+
+// ---- the image's user ----
+
+/// A base with an `app` user (uid 1000, also in `wheel`) as its `User`,
+/// the given `user` value, an `Env`, and room for busybox's dpkg.
+fn user_spec(env: &Env, user: &str, child: &str) {
+    env.busybox("bb.tar.gz");
+    env.write(
+        "spec.yaml",
+        &format!(
+            r#"base:
+  base: empty
+  expand: ./bb.tar.gz
+  run: |
+    chmod 755 /
+    echo 'app:x:1000:1000:App:/home/app:/bin/sh' >> /etc/passwd
+    printf 'app:x:1000:\nwheel:x:10:app\n' >> /etc/group
+    mkdir -p /home/app /var/lib/dpkg/info && chown app:app /home/app
+    touch /var/lib/dpkg/status
+  user: "{user}"
+  env: {{GREETING: hello}}
+child:
+  base: base
+{child}"#
+        ),
+    );
+}
+
+const WHO: &str = r#"  run: |
+    id -u > /tmp/uid
+    id -G > /tmp/groups
+    echo "$HOME $GREETING" > /tmp/home
+    grep ^Cap /proc/self/status > /tmp/caps
+"#;
+
+fn read(root: &Path, file: &str) -> String {
+    fs::read_to_string(root.join(file)).unwrap()
+}
+
+#[test]
+fn run_steps_run_as_the_image_user_by_name() {
+    require_root!();
+    let env = Env::new();
+    user_spec(&env, "app", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
+    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
+    let caps = caps_of(&read(&root, "tmp/caps"));
+    // As docker: a non-root user keeps the bounding set only.
+    assert_eq!(caps[1], ("CapPrm".to_string(), 0));
+    assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS));
+}
+
+#[test]
+fn a_uid_listed_in_passwd_runs_as_that_user() {
+    require_root!();
+    let env = Env::new();
+    // docker: `USER 1000`, then `RUN id -u` prints 1000, with the passwd
+    // entry's groups and home.
+    user_spec(&env, "1000", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
+    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
+}
+
+#[test]
+fn a_numeric_user_needs_no_passwd_entry() {
+    require_root!();
+    let env = Env::new();
+    // docker: `USER 4321:99` runs as 4321, group 99, HOME=/.
+    user_spec(&env, "4321:99", WHO);
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "tmp/uid"), "4321\n");
+    assert_eq!(read(&root, "tmp/groups"), "99\n");
+    assert_eq!(read(&root, "tmp/home"), "/ hello\n");
+}
+
+#[test]
+fn an_unknown_user_name_fails_the_step_naming_it() {
+    require_root!();
+    let env = Env::new();
+    user_spec(&env, "nobody-here", WHO);
+    let out = env.genoci(&["build", "spec.yaml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("target child: run step 1")
+            && err.contains("\"nobody-here\" is not in the image's /etc/passwd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_steps_see_the_user_podman_runs_the_image_as() {
+    require_root!();
+    crate::util::require_tool!("podman");
+    crate::util::require_tool!("runc");
+    let env = Env::new();
+    let report = "id -u; id -G; echo $HOME";
+    let mut children = String::new();
+    let cases = ["app", "1000", "4321:99", "app:wheel", "root"];
+    for (i, user) in cases.iter().enumerate() {
+        children.push_str(&format!(
+            "u{i}:\n  base: base\n  user: \"{user}\"\n  cmd: [\"/bin/sh\", \"-c\", \"{report}\"]\nc{i}:\n  base: u{i}\n  run: ({report}) > /tmp/who\n"
+        ));
+    }
+    user_spec(&env, "", "  run: \"true\"\n");
+    let spec = fs::read_to_string(env.path().join("spec.yaml")).unwrap();
+    env.write("spec.yaml", &format!("{spec}{children}"));
+    env.ok(&["build", "spec.yaml"]);
+    let podman = crate::interop::Podman::new();
+    for (i, user) in cases.iter().enumerate() {
+        let tag = format!("c{i}");
+        let seen = read(&env.unpack(&tag), "tmp/who");
+        assert_eq!(seen, podman.run(&env.layout(), &tag), "user {user}");
+    }
+}
+
+#[test]
+fn install_stays_root_under_an_image_user() {
+    require_root!();
+    crate::util::require_tool!("dpkg-deb");
+    let env = Env::new();
+    let pkg = env.path().join("pkg");
+    fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    fs::create_dir_all(pkg.join("usr/share/hello")).unwrap();
+    fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: hello-genoci\nVersion: 1.0\nArchitecture: all\n\
+         Maintainer: Test <test@example.org>\nDescription: test package\n",
+    )
+    .unwrap();
+    fs::write(pkg.join("usr/share/hello/hi.txt"), "hi\n").unwrap();
+    run_ok(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&pkg)
+            .arg(env.path().join("hello.deb")),
+    );
+    user_spec(&env, "app", &format!("  install: ./hello.deb\n{WHO}"));
+    env.ok(&["build", "spec.yaml"]);
+    let root = env.unpack("child");
+    assert_eq!(read(&root, "usr/share/hello/hi.txt"), "hi\n");
+    assert_eq!(read(&root, "tmp/uid"), "1000\n");
+}
