@@ -197,8 +197,43 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error: usage errors and interruptions have their own.
+/// A command genoci ran for the user (`chroot TAG CMD`) did not succeed:
+/// genoci exits as it did, with its code or 128+N for signal N, as a shell
+/// reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` {}", crate::sandbox::describe_status(*.status))]
+pub struct CommandStatus {
+    pub command: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl CommandStatus {
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => exit::FAILED,
+        }
+    }
+}
+
+/// The message genoci prints for `err`, if any: a command that exited with
+/// a code has said what went wrong itself (as `docker run` or `chroot` are
+/// silent then); a signal is worth saying.
+pub fn error_message(err: &anyhow::Error) -> Option<String> {
+    match err.downcast_ref::<CommandStatus>() {
+        Some(done) if done.status.code().is_some() => None,
+        _ => Some(format!("{err:#}")),
+    }
+}
+
+/// The exit code for an error: a command's own status, usage errors and
+/// interruptions have their own.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(done) = err.downcast_ref::<CommandStatus>() {
+        return done.code();
+    }
     if crate::signals::interrupted() {
         return exit::INTERRUPTED;
     }
@@ -206,6 +241,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::spec::SpecError>()
             || cause.is::<crate::config::ConfigError>()
             || cause.is::<UsageError>()
+            || cause
+                .downcast_ref::<crate::layout::LayoutError>()
+                .is_some_and(|e| matches!(e, crate::layout::LayoutError::NoTag(_)))
         {
             return exit::USAGE;
         }
