@@ -312,6 +312,28 @@ pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::Sna
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_commands_status_is_genocis_exit_code() {
+        use std::os::unix::process::ExitStatusExt;
+        let done = |raw| {
+            anyhow::Error::from(CommandStatus {
+                command: "sh".into(),
+                status: std::process::ExitStatus::from_raw(raw),
+            })
+            .context("chroot")
+        };
+        // Wait statuses: exit code 7, killed by SIGKILL.
+        assert_eq!(exit_code(&done(7 << 8)), 7);
+        assert_eq!(error_message(&done(7 << 8)), None);
+        assert_eq!(exit_code(&done(9)), 137);
+        assert_eq!(
+            error_message(&done(9)).unwrap(),
+            "chroot: `sh` killed by signal 9 (SIGKILL)"
+        );
+        let missing = anyhow::Error::from(crate::layout::LayoutError::NoTag("web".into()));
+        assert_eq!(exit_code(&missing), exit::USAGE);
+    }
+
     fn inserted(line: &str) -> String {
         let args = line.split(' ').map(Into::into).collect();
         with_build_inserted(args)

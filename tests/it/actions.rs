@@ -260,7 +260,10 @@ fn errors_name_the_real_cause() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
     let message = err.split("genoci: error: ").nth(1).unwrap_or_default();
-    assert!(message.contains("target slow: not built, interrupted"), "{err}");
+    assert!(
+        message.contains("target slow: not built, interrupted"),
+        "{err}"
+    );
     assert_eq!(message.matches("interrupted").count(), 1, "{err}");
 }
 
