@@ -220,10 +220,15 @@ impl CommandStatus {
 
 /// The message genoci prints for `err`, if any: a command that exited with
 /// a code has said what went wrong itself (as `docker run` or `chroot` are
-/// silent then); a signal is worth saying.
+/// silent then); a signal is worth saying, except those a shell does not
+/// report either (Ctrl-C, a closed pipe).
 pub fn error_message(err: &anyhow::Error) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let silent = |status: std::process::ExitStatus| {
+        status.code().is_some() || matches!(status.signal(), Some(libc::SIGINT | libc::SIGPIPE))
+    };
     match err.downcast_ref::<CommandStatus>() {
-        Some(done) if done.status.code().is_some() => None,
+        Some(done) if silent(done.status) => None,
         _ => Some(format!("{err:#}")),
     }
 }
@@ -326,6 +331,8 @@ mod tests {
         assert_eq!(exit_code(&done(7 << 8)), 7);
         assert_eq!(error_message(&done(7 << 8)), None);
         assert_eq!(exit_code(&done(9)), 137);
+        assert_eq!(exit_code(&done(2)), 130);
+        assert_eq!(error_message(&done(2)), None);
         assert_eq!(
             error_message(&done(9)).unwrap(),
             "chroot: `sh` killed by signal 9 (SIGKILL)"
