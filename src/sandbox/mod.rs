@@ -261,8 +261,9 @@ impl Prepared {
     /// for the run (what the command writes there goes to the copy). The
     /// tree's own file is kept as a mount point; a symlink (often dangling
     /// in images: `../run/systemd/resolve/...`) is renamed aside for the run
-    /// rather than followed, since it may point out of the tree. Whether it
-    /// is bound: not without an `etc` directory.
+    /// rather than followed, since it may point out of the tree. Says
+    /// whether it is bound: not when the tree has no `etc` directory, nor
+    /// over a directory or device.
     fn bind_etc_file(
         &mut self,
         root: &Path,
@@ -274,33 +275,31 @@ impl Prepared {
             return Ok(false);
         }
         let path = etc.join(name);
-        let stat = fs::symlink_metadata(&path);
-        if stat.as_ref().is_ok_and(|m| !m.is_file() && !m.is_symlink()) {
-            return Ok(false);
-        }
-        if let Err(e) = &stat {
-            if e.kind() != io::ErrorKind::NotFound {
+        // A file there is the mount point (the bind covers it); a symlink
+        // is renamed aside for a new one; with nothing there one is made.
+        let (move_aside, add) = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => (false, false),
+            Ok(meta) if meta.is_symlink() => (true, true),
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (false, true),
+            Err(source) => {
                 return Err(ScratchError {
                     action: "stat",
                     path,
-                    source: io::Error::new(e.kind(), e.to_string()),
-                });
+                    source,
+                })
             }
-        }
+        };
         let host = self.host_copy(name, content)?;
         if self.etc.is_none() {
             self.etc = Some(Scratch::new(&etc)?);
         }
         let scratch = self.etc.as_mut().expect("set above");
-        match stat {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => {
-                scratch.move_aside(name)?;
-                scratch.add_file(name, 0o644)?;
-            }
-            Err(_) => {
-                scratch.add_file(name, 0o644)?;
-            }
+        if move_aside {
+            scratch.move_aside(name)?;
+        }
+        if add {
+            scratch.add_file(name, 0o644)?;
         }
         self.binds.push(EtcBind {
             host,
