@@ -151,13 +151,30 @@ fn end_group(group: Pid) {
     }
     let start = Instant::now();
     while start.elapsed() < GRACE {
-        // Signal 0 only asks whether any member is left.
-        if killpg(group, None).is_err() {
+        if !has_live_member(group) {
             return;
         }
         std::thread::sleep(POLL);
     }
     let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Whether a process of `group` is still running. Not `kill(-group, 0)`:
+/// the group's orphans are reaped by whatever init the host has, and until
+/// then their zombies count as members.
+fn has_live_member(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let group = group.as_raw().to_string();
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the command name in parentheses: state, ppid, pgrp.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| {
+            rest.split_whitespace().take(3).collect()
+        });
+        matches!(fields[..], [state, _, pgrp] if state != "Z" && pgrp == group)
+    })
 }
 
 /// Wait for the hook's output to be forwarded. A process that left the
@@ -295,6 +312,25 @@ mod tests {
             .unwrap();
         // Gone, or a zombie waiting for its reaper.
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
+    }
+
+    #[test]
+    fn what_a_hook_left_ignoring_sigterm_is_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        run_hooks(
+            "post",
+            &commands(&["trap '' TERM; sleep 300 & echo $! > \"$GENOCI_ROOTFS/pid\""]),
+            tmp.path(),
+            "web",
+            tmp.path(),
+        )
+        .unwrap();
+        let took = start.elapsed();
+        assert!(took >= GRACE && took < GRACE * 3, "{took:?}");
+        let pid = fs::read_to_string(tmp.path().join("pid")).unwrap();
+        let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
         assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
     }
 
