@@ -127,6 +127,10 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Bad usage, spec or config: nothing was done.
     pub const USAGE: i32 = 2;
+    /// `chroot`: the command could not be executed.
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// `chroot`: the command does not exist in the image.
+    pub const NOT_FOUND: i32 = 127;
     /// Interrupted by Ctrl-C or SIGTERM: nothing half-done is left.
     pub const INTERRUPTED: i32 = 130;
 }
@@ -238,6 +242,13 @@ pub fn error_message(err: &anyhow::Error) -> Option<String> {
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if let Some(done) = err.downcast_ref::<CommandStatus>() {
         return done.code();
+    }
+    // A command genoci was to run for the user that could not start: the
+    // codes a shell (and `docker run`) give.
+    match err.downcast_ref::<crate::sandbox::SandboxError>() {
+        Some(crate::sandbox::SandboxError::NotFound { .. }) => return exit::NOT_FOUND,
+        Some(crate::sandbox::SandboxError::Exec { .. }) => return exit::CANNOT_EXECUTE,
+        _ => {}
     }
     if crate::signals::interrupted() {
         return exit::INTERRUPTED;

@@ -180,6 +180,9 @@ fn chroot_exits_as_its_command_did() {
     assert_eq!(exit, Some(128 + 9));
     assert!(err.contains("killed by signal 9 (SIGKILL)"), "{err}");
     assert!(!err.contains("exited with"), "{err}");
+    let (exit, err) = code(&["chroot", "bb", "nosuchcommand"]);
+    assert_eq!(exit, Some(127));
+    assert!(err.contains("nosuchcommand does not exist"), "{err}");
     let (exit, err) = code(&["chroot", "nosuchtag", "true"]);
     assert_eq!(exit, Some(2));
     assert!(err.contains("nosuchtag"), "{err}");
