@@ -184,8 +184,10 @@ fn console_for(output: &Output) -> Option<PathBuf> {
 struct Prepared {
     root: Scratch,
     etc: Option<Scratch>,
-    /// Host files bound over the tree's `/etc` files, as docker does.
-    etc_files: Option<tempfile::TempDir>,
+    /// What genoci added to the tree's `/tmp` (see `host_copy`).
+    tmp: Option<Scratch>,
+    /// Where the files bound over the tree's `/etc` files are kept.
+    files: Option<PathBuf>,
     binds: Vec<EtcBind>,
     /// The host's `/etc/resolv.conf` as given to the command, to tell
     /// whether the command wrote its own.
@@ -207,7 +209,8 @@ impl Prepared {
         let mut prepared = Prepared {
             root: Scratch::new(root)?,
             etc: None,
-            etc_files: None,
+            tmp: None,
+            files: None,
             binds: Vec::new(),
             resolv_conf: None,
         };
@@ -290,7 +293,7 @@ impl Prepared {
                 })
             }
         };
-        let host = self.host_copy(name, content)?;
+        let host = self.host_copy(root, name, content)?;
         if self.etc.is_none() {
             self.etc = Some(Scratch::new(&etc)?);
         }
@@ -308,30 +311,35 @@ impl Prepared {
         Ok(true)
     }
 
-    /// `content` in a host file of genoci's own for this run.
-    fn host_copy(&mut self, name: &str, content: &[u8]) -> Result<PathBuf, ScratchError> {
-        let failed = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ScratchError {
-                action: "create",
-                path,
-                source,
+    /// `content` in a file of genoci's own for this run, bound from outside
+    /// the sandbox. It lives in the tree's scratch place rather than the
+    /// host's `/tmp`: taken away after the run like every scratch entry, and
+    /// if genoci is killed, it goes with the stale work tree.
+    fn host_copy(
+        &mut self,
+        root: &Path,
+        name: &str,
+        content: &[u8],
+    ) -> Result<PathBuf, ScratchError> {
+        let dir = match &self.files {
+            Some(dir) => dir.clone(),
+            None => {
+                let place = scratch::scratch_dir(root);
+                let scratch = if place == root {
+                    &mut self.root
+                } else {
+                    self.tmp.insert(Scratch::new(&place)?)
+                };
+                let dir = scratch.add_tree(&scratch::unique_name("etc"))?;
+                self.files.insert(dir).clone()
             }
         };
-        if self.etc_files.is_none() {
-            let dir = tempfile::Builder::new()
-                .prefix("genoci-etc-")
-                .tempdir()
-                .map_err(failed(&std::env::temp_dir()))?;
-            self.etc_files = Some(dir);
-        }
-        let path = self
-            .etc_files
-            .as_ref()
-            .expect("set above")
-            .path()
-            .join(name);
-        fs::write(&path, content).map_err(failed(&path))?;
+        let path = dir.join(name);
+        fs::write(&path, content).map_err(|source| ScratchError {
+            action: "write",
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 
@@ -349,8 +357,9 @@ impl Prepared {
     fn remove(self, root: &Path) -> Result<(), ScratchError> {
         let written = self.written_resolv_conf();
         let etc = self.etc.map_or(Ok(()), Scratch::remove);
+        let tmp = self.tmp.map_or(Ok(()), Scratch::remove);
         let root_result = self.root.remove();
-        etc.and(root_result)?;
+        etc.and(tmp).and(root_result)?;
         match written {
             Some(content) => replace_file(&root.join("etc/resolv.conf"), &content),
             None => Ok(()),

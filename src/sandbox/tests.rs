@@ -277,6 +277,12 @@ fn hosts_names_localhost_and_the_hostname_and_stays_out_of_the_tree() {
         scratch::mtime_ns(&tree.join("etc")).unwrap(),
         1_000_000_000_000_000
     );
+    // The file bound as /etc/hosts was kept in /tmp for the run only.
+    let names: Vec<_> = fs::read_dir(tree.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hosts"]);
 }
 
 #[test]
