@@ -25,7 +25,9 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(()) => exit::OK,
         Err(err) => {
-            eprintln!("genoci: error: {err:#}");
+            if let Some(message) = cli::error_message(&err) {
+                eprintln!("genoci: error: {message}");
+            }
             cli::exit_code(&err)
         }
     };

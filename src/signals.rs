@@ -27,6 +27,27 @@ pub fn install() {
     }
 }
 
+/// Run `f` with Ctrl-C and Ctrl-\ left to a command that has the terminal
+/// (as `system(3)` does): they are the command's to handle, not a request
+/// to stop genoci. SIGTERM still is one.
+pub fn while_foreground<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    let mut saved = Vec::new();
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        if let Ok(old) = unsafe { sigaction(sig, &ignore) } {
+            saved.push((sig, old));
+        }
+    }
+    let result = f();
+    for (sig, old) in saved {
+        // SAFETY: puts back the action that was installed before.
+        let _ = unsafe { sigaction(sig, &old) };
+    }
+    result
+}
+
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

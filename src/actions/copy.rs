@@ -39,7 +39,7 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
     // Symlinks on the way to DEST are followed inside the tree, never out of it.
     let followed = resolve_in(tree, dest, true)?;
     if src.is_dir() {
-        merge_dir(&src, &followed)
+        merge_dir(tree, &src, &followed)
     } else {
         let target = if item.dest.ends_with('/') || followed.is_dir() {
             let name = item
@@ -58,8 +58,10 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
 }
 
 /// Copy the entries of `src` into the directory `dest`, merging with
-/// directories already there and replacing anything else.
-fn merge_dir(src: &Path, dest: &Path) -> io::Result<()> {
+/// directories already there and replacing anything else. As docker's COPY,
+/// a directory merges through a symlink to a directory (an image's
+/// `/bin -> usr/bin`), resolved inside `tree`.
+fn merge_dir(tree: &Path, src: &Path, dest: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -73,15 +75,29 @@ fn merge_dir(src: &Path, dest: &Path) -> io::Result<()> {
     for entry in entries {
         let from = entry.path();
         let to = dest.join(entry.file_name());
-        let both_dirs =
-            entry.file_type()?.is_dir() && fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
-        if both_dirs {
-            merge_dir(&from, &to)?;
-        } else {
-            replace_with_copy(&from, &to)?;
+        match entry.file_type()?.is_dir().then(|| dir_at(tree, &to)) {
+            Some(Some(dir)) => merge_dir(tree, &from, &dir)?,
+            _ => replace_with_copy(&from, &to)?,
         }
     }
     Ok(())
+}
+
+/// The directory `path` is in the tree, itself or through symlinks resolved
+/// inside the tree; `None` when it is not one.
+fn dir_at(tree: &Path, path: &Path) -> Option<PathBuf> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if meta.is_dir() {
+        return Some(path.to_path_buf());
+    }
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    let rel = path.strip_prefix(tree).ok()?;
+    let resolved = resolve_in(tree, rel, true).ok()?;
+    fs::symlink_metadata(&resolved)
+        .is_ok_and(|m| m.is_dir())
+        .then_some(resolved)
 }
 
 fn replace_with_copy(src: &Path, dest: &Path) -> io::Result<()> {
@@ -145,6 +161,35 @@ mod tests {
         let copied = tree.join("etc/alias");
         assert!(fs::symlink_metadata(&copied).unwrap().is_file());
         assert_eq!(fs::read(copied).unwrap(), b"f");
+    }
+
+    #[test]
+    fn a_directory_merges_through_the_images_directory_symlinks() {
+        let (t, tree, host) = setup();
+        fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        fs::write(tree.join("usr/bin/sh"), "sh").unwrap();
+        symlink("usr/bin", tree.join("bin")).unwrap();
+        // Absolute, and out of the tree if it were followed on the host.
+        symlink("/usr/bin", tree.join("sbin")).unwrap();
+        fs::write(tree.join("file"), "not a dir").unwrap();
+        let rootdir = t.path().join("rootdir");
+        for dir in ["bin", "sbin", "file"] {
+            fs::create_dir_all(rootdir.join(dir)).unwrap();
+            fs::write(rootdir.join(dir).join(format!("from-{dir}")), dir).unwrap();
+        }
+        copy(&tree, &item(&rootdir, "/")).unwrap();
+        assert!(fs::symlink_metadata(tree.join("bin")).unwrap().is_symlink());
+        assert!(fs::symlink_metadata(tree.join("sbin"))
+            .unwrap()
+            .is_symlink());
+        let mut names: Vec<_> = fs::read_dir(tree.join("usr/bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["from-bin", "from-sbin", "sh"]);
+        assert_eq!(fs::read(tree.join("file/from-file")).unwrap(), b"file");
+        drop(host);
     }
 
     #[test]

@@ -5,12 +5,23 @@
 //! Hooks run on the host, so a hook may mount something into the tree and
 //! forget it; [`release_mounts_under`] takes such mounts away before the
 //! layer is computed, so host files never land in it.
+//!
+//! A hook is done when its shell exits. It runs in a process group of its
+//! own, and whatever it started there and left running (`daemon &`) is sent
+//! SIGTERM, then SIGKILL: otherwise a background process holding the hook's
+//! output would hold the build until it ended. Ctrl-C or SIGTERM to genoci
+//! ends the whole group the same way.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 use crate::sandbox::{self, output::Prefixer};
 
@@ -22,6 +33,12 @@ pub enum HookError {
         stage: String,
         command: String,
         status: String,
+    },
+    #[error("target {target}: {stage} hook `{command}`: interrupted")]
+    Interrupted {
+        target: String,
+        stage: String,
+        command: String,
     },
     #[error("target {target}: {stage} hook `{command}`: cannot run /bin/sh")]
     Spawn {
@@ -75,21 +92,108 @@ pub fn run_hooks(
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(spawn_error)?;
+        let group = Pid::from_raw(child.id() as i32);
         let prefixer = Prefixer::attach(&mut child, target).map_err(spawn_error)?;
-        let status = child.wait().map_err(spawn_error)?;
-        prefixer.finish().map_err(spawn_error)?;
+        let status = wait_interruptible(&mut child);
+        end_group(group);
+        finish_output(prefixer, target, stage).map_err(spawn_error)?;
+        let describe = || sandbox::describe(std::slice::from_ref(command));
+        let status = match status.map_err(spawn_error)? {
+            Some(status) => status,
+            None => {
+                return Err(HookError::Interrupted {
+                    target: target.to_string(),
+                    stage: stage.to_string(),
+                    command: describe(),
+                })
+            }
+        };
         if !status.success() {
             return Err(HookError::Failed {
                 target: target.to_string(),
                 stage: stage.to_string(),
-                command: sandbox::describe(std::slice::from_ref(command)),
+                command: describe(),
                 status: sandbox::describe_status(status),
             });
         }
     }
     Ok(())
+}
+
+/// The hook's shell status; `None` once Ctrl-C or SIGTERM reached genoci
+/// (then the shell's group is ended by the caller).
+fn wait_interruptible(child: &mut Child) -> io::Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if crate::signals::interrupted() {
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+const POLL: Duration = Duration::from_millis(20);
+/// How long what a hook left running has to end after SIGTERM.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// SIGTERM to what is left of the hook's process group, SIGKILL to what is
+/// still there after [`GRACE`].
+fn end_group(group: Pid) {
+    if killpg(group, Signal::SIGTERM).is_err() {
+        return; // Nothing left.
+    }
+    let start = Instant::now();
+    while start.elapsed() < GRACE {
+        if !has_live_member(group) {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Whether a process of `group` is still running. Not `kill(-group, 0)`:
+/// the group's orphans are reaped by whatever init the host has, and until
+/// then their zombies count as members.
+fn has_live_member(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let group = group.as_raw().to_string();
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the command name in parentheses: state, ppid, pgrp.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| {
+            rest.split_whitespace().take(3).collect()
+        });
+        matches!(fields[..], [state, _, pgrp] if state != "Z" && pgrp == group)
+    })
+}
+
+/// Wait for the hook's output to be forwarded. A process that left the
+/// hook's group (setsid) may still hold the pipes: after [`GRACE`] genoci
+/// goes on without the rest of its output rather than wait for it.
+fn finish_output(prefixer: Prefixer, target: &str, stage: &str) -> io::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("hook-output".into())
+        .spawn(move || {
+            let _ = tx.send(prefixer.finish());
+        })?;
+    match rx.recv_timeout(GRACE) {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(target = %target, stage, "a process the hook started still holds its output; not waiting for it");
+            Ok(())
+        }
+    }
 }
 
 /// Mount points of `mountinfo` at or below `dir`, deepest first (and, for
@@ -182,6 +286,61 @@ mod tests {
             "target web: post hook `echo going; exit 4` failed: exit status 4"
         );
         assert!(!tmp.path().join("never").exists());
+    }
+
+    #[test]
+    fn a_hook_is_done_when_its_shell_exits_and_what_it_left_is_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        run_hooks(
+            "pre",
+            &commands(&["sleep 300 & echo $! > \"$GENOCI_ROOTFS/pid\""]),
+            tmp.path(),
+            "web",
+            tmp.path(),
+        )
+        .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let pid: i32 = fs::read_to_string(tmp.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, or a zombie waiting for its reaper.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
+    }
+
+    #[test]
+    fn what_a_hook_left_ignoring_sigterm_is_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        run_hooks(
+            "post",
+            &commands(&["trap '' TERM; sleep 300 & echo $! > \"$GENOCI_ROOTFS/pid\""]),
+            tmp.path(),
+            "web",
+            tmp.path(),
+        )
+        .unwrap();
+        let took = start.elapsed();
+        assert!(took >= GRACE && took < GRACE * 3, "{took:?}");
+        let pid = fs::read_to_string(tmp.path().join("pid")).unwrap();
+        // SIGKILL was sent; its delivery may take a moment on a busy machine.
+        let start = Instant::now();
+        let ended = loop {
+            let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") || start.elapsed() > Duration::from_secs(2)
+            {
+                break stat;
+            }
+            std::thread::sleep(POLL);
+        };
+        assert!(ended.is_empty() || ended.contains(") Z "), "{ended}");
     }
 
     #[test]

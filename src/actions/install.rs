@@ -4,7 +4,7 @@
 //! only what the package manager wrote stays in the layer.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +30,14 @@ pub enum InstallError {
         #[source]
         source: Box<ureq::Error>,
     },
+    #[error("target {target}: {url} gave {got}, not a .deb or .rpm package")]
+    NotAPackage {
+        target: String,
+        url: String,
+        got: String,
+    },
+    #[error("target {target}: downloading {url}: interrupted")]
+    Interrupted { target: String, url: String },
     #[error("target {target}: downloading {url} to {}", .path.display())]
     Transfer {
         target: String,
@@ -79,6 +87,18 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind a package file's first bytes show: an `ar` archive starting
+    /// with `debian-binary`, or the RPM lead's magic.
+    fn of_content(head: &[u8]) -> Option<Kind> {
+        if head.starts_with(b"!<arch>\ndebian-binary") {
+            Some(Kind::Deb)
+        } else if head.starts_with(&[0xed, 0xab, 0xee, 0xdb]) {
+            Some(Kind::Rpm)
+        } else {
+            None
+        }
+    }
+
     fn of(name: &str) -> Option<Kind> {
         if name.ends_with(".deb") {
             Some(Kind::Deb)
@@ -132,29 +152,28 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
         })?;
     let mut locals = Vec::new();
     for (index, package) in packages.iter().enumerate() {
-        let (label, name) = match package {
-            Package::File(path) => (
-                path.display().to_string(),
-                path.file_name()
+        let local = match package {
+            Package::File(path) => {
+                let name = path
+                    .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
-            Package::Url(url) => (url.clone(), url_file_name(url).to_string()),
-        };
-        let kind = Kind::of(&name).ok_or_else(|| InstallError::UnknownKind {
-            target: target.clone(),
-            package: label,
-        })?;
-        let name = format!("{index}-{name}");
-        let host = match package {
-            Package::File(path) => path.clone(),
+                    .unwrap_or_default();
+                let kind = Kind::of(&name).ok_or_else(|| InstallError::UnknownKind {
+                    target: target.clone(),
+                    package: path.display().to_string(),
+                })?;
+                Local {
+                    kind,
+                    host: path.clone(),
+                    name: format!("{index}-{name}"),
+                }
+            }
             Package::Url(url) => {
-                let path = downloads.path().join(&name);
-                fetch(&target, url, &path)?;
-                path
+                let path = downloads.path().join(format!("{index}.download"));
+                download(&target, url, &path, index)?
             }
         };
-        locals.push(Local { kind, host, name });
+        locals.push(local);
     }
 
     let mut scratch =
@@ -174,31 +193,139 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
     }
 }
 
-fn fetch(target: &str, url: &str, path: &Path) -> Result<(), InstallError> {
+/// Download `url` to `path` and check that a package came: its kind from
+/// its first bytes, whatever the URL looks like.
+fn download(target: &str, url: &str, path: &Path, index: usize) -> Result<Local, InstallError> {
+    let content_type = fetch(target, url, path, Timeouts::DEFAULT)?;
+    let head = file_head(path).map_err(|source| InstallError::Transfer {
+        target: target.to_string(),
+        url: url.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let kind = Kind::of_content(&head).ok_or_else(|| InstallError::NotAPackage {
+        target: target.to_string(),
+        url: url.to_string(),
+        got: describe_content(content_type.as_deref(), &head),
+    })?;
+    let name = match url_file_name(url) {
+        name if Kind::of(name) == Some(kind) => name.to_string(),
+        _ => format!("package.{}", if kind == Kind::Deb { "deb" } else { "rpm" }),
+    };
+    Ok(Local {
+        kind,
+        host: path.to_path_buf(),
+        name: format!("{index}-{name}"),
+    })
+}
+
+fn file_head(path: &Path) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    File::open(path)?.take(64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// What a download that is no package holds, for the message: its type as
+/// the server said and its first bytes.
+fn describe_content(content_type: Option<&str>, head: &[u8]) -> String {
+    let kind = content_type.unwrap_or("no Content-Type");
+    if head.is_empty() {
+        return format!("an empty body ({kind})");
+    }
+    let text: String = String::from_utf8_lossy(&head[..head.len().min(32)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("{kind} starting `{}`", text.trim())
+}
+
+/// How long a download may wait: to connect, and for each read (a server
+/// that accepts and never answers must not hang the build).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    read: Duration,
+}
+
+impl Timeouts {
+    const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(30),
+        read: Duration::from_secs(60),
+    };
+}
+
+/// Fetch `url` into a new file at `path`; the response's Content-Type. The
+/// transfer runs on its own thread so that Ctrl-C or SIGTERM stop the wait
+/// at once, as they stop every other step: the thread is left to its
+/// timeouts, writing only into a file the caller's temp dir removal
+/// unlinks.
+fn fetch(
+    target: &str,
+    url: &str,
+    path: &Path,
+    timeouts: Timeouts,
+) -> Result<Option<String>, InstallError> {
     tracing::info!(target = %target, url = %url, "download");
-    let agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        // A redirect must not downgrade an https URL the user gave to http.
-        .https_only(url.starts_with("https://"))
-        .build()
-        .new_agent();
-    let response = agent
-        .get(url)
-        .call()
-        .map_err(|source| InstallError::Download {
-            target: target.to_string(),
-            url: url.to_string(),
-            source: Box::new(source),
-        })?;
     let transfer_error = |source| InstallError::Transfer {
         target: target.to_string(),
         url: url.to_string(),
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::create(path).map_err(transfer_error)?;
-    io::copy(&mut response.into_body().into_reader(), &mut file).map_err(transfer_error)?;
-    file.sync_all().map_err(transfer_error)
+    let file = File::create(path).map_err(transfer_error)?;
+    let owned_url = url.to_string();
+    let transfer = std::thread::Builder::new()
+        .name("download".into())
+        .spawn(move || transfer(&owned_url, file, timeouts))
+        .map_err(transfer_error)?;
+    while !transfer.is_finished() {
+        if crate::signals::interrupted() {
+            return Err(InstallError::Interrupted {
+                target: target.to_string(),
+                url: url.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match transfer.join() {
+        Ok(Ok(content_type)) => Ok(content_type),
+        Ok(Err(Failure::Http(source))) => Err(InstallError::Download {
+            target: target.to_string(),
+            url: url.to_string(),
+            source: Box::new(source),
+        }),
+        Ok(Err(Failure::Io(source))) => Err(transfer_error(source)),
+        Err(_) => Err(transfer_error(io::Error::other(
+            "the download thread panicked",
+        ))),
+    }
+}
+
+enum Failure {
+    Http(ureq::Error),
+    Io(io::Error),
+}
+
+fn transfer(url: &str, mut file: File, timeouts: Timeouts) -> Result<Option<String>, Failure> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_resolve(Some(timeouts.connect))
+        .timeout_connect(Some(timeouts.connect))
+        .timeout_per_read(Some(timeouts.read))
+        // A redirect must not downgrade an https URL the user gave to http.
+        .https_only(url.starts_with("https://"))
+        .build()
+        .new_agent();
+    let response = agent.get(url).call().map_err(Failure::Http)?;
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = response.into_body().into_reader();
+    // A body that stops mid-way reports the read timeout as an io::Error.
+    io::copy(&mut body, &mut file).map_err(Failure::Io)?;
+    file.sync_all().map_err(Failure::Io)?;
+    Ok(content_type)
 }
 
 fn install_copies(
@@ -351,6 +478,66 @@ mod tests {
             stream.write_all(&body).unwrap();
         });
         url
+    }
+
+    #[test]
+    fn package_kinds_by_content() {
+        assert_eq!(
+            Kind::of_content(b"!<arch>\ndebian-binary   1342"),
+            Some(Kind::Deb)
+        );
+        assert_eq!(
+            Kind::of_content(&[0xed, 0xab, 0xee, 0xdb, 3]),
+            Some(Kind::Rpm)
+        );
+        assert_eq!(Kind::of_content(b"<!DOCTYPE html>"), None);
+        assert_eq!(
+            describe_content(Some("text/html"), b"<!DOCTYPE html>\n<html>"),
+            "text/html starting `<!DOCTYPE html> <html>`"
+        );
+        assert_eq!(
+            describe_content(None, b""),
+            "an empty body (no Content-Type)"
+        );
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x.deb", listener.local_addr().unwrap());
+        // Accepts, then holds the connection open without a word.
+        let server = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let tmp = tempfile::tempdir().unwrap();
+        let short = Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_millis(300),
+        };
+        let start = std::time::Instant::now();
+        let err = fetch("pkgs", &url, &tmp.path().join("x"), short).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        let message = crate::error_chain(&err);
+        assert!(
+            message.contains(&url) && message.contains("imeout"),
+            "{message}"
+        );
+        drop(server.join());
+    }
+
+    #[test]
+    fn a_web_page_is_no_package() {
+        let Some((_tmp, tree)) = dpkg_tree() else {
+            return;
+        };
+        let url = serve_once("200 OK", b"<html>login</html>".to_vec(), "hello.deb");
+        let err = install(&tree, &[Package::Url(url.clone())], &ctx()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("target pkgs: {url} gave no Content-Type starting `<html>login</html>`, not a .deb or .rpm package")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! no arguments and removed, leaving no trace in the layer.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::sandbox::scratch::{self, Scratch, ScratchError};
@@ -37,6 +37,13 @@ pub enum RunError {
         target: String,
         step: usize,
         what: String,
+    },
+    #[error("target {target}: run step {step} ({what}): its interpreter {interpreter} does not exist in the image")]
+    NoInterpreter {
+        target: String,
+        step: usize,
+        what: String,
+        interpreter: String,
     },
     #[error("target {target}: run step {step} ({what})")]
     Sandbox {
@@ -76,6 +83,33 @@ fn describe(item: &RunItem) -> String {
     }
 }
 
+/// How a host file is started, decided from its first bytes as the kernel
+/// and a shell would.
+#[derive(Debug, PartialEq, Eq)]
+enum Launch {
+    /// Executed itself: a `#!` script (naming its interpreter) or a binary.
+    Exec { interpreter: Option<String> },
+    /// Text with no `#!` line: the kernel refuses it (ENOEXEC) and a shell
+    /// runs it with `/bin/sh` instead; so does genoci.
+    Shell,
+}
+
+fn launch_of(head: &[u8]) -> Launch {
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let line = String::from_utf8_lossy(line);
+        let interpreter = line.split_whitespace().next().map(str::to_string);
+        return Launch::Exec { interpreter };
+    }
+    // A NUL among the first bytes: a binary (ELF or another format the
+    // kernel knows), not a script.
+    if head.contains(&0) {
+        Launch::Exec { interpreter: None }
+    } else {
+        Launch::Shell
+    }
+}
+
 /// Run `items` in order inside `tree`; stop at the first that fails.
 pub fn run_steps(tree: &Path, items: &[RunItem], ctx: &RunContext) -> Result<(), RunError> {
     for (index, item) in items.iter().enumerate() {
@@ -95,10 +129,11 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         source,
     };
 
-    let (argv, copied) = match item {
+    let (argv, copied, launch) = match item {
         RunItem::Script(script) => (
             vec!["/bin/sh".into(), "-e".into(), "-c".into(), script.clone()],
             None,
+            Launch::Shell,
         ),
         RunItem::File(host) => {
             let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
@@ -108,14 +143,19 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
                 path: host.clone(),
                 source,
             });
-            let path = match copied {
-                Ok(path) => path,
+            let (path, launch) = match copied {
+                Ok(copied) => copied,
                 Err(e) => {
                     let _ = scratch.remove();
                     return Err(e);
                 }
             };
-            (vec![scratch::path_in_tree(tree, &path)], Some(scratch))
+            let path = scratch::path_in_tree(tree, &path);
+            let argv = match launch {
+                Launch::Shell => vec!["/bin/sh".to_string(), path],
+                Launch::Exec { .. } => vec![path],
+            };
+            (argv, Some(scratch), launch)
         }
     };
 
@@ -129,12 +169,29 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         privileged: ctx.privileged,
         user: Some(ctx.user.clone()),
     });
+    let copied_exists = copied.is_some();
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
 
     let status = match result {
         Ok(status) => status,
         Err(SandboxError::NotFound { program, .. }) if program == "/bin/sh" => {
             return Err(RunError::NoShell { target, step, what })
+        }
+        // The file itself was just copied in: what is missing is what it
+        // names to run it.
+        Err(SandboxError::NotFound { .. }) if copied_exists => {
+            let interpreter = match launch {
+                Launch::Exec {
+                    interpreter: Some(interpreter),
+                } => interpreter,
+                _ => "(the dynamic loader the binary names)".to_string(),
+            };
+            return Err(RunError::NoInterpreter {
+                target,
+                step,
+                what,
+                interpreter,
+            });
         }
         Err(source) => {
             return Err(RunError::Sandbox {
@@ -157,17 +214,25 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
     Ok(())
 }
 
-/// Copy the host file `host` into the scratch directory as an executable.
-fn copy_in(scratch: &mut Scratch, host: &Path) -> io::Result<PathBuf> {
+/// Copy the host file `host` into the scratch directory as an executable;
+/// its path and how to start it.
+fn copy_in(scratch: &mut Scratch, host: &Path) -> io::Result<(PathBuf, Launch)> {
     let mut source = File::open(host)?;
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut source).take(HEAD as u64).read_to_end(&mut head)?;
     let (path, mut file) = scratch
         .add_file(&scratch::unique_name("run"), 0o755)
         .map_err(|e| e.source)?;
+    file.write_all(&head)?;
     io::copy(&mut source, &mut file)?;
     // Closed before the exec, or it fails with ETXTBSY.
     drop(file);
-    Ok(path)
+    Ok((path, launch_of(&head)))
 }
+
+/// How much of a host file tells how to start it (the kernel reads 256
+/// bytes of a `#!` line).
+const HEAD: usize = 512;
 
 #[cfg(test)]
 mod tests {
@@ -256,6 +321,43 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["bin", "etc", "ran", "root"]);
+    }
+
+    #[test]
+    fn how_host_files_start() {
+        let exec = |i: &str| Launch::Exec {
+            interpreter: Some(i.to_string()),
+        };
+        assert_eq!(
+            launch_of(b"#!/usr/bin/python3 -u\nprint()"),
+            exec("/usr/bin/python3")
+        );
+        assert_eq!(launch_of(b"#! /bin/bash"), exec("/bin/bash"));
+        assert_eq!(
+            launch_of(b"\x7fELF\x02\x01\x01\0\0"),
+            Launch::Exec { interpreter: None }
+        );
+        assert_eq!(launch_of(b"echo hi\n"), Launch::Shell);
+        assert_eq!(launch_of(b""), Launch::Shell);
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_named_and_a_script_without_one_runs_with_sh() {
+        let Some((tmp, tree)) = busybox_tree() else {
+            return;
+        };
+        let python = tmp.path().join("setup.py");
+        fs::write(&python, "#!/usr/bin/python3\nprint('hi')\n").unwrap();
+        let err = run_steps(&tree, &[RunItem::File(python)], &ctx()).unwrap_err();
+        assert!(
+            matches!(&err, RunError::NoInterpreter { interpreter, .. } if interpreter == "/usr/bin/python3"),
+            "{err}"
+        );
+        let plain = tmp.path().join("plain.sh");
+        fs::write(&plain, "echo \"$0\" > /ran\n").unwrap();
+        run_steps(&tree, &[RunItem::File(plain)], &ctx()).unwrap();
+        let ran = fs::read_to_string(tree.join("ran")).unwrap();
+        assert!(ran.starts_with("/tmp/.genoci-run-"), "{ran}");
     }
 
     #[test]

@@ -318,9 +318,19 @@ impl<'a> Builder<'a> {
         }
         match (filled, released) {
             (Ok(()), Ok(_)) => {
-                crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()))
+                crate::signals::check().map_err(|_| BuildError::Interrupted(name.to_string()))
             }
             (Ok(()), Err(e)) => Err(BuildError::step(name, "unmount after hooks")(e.into())),
+            // A step stopped by Ctrl-C fails as a killed command would: the
+            // interruption is the cause worth naming.
+            (Err(e), Ok(_)) if crate::signals::interrupted() => {
+                tracing::debug!(
+                    target = name,
+                    "stopped by the interruption: {}",
+                    crate::error_chain(&e)
+                );
+                Err(BuildError::Interrupted(name.to_string()))
+            }
             (Err(e), Ok(_)) => Err(e),
             (Err(e), Err(cleanup)) => {
                 tracing::error!(
@@ -342,7 +352,7 @@ impl<'a> Builder<'a> {
     ) -> Result<(), BuildError> {
         let name = t.name.as_str();
         let interrupted =
-            || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
+            || crate::signals::check().map_err(|_| BuildError::Interrupted(name.to_string()));
         let run_config = base
             .map_or_else(image_config::empty_config, |b| b.config.clone())
             .config()

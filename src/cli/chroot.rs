@@ -1,8 +1,8 @@
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use clap::Args;
 
 use super::checkout::open_checkout;
-use super::{GlobalArgs, Session};
+use super::{CommandStatus, GlobalArgs, Session};
 use crate::build::ensure_snapshot;
 use crate::sandbox::{self, Output, RunOptions};
 
@@ -79,15 +79,16 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         privileged: false,
         user: None,
     };
-    let status = sandbox::run(&opts);
-    let program = opts.argv[0].clone();
+    // The command has the terminal: Ctrl-C is for it, not for genoci.
+    let status = crate::signals::while_foreground(|| sandbox::run(&opts));
+    let command = sandbox::describe(&opts.argv);
     drop(opts);
     if throwaway {
         driver.discard(tree)?;
     }
     let status = status?;
     if !status.success() {
-        bail!("{program} exited with {}", sandbox::describe_status(status));
+        return Err(CommandStatus { command, status }.into());
     }
     Ok(())
 }

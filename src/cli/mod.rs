@@ -127,6 +127,10 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Bad usage, spec or config: nothing was done.
     pub const USAGE: i32 = 2;
+    /// `chroot`: the command could not be executed.
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// `chroot`: the command does not exist in the image.
+    pub const NOT_FOUND: i32 = 127;
     /// Interrupted by Ctrl-C or SIGTERM: nothing half-done is left.
     pub const INTERRUPTED: i32 = 130;
 }
@@ -197,8 +201,55 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error: usage errors and interruptions have their own.
+/// A command genoci ran for the user (`chroot TAG CMD`) did not succeed:
+/// genoci exits as it did, with its code or 128+N for signal N, as a shell
+/// reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` {}", crate::sandbox::describe_status(*.status))]
+pub struct CommandStatus {
+    pub command: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl CommandStatus {
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => exit::FAILED,
+        }
+    }
+}
+
+/// The message genoci prints for `err`, if any: a command that exited with
+/// a code has said what went wrong itself (as `docker run` or `chroot` are
+/// silent then); a signal is worth saying, except those a shell does not
+/// report either (Ctrl-C, a closed pipe).
+pub fn error_message(err: &anyhow::Error) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let silent = |status: std::process::ExitStatus| {
+        status.code().is_some() || matches!(status.signal(), Some(libc::SIGINT | libc::SIGPIPE))
+    };
+    match err.downcast_ref::<CommandStatus>() {
+        Some(done) if silent(done.status) => None,
+        _ => Some(format!("{err:#}")),
+    }
+}
+
+/// The exit code for an error: a command's own status, usage errors and
+/// interruptions have their own.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(done) = err.downcast_ref::<CommandStatus>() {
+        return done.code();
+    }
+    // A command genoci was to run for the user that could not start: the
+    // codes a shell (and `docker run`) give.
+    match err.downcast_ref::<crate::sandbox::SandboxError>() {
+        Some(crate::sandbox::SandboxError::NotFound { .. }) => return exit::NOT_FOUND,
+        Some(crate::sandbox::SandboxError::Exec { .. }) => return exit::CANNOT_EXECUTE,
+        _ => {}
+    }
     if crate::signals::interrupted() {
         return exit::INTERRUPTED;
     }
@@ -207,6 +258,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             || cause.is::<crate::config::ConfigError>()
             || cause.is::<crate::build::commit::BadSourceDateEpoch>()
             || cause.is::<UsageError>()
+            || cause
+                .downcast_ref::<crate::layout::LayoutError>()
+                .is_some_and(|e| matches!(e, crate::layout::LayoutError::NoTag(_)))
         {
             return exit::USAGE;
         }
@@ -272,6 +326,30 @@ pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::Sna
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commands_status_is_genocis_exit_code() {
+        use std::os::unix::process::ExitStatusExt;
+        let done = |raw| {
+            anyhow::Error::from(CommandStatus {
+                command: "sh".into(),
+                status: std::process::ExitStatus::from_raw(raw),
+            })
+            .context("chroot")
+        };
+        // Wait statuses: exit code 7, killed by SIGKILL.
+        assert_eq!(exit_code(&done(7 << 8)), 7);
+        assert_eq!(error_message(&done(7 << 8)), None);
+        assert_eq!(exit_code(&done(9)), 137);
+        assert_eq!(exit_code(&done(2)), 130);
+        assert_eq!(error_message(&done(2)), None);
+        assert_eq!(
+            error_message(&done(9)).unwrap(),
+            "chroot: `sh` killed by signal 9 (SIGKILL)"
+        );
+        let missing = anyhow::Error::from(crate::layout::LayoutError::NoTag("web".into()));
+        assert_eq!(exit_code(&missing), exit::USAGE);
+    }
 
     fn inserted(line: &str) -> String {
         let args = line.split(' ').map(Into::into).collect();

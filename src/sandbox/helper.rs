@@ -48,13 +48,16 @@ pub struct Request {
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub isolate_network: bool,
-    pub bind_resolv_conf: bool,
     /// Confine the command as a container runtime does (see `confine`);
     /// false only for a target marked `privileged`.
     pub confined: bool,
     /// Run as this image `User` (see `user`); `None`: root, as genoci's own
     /// steps (installs) run.
     pub user: Option<String>,
+    /// Host files bound (writable) over files of the tree's `/etc`.
+    pub etc_binds: Vec<EtcBind>,
+    /// The host terminal to bind as `/dev/console` (see `console_for`).
+    pub console: Option<PathBuf>,
     /// genoci's PID: if it is gone before the death signal is armed, stop.
     pub parent: i32,
 }
@@ -69,6 +72,17 @@ impl Request {
         serde_json::from_slice(&bytes).map_err(|e| format!("bad sandbox request: {e}"))
     }
 }
+
+/// A host file that the command sees as `/etc/NAME` (the mount point is
+/// made by genoci).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcBind {
+    pub host: PathBuf,
+    pub name: String,
+}
+
+/// The sandbox's hostname (and the name `/etc/hosts` gives it).
+pub const HOSTNAME: &str = "genoci";
 
 /// Why the command did not start.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -274,24 +288,14 @@ fn enter_root(request: &Request) {
         confine::restrict_proc(&root.join("proc")).or_fail(|| "restrict /proc".into());
     }
     populate_dev(&root.join("dev"), request.confined);
-    if request.bind_resolv_conf {
-        let target = root.join("etc/resolv.conf");
-        mount_at(
-            Some(Path::new("/etc/resolv.conf")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        );
-        mount_at(
-            None,
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        );
+    if let Some(terminal) = &request.console {
+        bind_console(terminal, &root.join("dev/console"));
     }
-    unistd::sethostname("genoci").or_fail(|| "set hostname".into());
+    for bind in &request.etc_binds {
+        let target = root.join("etc").join(&bind.name);
+        mount_at(Some(&bind.host), &target, None, MsFlags::MS_BIND, None);
+    }
+    unistd::sethostname(HOSTNAME).or_fail(|| "set hostname".into());
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it
     // leaves the tree alone, with no directory needed to park the old root.
@@ -377,6 +381,18 @@ fn populate_dev(dev: &Path, confined: bool) {
     ] {
         symlink(target, dev.join(name)).or_fail(|| format!("create /dev/{name}"));
     }
+}
+
+/// The host terminal the command has as stdin, at `/dev/console`, where
+/// `ttyname(3)` finds it by its device number.
+fn bind_console(terminal: &Path, console: &Path) {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o620)
+        .open(console)
+        .or_fail(|| format!("create {}", console.display()));
+    mount_at(Some(terminal), console, None, MsFlags::MS_BIND, None);
 }
 
 /// `ip link set lo up`, without needing `ip`.

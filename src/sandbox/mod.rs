@@ -32,7 +32,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::spec::Network;
-use helper::{Failure, Request, REPORT_FD};
+use helper::{EtcBind, Failure, Request, REPORT_FD};
 use output::Prefixer;
 use scratch::{Scratch, ScratchError};
 
@@ -165,14 +165,15 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         env: opts.env.clone(),
         workdir: opts.workdir.clone(),
         isolate_network: opts.network == Network::None,
-        bind_resolv_conf: prepared.bind_resolv_conf,
         confined: !opts.privileged,
         user: opts.user.clone(),
+        etc_binds: prepared.binds.clone(),
+        console: console_for(&opts.output),
         parent: std::process::id() as i32,
     };
     tracing::debug!(root = %root.display(), command = %command, "sandbox run");
     let result = spawn_and_wait(&request, &opts.output, &command);
-    match (result, prepared.remove()) {
+    match (result, prepared.remove(&root)) {
         (Ok(status), Ok(())) => Ok(status),
         (Ok(_), Err(source)) => Err(SandboxError::Cleanup { command, source }),
         (Err(e), Ok(())) => Err(e),
@@ -183,11 +184,44 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
     }
 }
 
-/// The mount points genoci had to add to the tree for this run.
+/// The terminal to give the command as its `/dev/console`, as runc does
+/// with a terminal: the sandbox's own devpts cannot show the host's
+/// `/dev/pts/N`, so without it `tty` and `ttyname(3)` find no name for
+/// stdin and programs that want a terminal refuse to work.
+fn console_for(output: &Output) -> Option<PathBuf> {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    if *output != Output::Inherit || !io::stdin().is_terminal() {
+        return None;
+    }
+    let path = fs::read_link("/proc/self/fd/0").ok()?;
+    let is_device = fs::metadata(&path).is_ok_and(|m| m.file_type().is_char_device());
+    (path.starts_with("/dev") && is_device).then_some(path)
+}
+
+/// The mount points genoci had to add to the tree for this run, and the
+/// host files it binds on some of them.
 struct Prepared {
     root: Scratch,
     etc: Option<Scratch>,
-    bind_resolv_conf: bool,
+    /// What genoci added to the tree's `/tmp` (see `host_copy`).
+    tmp: Option<Scratch>,
+    /// Where the files bound over the tree's `/etc` files are kept.
+    files: Option<PathBuf>,
+    binds: Vec<EtcBind>,
+    /// The host's `/etc/resolv.conf` as given to the command, to tell
+    /// whether the command wrote its own.
+    resolv_conf: Option<Vec<u8>>,
+}
+
+/// What a `run` step sees as `/etc/hosts`: the names docker gives a
+/// container, with the sandbox's hostname on a loopback address.
+fn hosts_file() -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         127.0.1.1\t{}\n",
+        helper::HOSTNAME
+    )
 }
 
 impl Prepared {
@@ -195,13 +229,16 @@ impl Prepared {
         let mut prepared = Prepared {
             root: Scratch::new(root)?,
             etc: None,
-            bind_resolv_conf: false,
+            tmp: None,
+            files: None,
+            binds: Vec::new(),
+            resolv_conf: None,
         };
         match prepared.fill(root, network) {
             Ok(()) => Ok(prepared),
             Err(e) => {
                 // What was created so far goes; the first error is the story.
-                let _ = prepared.remove();
+                let _ = prepared.remove(root);
                 Err(e)
             }
         }
@@ -232,51 +269,138 @@ impl Prepared {
                 }
             }
         }
-        if network == Network::Host && fs::metadata("/etc/resolv.conf").is_ok() {
-            self.prepare_resolv_conf(root)?;
+        self.bind_etc_file(root, "hosts", hosts_file().as_bytes())?;
+        if network == Network::Host {
+            if let Ok(host) = fs::read("/etc/resolv.conf") {
+                if self.bind_etc_file(root, "resolv.conf", &host)? {
+                    self.resolv_conf = Some(host);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Make `etc/resolv.conf` a regular file to bind the host's over. A
-    /// symlink (often dangling in images: `../run/systemd/resolve/...`) is
-    /// renamed aside for the run rather than followed, since it may point
-    /// out of the tree.
-    fn prepare_resolv_conf(&mut self, root: &Path) -> Result<(), ScratchError> {
+    /// Bind a writable host copy of `content` over the tree's `etc/NAME`
+    /// for the run (what the command writes there goes to the copy). The
+    /// tree's own file is kept as a mount point; a symlink (often dangling
+    /// in images: `../run/systemd/resolve/...`) is renamed aside for the run
+    /// rather than followed, since it may point out of the tree. Says
+    /// whether it is bound: not when the tree has no `etc` directory, nor
+    /// over a directory or device.
+    fn bind_etc_file(
+        &mut self,
+        root: &Path,
+        name: &str,
+        content: &[u8],
+    ) -> Result<bool, ScratchError> {
         let etc = root.join("etc");
         if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
-            return Ok(());
+            return Ok(false);
         }
-        let conf = etc.join("resolv.conf");
-        match fs::symlink_metadata(&conf) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let scratch = self.etc.insert(Scratch::new(&etc)?);
-                scratch.move_aside("resolv.conf")?;
-                scratch.add_file("resolv.conf", 0o644)?;
-            }
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let scratch = self.etc.insert(Scratch::new(&etc)?);
-                scratch.add_file("resolv.conf", 0o644)?;
-            }
+        let path = etc.join(name);
+        // A file there is the mount point (the bind covers it); a symlink
+        // is renamed aside for a new one; with nothing there one is made.
+        let (move_aside, add) = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => (false, false),
+            Ok(meta) if meta.is_symlink() => (true, true),
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (false, true),
             Err(source) => {
                 return Err(ScratchError {
                     action: "stat",
-                    path: conf,
+                    path,
                     source,
                 })
             }
+        };
+        let host = self.host_copy(root, name, content)?;
+        if self.etc.is_none() {
+            self.etc = Some(Scratch::new(&etc)?);
         }
-        self.bind_resolv_conf = true;
-        Ok(())
+        let scratch = self.etc.as_mut().expect("set above");
+        if move_aside {
+            scratch.move_aside(name)?;
+        }
+        if add {
+            scratch.add_file(name, 0o644)?;
+        }
+        self.binds.push(EtcBind {
+            host,
+            name: name.to_string(),
+        });
+        Ok(true)
     }
 
-    fn remove(self) -> Result<(), ScratchError> {
-        let etc = self.etc.map_or(Ok(()), Scratch::remove);
-        let root = self.root.remove();
-        etc.and(root)
+    /// `content` in a file of genoci's own for this run, bound from outside
+    /// the sandbox. It lives in the tree's scratch place rather than the
+    /// host's `/tmp`: taken away after the run like every scratch entry, and
+    /// if genoci is killed, it goes with the stale work tree.
+    fn host_copy(
+        &mut self,
+        root: &Path,
+        name: &str,
+        content: &[u8],
+    ) -> Result<PathBuf, ScratchError> {
+        let dir = match &self.files {
+            Some(dir) => dir.clone(),
+            None => {
+                let place = scratch::scratch_dir(root);
+                let scratch = if place == root {
+                    &mut self.root
+                } else {
+                    self.tmp.insert(Scratch::new(&place)?)
+                };
+                let dir = scratch.add_tree(&scratch::unique_name("etc"))?;
+                self.files.insert(dir).clone()
+            }
+        };
+        let path = dir.join(name);
+        fs::write(&path, content).map_err(|source| ScratchError {
+            action: "write",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
     }
+
+    /// What the command wrote as `/etc/resolv.conf`, if it changed it.
+    fn written_resolv_conf(&self) -> Option<Vec<u8>> {
+        let given = self.resolv_conf.as_ref()?;
+        let bind = self.binds.iter().find(|b| b.name == "resolv.conf")?;
+        let now = fs::read(&bind.host).ok()?;
+        (now != *given).then_some(now)
+    }
+
+    /// Take away what genoci added. A `/etc/resolv.conf` the command wrote
+    /// is the image's own (docker lets RUN replace it): it replaces the
+    /// tree's, while the host's never lands there.
+    fn remove(self, root: &Path) -> Result<(), ScratchError> {
+        let written = self.written_resolv_conf();
+        let etc = self.etc.map_or(Ok(()), Scratch::remove);
+        let tmp = self.tmp.map_or(Ok(()), Scratch::remove);
+        let root_result = self.root.remove();
+        etc.and(tmp).and(root_result)?;
+        match written {
+            Some(content) => replace_file(&root.join("etc/resolv.conf"), &content),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Make `path` a regular file holding `content`; a symlink there is
+/// replaced, not followed.
+fn replace_file(path: &Path, content: &[u8]) -> Result<(), ScratchError> {
+    let failed = |action| {
+        move |source| ScratchError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
+        fs::remove_file(path).map_err(failed("remove"))?;
+    }
+    fs::write(path, content).map_err(failed("write"))
 }
 
 /// How genoci starts the helper: itself, with the hidden subcommand.

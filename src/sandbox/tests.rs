@@ -205,6 +205,7 @@ fn mount_points_leave_no_trace() {
     assert!(!tree.join("proc").exists());
     assert!(!tree.join("dev").exists());
     assert!(!tree.join("etc/resolv.conf").exists());
+    assert!(!tree.join("etc/hosts").exists());
     assert_eq!(scratch::mtime_ns(&tree).unwrap(), 1_000_000_000_000_000);
     assert_eq!(
         scratch::mtime_ns(&tree.join("etc")).unwrap(),
@@ -237,17 +238,53 @@ fn a_dangling_resolv_conf_symlink_is_restored() {
 }
 
 #[test]
-fn resolv_conf_is_read_only() {
+fn what_a_step_writes_to_resolv_conf_is_the_images_own() {
     let Some((_tmp, tree)) = busybox_tree() else {
         return;
     };
     fs::write(tree.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
-    let status = run(&opts(&tree, "echo bad > /etc/resolv.conf")).unwrap();
-    assert!(!status.success());
+    run_ok(&tree, "cat /etc/resolv.conf > /seen");
+    // The host's file is what the step saw, and never stays.
+    assert_eq!(
+        fs::read(tree.join("seen")).unwrap(),
+        fs::read("/etc/resolv.conf").unwrap()
+    );
     assert_eq!(
         fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
         "nameserver 192.0.2.1\n"
     );
+    run_ok(&tree, "echo 'nameserver 192.0.2.53' > /etc/resolv.conf");
+    assert_eq!(
+        fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
+}
+
+#[test]
+fn hosts_names_localhost_and_the_hostname_and_stays_out_of_the_tree() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+    filetime::set_file_times(tree.join("etc"), old, old).unwrap();
+    run_ok(
+        &tree,
+        "cat /etc/hosts > /tmp/hosts; echo '192.0.2.1 extra' >> /etc/hosts",
+    );
+    let hosts = fs::read_to_string(tree.join("tmp/hosts")).unwrap();
+    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains("\tgenoci\n"), "{hosts}");
+    assert!(!tree.join("etc/hosts").exists());
+    assert_eq!(
+        scratch::mtime_ns(&tree.join("etc")).unwrap(),
+        1_000_000_000_000_000
+    );
+    // The file bound as /etc/hosts was kept in /tmp for the run only.
+    let names: Vec<_> = fs::read_dir(tree.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hosts"]);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod actions;
 mod btrfs;
 mod cache;
 mod cachekey;
