@@ -314,7 +314,7 @@ mod tests {
         match built {
             Ok(out) if out.status.success() => Some(deb),
             _ => {
-                eprintln!("skipped: dpkg-deb is not available");
+                crate::test_support::skip("dpkg-deb is not available");
                 None
             }
         }

@@ -737,7 +737,7 @@ pub(crate) mod tests {
 }
 
 /// The layout as other tools see it: umoci, oci-image-tool and skopeo must
-/// accept what we write. Each tool missing here is skipped with a notice.
+/// accept what we write. Each tool missing here is skipped (`test_support::skip`).
 #[cfg(test)]
 mod interop {
     use super::tests::{sample_tree, writes};
@@ -753,7 +753,7 @@ mod interop {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("notice: {name} not installed, skipping its check");
+            crate::test_support::skip(&format!("{name} is not installed"));
         }
         found
     }

@@ -16,4 +16,5 @@ mod robust;
 mod safety;
 mod select;
 mod stores;
+mod strict;
 mod tarball;
