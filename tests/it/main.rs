@@ -9,6 +9,7 @@ mod config;
 mod core;
 mod distro;
 mod example;
+mod identical;
 mod interop;
 mod lpack;
 mod oci;

@@ -185,6 +185,15 @@ fn setup_twice_is_a_no_op() {
 }
 
 #[test]
+fn equal_checkins_at_once_all_succeed() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
+}
+
+#[test]
 fn changes_equal_a_full_comparison() {
     if !can_run() {
         return;

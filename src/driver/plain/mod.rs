@@ -167,7 +167,15 @@ impl SnapshotDriver for PlainDriver {
         if dest.exists() {
             return self.discard(tree);
         }
-        fs::rename(&tree.path, &dest).map_err(DriverError::io("rename", &tree.path))?;
+        if let Err(e) = fs::rename(&tree.path, &dest).map_err(DriverError::io("rename", &tree.path))
+        {
+            // Another build committed the same ChainID since the check.
+            return if e.lost_commit_race(&dest) {
+                self.discard(tree)
+            } else {
+                Err(e)
+            };
+        }
         let marker = self.marker_path(&tree.name)?;
         fs::remove_file(&marker).map_err(DriverError::io("remove", &marker))
     }
@@ -354,6 +362,12 @@ mod tests {
         });
         let tree = d.checkout(&one, "b").unwrap();
         assert_eq!(d.changes(&tree).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn equal_checkins_at_once_all_succeed() {
+        let (_t, d) = store();
+        crate::driver::contract::equal_checkins_race(&d, 16, 50);
     }
 
     #[test]
