@@ -290,6 +290,7 @@ mod tests {
             env: vec![],
             workdir: "/".into(),
             network: Network::Host,
+            foreign: None,
         }
     }
 

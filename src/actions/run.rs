@@ -17,6 +17,9 @@ pub struct RunContext<'a> {
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub network: Network,
+    /// The image's platform (`linux/arm64`) when this machine cannot run
+    /// its programs: a failed exec is then explained by it.
+    pub foreign: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,14 @@ pub enum RunError {
         target: String,
         step: usize,
         what: String,
+    },
+    #[error("target {target}: run step {step} ({what}): the image is {platform} and this machine cannot run its programs ({message})")]
+    Foreign {
+        target: String,
+        step: usize,
+        what: String,
+        platform: String,
+        message: String,
     },
     #[error("target {target}: run step {step} ({what})")]
     Sandbox {
@@ -130,6 +141,16 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         Err(SandboxError::NotFound { program, .. }) if program == "/bin/sh" => {
             return Err(RunError::NoShell { target, step, what })
         }
+        Err(SandboxError::Exec { message, .. }) if ctx.foreign.is_some() => {
+            let platform = ctx.foreign.clone().unwrap_or_default();
+            return Err(RunError::Foreign {
+                target,
+                step,
+                what,
+                platform,
+                message,
+            });
+        }
         Err(source) => {
             return Err(RunError::Sandbox {
                 target,
@@ -176,6 +197,7 @@ mod tests {
             env: vec![("GREETING".into(), "hi".into())],
             workdir: "/".into(),
             network: Network::None,
+            foreign: None,
         }
     }
 

@@ -345,11 +345,9 @@ impl<'a> Builder<'a> {
         let name = t.name.as_str();
         let interrupted =
             || crate::signals::check().map_err(|e| BuildError::step(name, "interrupted")(e.into()));
-        let run_config = base
-            .map_or_else(image_config::empty_config, |b| b.config.clone())
-            .config()
-            .clone()
-            .unwrap_or_default();
+        let image = base.map_or_else(image_config::empty_config, |b| b.config.clone());
+        let platform = crate::layout::Platform::of(&image);
+        let run_config = image.config().clone().unwrap_or_default();
         let ctx = actions::run::RunContext {
             target: name,
             env: image_config::env_pairs(&run_config),
@@ -358,6 +356,7 @@ impl<'a> Builder<'a> {
                 .clone()
                 .unwrap_or_else(|| "/".to_string()),
             network: t.network,
+            foreign: (!platform.runs_here()).then(|| platform.to_string()),
         };
 
         actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir)

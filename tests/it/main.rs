@@ -13,6 +13,7 @@ mod identical;
 mod interop;
 mod lpack;
 mod oci;
+mod platform;
 mod robust;
 mod safety;
 mod select;
