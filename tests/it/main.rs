@@ -9,6 +9,7 @@ mod config;
 mod core;
 mod distro;
 mod example;
+mod fulldisk;
 mod identical;
 mod interop;
 mod lpack;
