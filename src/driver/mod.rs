@@ -186,6 +186,10 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 /// - [`checkin`](Self::checkin) consumes the tree and freezes it as snapshot
 ///   `id`; if `id` already exists the tree is discarded instead (same content
 ///   by construction of ChainIDs).
+/// - [`discard`](Self::discard) consumes the tree and deletes it.
+/// - A work tree left by a killed process is found by
+///   [`work_trees`](Self::work_trees) and removed with `discard` by the next
+///   command that holds the store lock.
 ///
 /// Concurrency (threads of one build, or several genoci processes):
 /// - Every method may be called from several threads at once on distinct
@@ -199,10 +203,6 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 ///   commit is such a success, not an error.
 /// - [`remove`](Self::remove) of a snapshot another caller is checking out
 ///   from is not guarded here: gc must hold the store exclusively.
-/// - [`discard`](Self::discard) consumes the tree and deletes it.
-/// - A work tree left by a killed process is found by
-///   [`work_trees`](Self::work_trees) and removed with `discard` by the next
-///   command that holds the store lock.
 pub trait SnapshotDriver: Send + Sync {
     /// Short name for messages: `plain` or `btrfs`.
     fn name(&self) -> &'static str;
