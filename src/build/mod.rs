@@ -259,7 +259,8 @@ impl<'a> Builder<'a> {
         };
         let tree = self
             .driver
-            .checkout(&base_chain, &format!("build-{name}"))?;
+            .checkout(&base_chain, &format!("build-{name}"))
+            .map_err(|e| BuildError::step(name, "checkout")(e.into()))?;
         if let Err(e) = self.fill(t, &keys, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
@@ -279,7 +280,9 @@ impl<'a> Builder<'a> {
             e @ BuildError::Step { .. } => e,
             e => BuildError::step(name, "commit")(e.into()),
         })?;
-        let tags = self.tag(name, &manifest)?;
+        let tags = self
+            .tag(name, &manifest)
+            .map_err(|e| BuildError::step(name, "tag")(e.into()))?;
         if let Err(e) = self.cache.record(name, &key, manifest.digest().as_ref()) {
             tracing::warn!(target = name, "could not record the build cache: {e}");
         }

@@ -141,3 +141,93 @@ fn a_build_that_runs_out_of_space_fails_cleanly() {
     drop(small);
     assert!(mounts_under(env.path()).is_empty());
 }
+
+/// Free bytes on the filesystem holding `dir`, and its block size.
+fn free_space(dir: &Path) -> (u64, u64) {
+    let out = run_ok(Command::new("stat").args(["-f", "-c", "%a %S"]).arg(dir));
+    let mut words = out.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+    let (blocks, size) = (words.next().unwrap(), words.next().unwrap());
+    (blocks * size, size)
+}
+
+/// The disk fills up at every point of a build in turn: with 0, 1, 2 ...
+/// blocks left, each write of the build (work tree, layer, config,
+/// manifest, index, cache) is the first to fail in one of the runs. Each
+/// run succeeds, or fails naming the target and the cause; either way no
+/// temp file, no blob whose bytes are not its digest, no work tree.
+#[test]
+fn running_out_of_space_at_any_write_leaves_a_valid_layout() {
+    require_root!();
+    let env = Env::new();
+    let small = SmallFs::mount(&env.path().join("small"));
+    env.write(
+        "atom_config.yaml",
+        "driver: plain\nlayoutdir: ./small/oci\nstoredir: ./small/.genoci\n",
+    );
+    std::os::unix::fs::symlink("small/oci", env.layout()).unwrap();
+    env.write("hello.txt", "hello\n");
+    env.write(
+        "ok.yaml",
+        "ok:\n  base: empty\n  copy: hello.txt /hello.txt\n",
+    );
+    env.ok(&["build", "ok.yaml"]);
+    let store = env.path().join("small/.genoci");
+    let filler = env.path().join("small/filler");
+    let mut failed = Vec::new();
+    for blocks in 0..12u64 {
+        let target = format!("step{blocks}");
+        env.write("input.txt", &format!("{blocks}\n"));
+        env.write(
+            "spec.yaml",
+            &format!(
+                "{target}:\n  base: ok\n  copy: input.txt /input.txt\n  env:\n    N: '{blocks}'\n"
+            ),
+        );
+        let (free, block) = free_space(&small.0);
+        run_ok(
+            Command::new("head")
+                .args(["-c", &(free - blocks * block).to_string(), "/dev/zero"])
+                .stdout(fs::File::create(&filler).unwrap()),
+        );
+        let out = env.genoci(&["build", "spec.yaml"]);
+        fs::remove_file(&filler).unwrap();
+        let err = stderr(&out);
+        if !out.status.success() {
+            assert!(err.contains(&format!("target {target}: ")), "{err}");
+            assert!(err.contains("No space left on device"), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(!env.tags().contains(&target), "a failed target is tagged");
+            failed.push(blocks);
+        } else {
+            assert!(env.tags().contains(&target));
+        }
+        let mut top = layout_files(&env.layout());
+        top.retain(|f| !f.starts_with("blobs/"));
+        assert_eq!(
+            top,
+            ["blobs", "index.json", "oci-layout"],
+            "{blocks} blocks free"
+        );
+        for blob in layout_files(&env.layout())
+            .iter()
+            .filter(|f| f.starts_with("blobs/sha256/"))
+        {
+            let hex = run_ok(Command::new("sha256sum").arg(env.layout().join(blob)));
+            assert!(
+                blob.ends_with(hex.split(' ').next().unwrap()),
+                "partial blob {blob}"
+            );
+        }
+        assert!(
+            work_entries(&store).is_empty(),
+            "{:?}",
+            work_entries(&store)
+        );
+        assert_layout_valid(&env);
+    }
+    eprintln!("builds that ran out of space, by blocks left: {failed:?}");
+    // With no block left the build cannot succeed; with many it must.
+    assert!(failed.contains(&0) && !failed.contains(&11), "{failed:?}");
+    drop(small);
+    assert!(mounts_under(env.path()).is_empty());
+}

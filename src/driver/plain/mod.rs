@@ -144,7 +144,12 @@ impl SnapshotDriver for PlainDriver {
             base: base.store_name(),
         })
         .expect("marker serializes");
-        fs::write(&marker, body).map_err(DriverError::io("write", &marker))?;
+        if let Err(e) = fs::write(&marker, body) {
+            // A full disk: neither the tree nor a partial marker may stay.
+            let _ = fs::remove_file(&marker);
+            let _ = Self::remove_tree(&path);
+            return Err(DriverError::io("write", &marker)(e));
+        }
         Ok(WorkTree {
             name: name.to_string(),
             base: base.clone(),
