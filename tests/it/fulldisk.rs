@@ -231,3 +231,37 @@ fn running_out_of_space_at_any_write_leaves_a_valid_layout() {
     drop(small);
     assert!(mounts_under(env.path()).is_empty());
 }
+
+/// The same on a btrfs store that is full: the work tree cannot grow, the
+/// target fails naming the cause, and nothing of it stays in the store.
+#[test]
+fn a_full_btrfs_store_fails_cleanly() {
+    crate::stores::require_btrfs!();
+    let store = crate::stores::Btrfs::new();
+    store.write("hello.txt", "hello\n");
+    store.write(
+        "ok.yaml",
+        "ok:\n  base: empty\n  copy: hello.txt /hello.txt\n",
+    );
+    store.ok(&["build", "ok.yaml"]);
+    let filler = store.mountpoint().join("filler");
+    let (free, _) = free_space(&store.mountpoint());
+    run_ok(
+        Command::new("head")
+            .args(["-c", &(free - (64 << 10)).to_string(), "/dev/zero"])
+            .stdout(fs::File::create(&filler).unwrap()),
+    );
+    random_file(&store, "big.bin", 4);
+    store.write("spec.yaml", "big:\n  base: ok\n  copy: big.bin /big.bin\n");
+    let out = store.genoci(&["build", "spec.yaml"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("target big: "), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let work = work_entries(&store.mountpoint());
+    assert!(work.is_empty(), "{work:?}");
+    assert_layout_valid(&store);
+    fs::remove_file(&filler).unwrap();
+    store.ok(&["build", "spec.yaml"]);
+    store.finish();
+}
