@@ -51,6 +51,12 @@ pub enum InstallError {
         #[source]
         source: ScratchError,
     },
+    #[error("target {target}: install: the image is {platform} and this machine cannot run its programs ({message})")]
+    Foreign {
+        target: String,
+        platform: String,
+        message: String,
+    },
     #[error("target {target}: install needs {program}, which the image does not have")]
     NoManager { target: String, program: String },
     #[error("target {target}: install")]
@@ -250,6 +256,11 @@ fn install_copies(
             SandboxError::NotFound { program, .. } => InstallError::NoManager {
                 target: target.clone(),
                 program,
+            },
+            SandboxError::Exec { message, .. } if ctx.foreign.is_some() => InstallError::Foreign {
+                target: target.clone(),
+                platform: ctx.foreign.clone().unwrap_or_default(),
+                message,
             },
             source => InstallError::Sandbox {
                 target: target.clone(),

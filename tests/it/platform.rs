@@ -57,7 +57,7 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 }
 
 /// A layout holding one image, tagged `tag`, for `platform` (its config's
-/// `os`, `architecture`, `variant`), whose `/bin/sh` is `sh`.
+/// `os`, `architecture`, `variant`), whose `/bin/sh` and `/bin/dpkg` are `sh`.
 fn hand_made_image(env: &Env, tag: &str, platform: Value, sh: &[u8]) {
     let layout = env.layout();
     let mut tar = tar::Builder::new(Vec::new());
@@ -70,6 +70,7 @@ fn hand_made_image(env: &Env, tag: &str, platform: Value, sh: &[u8]) {
     file.set_mode(0o755);
     file.set_size(sh.len() as u64);
     tar.append_data(&mut file, "bin/sh", sh).unwrap();
+    tar.append_data(&mut file, "bin/dpkg", sh).unwrap();
     let layer = tar.into_inner().unwrap();
     let (layer_digest, layer_size) = put_blob(&layout, &layer);
     let mut config = json!({
@@ -188,4 +189,25 @@ fn a_run_step_on_a_foreign_base_says_this_machine_cannot_run_it() {
     assert!(err.contains(&want), "{err}");
     assert!(err.contains("Exec format error"), "{err}");
     assert!(!env.tags().contains(&"child".to_string()));
+}
+
+#[test]
+fn an_install_on_a_foreign_base_says_this_machine_cannot_run_it() {
+    require_root!();
+    let env = Env::new();
+    let (arch, elf_machine) = foreign_arch();
+    let platform = json!({"os": "linux", "architecture": arch});
+    hand_made_image(&env, "foreign", platform, &elf_header(elf_machine));
+    env.write("hello_1.0_all.deb", "not read: dpkg cannot start\n");
+    env.write(
+        "spec.yaml",
+        "child:\n  base: foreign\n  install: hello_1.0_all.deb\n",
+    );
+    let out = env.genoci(&["build", "spec.yaml"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let want = format!(
+        "target child: install: the image is linux/{arch} and this machine cannot run its programs"
+    );
+    assert!(err.contains(&want), "{err}");
 }
