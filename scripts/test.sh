@@ -9,4 +9,6 @@ scripts/fixtures.sh debian >/dev/null
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
-cargo test --all-targets -- --test-threads=2
+# Strict: a test that cannot run here (no root, tool or kernel feature) fails
+# instead of skipping.
+GENOCI_TEST_STRICT=1 cargo test --all-targets -- --test-threads=2

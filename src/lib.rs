@@ -26,3 +26,6 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn a_forgotten_bind_mount_is_released() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
+            crate::test_support::skip("mounting needs root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

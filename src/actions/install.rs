@@ -59,6 +59,12 @@ pub enum InstallError {
         #[source]
         source: ScratchError,
     },
+    #[error("target {target}: install: the image is {platform} and this machine cannot run its programs ({message})")]
+    Foreign {
+        target: String,
+        platform: String,
+        message: String,
+    },
     #[error("target {target}: install needs {program}, which the image does not have")]
     NoManager { target: String, program: String },
     #[error("target {target}: install")]
@@ -380,6 +386,11 @@ fn install_copies(
                 target: target.clone(),
                 program,
             },
+            SandboxError::Exec { message, .. } if ctx.foreign.is_some() => InstallError::Foreign {
+                target: target.clone(),
+                platform: ctx.foreign.clone().unwrap_or_default(),
+                message,
+            },
             source => InstallError::Sandbox {
                 target: target.clone(),
                 source,
@@ -421,6 +432,7 @@ mod tests {
             network: Network::Host,
             privileged: false,
             user: String::new(),
+            foreign: None,
         }
     }
 
@@ -445,7 +457,7 @@ mod tests {
         match built {
             Ok(out) if out.status.success() => Some(deb),
             _ => {
-                eprintln!("skipped: dpkg-deb is not available");
+                crate::test_support::skip("dpkg-deb is not available");
                 None
             }
         }

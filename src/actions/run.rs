@@ -21,6 +21,9 @@ pub struct RunContext<'a> {
     pub privileged: bool,
     /// The inherited image `User` steps run as (empty: root).
     pub user: String,
+    /// The image's platform (`linux/arm64`) when this machine cannot run
+    /// its programs: a failed exec is then explained by it.
+    pub foreign: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,14 @@ pub enum RunError {
         step: usize,
         what: String,
         interpreter: String,
+    },
+    #[error("target {target}: run step {step} ({what}): the image is {platform} and this machine cannot run its programs ({message})")]
+    Foreign {
+        target: String,
+        step: usize,
+        what: String,
+        platform: String,
+        message: String,
     },
     #[error("target {target}: run step {step} ({what})")]
     Sandbox {
@@ -193,6 +204,16 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
                 interpreter,
             });
         }
+        Err(SandboxError::Exec { message, .. }) if ctx.foreign.is_some() => {
+            let platform = ctx.foreign.clone().unwrap_or_default();
+            return Err(RunError::Foreign {
+                target,
+                step,
+                what,
+                platform,
+                message,
+            });
+        }
         Err(source) => {
             return Err(RunError::Sandbox {
                 target,
@@ -249,6 +270,7 @@ mod tests {
             network: Network::None,
             privileged: false,
             user: String::new(),
+            foreign: None,
         }
     }
 

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
-use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
+use oci_spec::image::{Config, History, ImageConfiguration, RootFs};
 
+use crate::layout::Platform;
 use crate::spec::vars;
 use crate::spec::{plan, ConfigKeys};
 
@@ -35,11 +36,12 @@ pub fn env_pairs(config: &Config) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The config an image built on nothing starts from.
+/// The config an image built on nothing starts from: for this machine,
+/// whose programs its `run` steps execute. (An image on a base keeps the
+/// base's platform with the rest of its config.)
 pub fn empty_config() -> ImageConfiguration {
     let mut c = ImageConfiguration::default();
-    c.set_architecture(Arch::Amd64);
-    c.set_os(Os::Linux);
+    Platform::machine().set_on(&mut c);
     c.set_rootfs(RootFs::default());
     let mut run = Config::default();
     run.set_env(Some(vec![format!("PATH={DEFAULT_PATH}")]));

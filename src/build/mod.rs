@@ -260,7 +260,8 @@ impl<'a> Builder<'a> {
         // may share a store.
         let tree = self
             .driver
-            .checkout(&base_chain, &format!("build-{}-{name}", std::process::id()))?;
+            .checkout(&base_chain, &format!("build-{}-{name}", std::process::id()))
+            .map_err(|e| BuildError::step(name, "checkout")(e.into()))?;
         if let Err(e) = self.fill(t, &keys, &tree, base.as_ref(), spec_dir) {
             return Err(discard_after(self.driver, tree, e));
         }
@@ -280,7 +281,9 @@ impl<'a> Builder<'a> {
             e @ BuildError::Step { .. } => e,
             e => BuildError::step(name, "commit")(e.into()),
         })?;
-        let tags = self.tag(name, &manifest, &key)?;
+        let tags = self
+            .tag(name, &manifest, &key)
+            .map_err(|e| BuildError::step(name, "tag")(e.into()))?;
         tracing::info!(
             target = name,
             manifest = %manifest.digest(),
@@ -353,11 +356,9 @@ impl<'a> Builder<'a> {
         let name = t.name.as_str();
         let interrupted =
             || crate::signals::check().map_err(|_| BuildError::Interrupted(name.to_string()));
-        let run_config = base
-            .map_or_else(image_config::empty_config, |b| b.config.clone())
-            .config()
-            .clone()
-            .unwrap_or_default();
+        let image = base.map_or_else(image_config::empty_config, |b| b.config.clone());
+        let platform = crate::layout::Platform::of(&image);
+        let run_config = image.config().clone().unwrap_or_default();
         let ctx = actions::run::RunContext {
             target: name,
             env: image_config::env_pairs(&run_config),
@@ -368,6 +369,7 @@ impl<'a> Builder<'a> {
             network: t.network,
             privileged: t.privileged,
             user: run_config.user().clone().unwrap_or_default(),
+            foreign: (!platform.runs_here()).then(|| platform.to_string()),
         };
         if t.privileged && !(t.install.is_empty() && t.run.is_empty()) {
             tracing::warn!(

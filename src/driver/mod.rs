@@ -226,6 +226,15 @@ impl DriverError {
         let path = path.into();
         move |source| DriverError::Io { op, path, source }
     }
+
+    /// Whether committing a snapshot at `dest` failed only because another
+    /// build committed the same ChainID there meanwhile: a success, since
+    /// equal ChainIDs mean equal content.
+    fn lost_commit_race(&self, dest: &Path) -> bool {
+        let taken = matches!(self, DriverError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::DirectoryNotEmpty));
+        taken && dest.exists()
+    }
 }
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
@@ -274,6 +283,19 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 ///   that layout. A tree whose process is gone
 ///   ([`WorkTree::is_abandoned`]) is removed with `discard` by the next
 ///   command that opens the store.
+///
+/// Concurrency (threads of one build, or several genoci processes):
+/// - Every method may be called from several threads at once on distinct
+///   work trees; a work tree is used by one caller at a time (its owner).
+/// - Committed snapshots are immutable, so reading one needs no lock.
+/// - Two work trees may be checked in as the same `id` at the same time (two
+///   targets with identical stanzas): `checkin` commits atomically (a rename
+///   or a snapshot ioctl, never a copy into place), so exactly one tree
+///   becomes the snapshot and the others are discarded; every caller gets
+///   `Ok`. A snapshot that appears between the existence check and the
+///   commit is such a success, not an error.
+/// - [`remove`](Self::remove) of a snapshot another caller is checking out
+///   from is not guarded here: gc must hold the store exclusively.
 pub trait SnapshotDriver: Send + Sync {
     /// Short name for messages: `plain` or `btrfs`.
     fn name(&self) -> &'static str;
@@ -316,6 +338,51 @@ pub trait SnapshotDriver: Send + Sync {
     /// The open work tree called `name`, if any.
     fn work_tree(&self, name: &str) -> Result<Option<WorkTree>> {
         Ok(self.work_trees()?.into_iter().find(|t| t.name == name))
+    }
+}
+
+/// Checks any driver against the concurrency rules of [`SnapshotDriver`].
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+
+    /// `rounds` times, `threads` work trees with equal content are checked
+    /// in as one `id` at the same moment: every checkin succeeds, and one
+    /// snapshot with that content and no work tree remain.
+    pub fn equal_checkins_race(driver: &dyn SnapshotDriver, threads: usize, rounds: u8) {
+        for round in 0..rounds {
+            let id = ChainId::of(&[format!("sha256:{}", format!("{round:02x}").repeat(32))]);
+            let trees: Vec<WorkTree> = (0..threads)
+                .map(|t| {
+                    let tree = driver
+                        .checkout(&ChainId::empty(), &format!("r{round}-{t}"))
+                        .unwrap();
+                    std::fs::write(tree.path.join("round"), [round]).unwrap();
+                    tree
+                })
+                .collect();
+            let start = std::sync::Barrier::new(threads);
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let start = &start;
+                let handles: Vec<_> = trees
+                    .into_iter()
+                    .map(|tree| {
+                        let id = &id;
+                        s.spawn(move || {
+                            start.wait();
+                            driver.checkin(tree, id)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+            let root = driver.snapshot_path(&id).unwrap();
+            assert_eq!(std::fs::read(root.join("round")).unwrap(), [round]);
+            assert!(driver.work_trees().unwrap().is_empty());
+        }
     }
 }
 

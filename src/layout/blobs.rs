@@ -52,6 +52,19 @@ impl BlobWriter {
     /// Make the blob durable under its digest and describe it.
     pub fn finish(mut self, media_type: MediaType) -> Result<Descriptor> {
         let file = self.file.take().expect("blob writer finished twice");
+        match self.put_in_place(file) {
+            Ok(hex) => Ok(Descriptor::new(media_type, self.size, sha256_digest(&hex))),
+            Err(e) => {
+                // The last write or the fsync fails on a full disk: the temp
+                // file must not stay (Drop no longer sees it).
+                let _ = fs::remove_file(&self.tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flush, fsync and rename the temp file to its digest; returns the hex.
+    fn put_in_place(&mut self, file: BufWriter<File>) -> Result<String> {
         let file = file
             .into_inner()
             .map_err(|e| LayoutError::io("write", &self.tmp)(e.into_error()))?;
@@ -67,7 +80,7 @@ impl BlobWriter {
             fs::rename(&self.tmp, &dest).map_err(LayoutError::io("rename into place", &dest))?;
             sync_dir(&self.dest_dir)?;
         }
-        Ok(Descriptor::new(media_type, self.size, sha256_digest(&hex)))
+        Ok(hex)
     }
 }
 

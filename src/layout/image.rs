@@ -2,18 +2,17 @@
 //! `oci-spec` types in canonical bytes.
 //!
 //! API: `pub struct Image { pub manifest_desc: Descriptor, pub manifest: ImageManifest, pub config: ImageConfiguration }`,
-//! `Layout::image(&self, manifest: &Descriptor) -> Result<Image>` (resolves an index/list to linux/amd64),
+//! `Layout::image(&self, manifest: &Descriptor) -> Result<Image>` (resolves an index/list to this machine's platform),
 //! `Layout::image_by_tag(&self, tag: &str) -> Result<Image>`,
 //! `Layout::write_image(&self, config: &ImageConfiguration, layers: Vec<Descriptor>, annotations: &BTreeMap<String,String>) -> Result<Descriptor>`.
 
 use std::collections::BTreeMap;
 
 use oci_spec::image::{
-    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
-    MediaType, Os, PlatformBuilder,
+    Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType,
 };
 
-use super::{Layout, LayoutError, Result};
+use super::{Layout, LayoutError, Platform, Result};
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -108,18 +107,17 @@ impl Layout {
             .iter()
             .filter(|d| kind(d.media_type()) != Kind::Other)
             .collect();
-        let wanted = images.iter().find(|d| {
-            d.platform()
-                .as_ref()
-                .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-        });
+        let machine = Platform::machine();
+        let wanted = images
+            .iter()
+            .find(|d| d.platform().as_ref().is_some_and(|p| machine.matches(p)));
         match (wanted, images.as_slice()) {
             (Some(d), _) => Ok((*d).clone()),
             // A single image without a platform is what a one-image index means.
             (None, [only]) if only.platform().is_none() => Ok((*only).clone()),
             _ => Err(LayoutError::Invalid {
                 what: format!("index {}", index_desc.digest()),
-                message: "no linux/amd64 image in it".to_string(),
+                message: format!("no {machine} image in it"),
             }),
         }
     }
@@ -159,15 +157,7 @@ impl Layout {
             message: e.to_string(),
         })?;
         let mut desc = self.put_json(MediaType::ImageManifest, &manifest)?;
-        let platform = PlatformBuilder::default()
-            .architecture(config.architecture().clone())
-            .os(config.os().clone())
-            .build()
-            .map_err(|e| LayoutError::Invalid {
-                what: "platform".to_string(),
-                message: e.to_string(),
-            })?;
-        desc.set_platform(Some(platform));
+        desc.set_platform(Some(Platform::of(config).to_oci()));
         tracing::debug!(manifest = %desc.digest(), layers = manifest.layers().len(), "wrote image");
         Ok(desc)
     }
@@ -176,7 +166,7 @@ impl Layout {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder, RootFsBuilder};
+    use oci_spec::image::{Arch, ConfigBuilder, ImageConfigurationBuilder, Os, RootFsBuilder};
 
     fn layout() -> (tempfile::TempDir, Layout) {
         let t = tempfile::tempdir().unwrap();
@@ -246,15 +236,16 @@ pub(crate) mod tests {
         let manifest_desc = l
             .put_json(MediaType::Other(DOCKER_MANIFEST.into()), &manifest)
             .unwrap();
-        let arm = serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 1,
+        // The image for another machine comes first; this machine's is taken.
+        let foreign = serde_json::json!({"mediaType": DOCKER_MANIFEST, "size": 1,
             "digest": format!("sha256:{}", "0".repeat(64)),
-            "platform": {"architecture": "arm64", "os": "linux"}});
+            "platform": {"architecture": "mips64p32", "os": "linux"}});
         let list = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST_LIST,
-            "manifests": [arm, {"mediaType": DOCKER_MANIFEST, "size": manifest_desc.size(),
+            "manifests": [foreign, {"mediaType": DOCKER_MANIFEST, "size": manifest_desc.size(),
                 "digest": manifest_desc.digest().to_string(),
-                "platform": {"architecture": "amd64", "os": "linux"}}]
+                "platform": Platform::machine().to_oci()}]
         });
         let list_desc = l
             .put_json(MediaType::Other(DOCKER_MANIFEST_LIST.into()), &list)

@@ -12,7 +12,7 @@ use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::image::{Descriptor, MediaType};
 use sha2::{Digest as _, Sha256};
@@ -107,6 +107,7 @@ impl Layout {
             clamp: opts.source_date_epoch,
             links: HashMap::new(),
             entries: 0,
+            layout: self.root().to_path_buf(),
         };
         for item in &plan {
             if tar.entries.is_multiple_of(CHECK_SIGNALS_EVERY) {
@@ -226,6 +227,9 @@ struct TarWriter {
     /// First tar path written for each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: usize,
+    /// Where the layer is written, for messages: a write that fails (a full
+    /// disk) is about the layout, not the tree being read.
+    layout: PathBuf,
 }
 
 impl TarWriter {
@@ -323,7 +327,8 @@ impl TarWriter {
         mut pax: Vec<(Vec<u8>, Vec<u8>)>,
         data_len: Option<u64>,
     ) -> Result<()> {
-        let err = |e| LayoutError::io("write layer", tree)(e);
+        let layout = self.layout.clone();
+        let err = |e| LayoutError::io("write layer into", &layout)(e);
         if path.len() > USTAR_NAME_MAX {
             pax.insert(0, (b"path".to_vec(), path.to_vec()));
         }
@@ -367,8 +372,7 @@ impl TarWriter {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&full)
                 .map_err(LayoutError::io("open", &full))?;
-            let copied = io::copy(&mut file.take(len), &mut self.out)
-                .map_err(LayoutError::io("read", &full))?;
+            let copied = copy_data(file.take(len), &mut self.out, &full, &self.layout)?;
             if copied != len {
                 return Err(LayoutError::Invalid {
                     what: full.display().to_string(),
@@ -379,6 +383,24 @@ impl TarWriter {
         }
         self.entries += 1;
         Ok(())
+    }
+}
+
+/// Copy a file's data into the layer, telling a failed read of the file
+/// from a failed write of the layer (`io::copy` reports both alike).
+fn copy_data(mut from: impl Read, to: &mut impl Write, file: &Path, layout: &Path) -> Result<u64> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut copied = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LayoutError::io("read", file)(e)),
+        };
+        to.write_all(&buf[..n])
+            .map_err(LayoutError::io("write layer into", layout))?;
+        copied += n as u64;
     }
 }
 
@@ -737,7 +759,7 @@ pub(crate) mod tests {
 }
 
 /// The layout as other tools see it: umoci, oci-image-tool and skopeo must
-/// accept what we write. Each tool missing here is skipped with a notice.
+/// accept what we write. Each tool missing here is skipped (`test_support::skip`).
 #[cfg(test)]
 mod interop {
     use super::tests::{sample_tree, writes};
@@ -753,7 +775,7 @@ mod interop {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("notice: {name} not installed, skipping its check");
+            crate::test_support::skip(&format!("{name} is not installed"));
         }
         found
     }

@@ -11,6 +11,7 @@ pub mod index;
 pub mod layer;
 pub mod lock;
 mod pgzip;
+pub mod platform;
 pub mod unpack;
 
 use std::fs::{self, File, OpenOptions};
@@ -27,6 +28,7 @@ pub use image::Image;
 pub use layer::{Compression, LayerOptions, WrittenLayer};
 pub use lock::{lock, Lock};
 pub use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
+pub use platform::Platform;
 pub use unpack::extract_tarball;
 
 #[derive(Debug, thiserror::Error)]

@@ -186,7 +186,7 @@ mod tests {
             .spawn()
         {
             Ok(c) => c,
-            Err(_) => return eprintln!("notice: gzip not installed, skipping gzip -t"),
+            Err(_) => return crate::test_support::skip("gzip is not installed"),
         };
         child.stdin.take().unwrap().write_all(&gz).unwrap();
         assert!(child.wait().unwrap().success(), "gzip -t accepts it");

@@ -420,6 +420,7 @@ fn helper_command(request: &str) -> Command {
         .args([
             "sandbox::tests::helper_entry",
             "--exact",
+            "--include-ignored",
             "--nocapture",
             "--quiet",
             "--test-threads=1",

@@ -21,7 +21,7 @@ macro_rules! require_btrfs {
         $crate::util::require_root!();
         if !$crate::util::have("mkfs.btrfs") || !std::path::Path::new("/dev/loop-control").exists()
         {
-            eprintln!("skipped: needs mkfs.btrfs and loop devices");
+            $crate::util::skip("needs mkfs.btrfs and loop devices");
             return;
         }
     };

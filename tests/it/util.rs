@@ -16,12 +16,22 @@ pub struct Env {
 macro_rules! require_root {
     () => {
         if !$crate::util::nix_is_root() {
-            eprintln!("skipped: needs root (namespaces, mounts, owners)");
+            $crate::util::skip("needs root (namespaces, mounts, owners)");
             return;
         }
     };
 }
 pub(crate) use require_root;
+
+/// The one way a test skips: the reason printed, or, with
+/// `GENOCI_TEST_STRICT=1` (as `scripts/test.sh` runs), a failure, so that CI
+/// never reports green for a test that did not run.
+pub fn skip(reason: &str) {
+    if std::env::var("GENOCI_TEST_STRICT").is_ok_and(|v| v == "1") {
+        panic!("GENOCI_TEST_STRICT=1 and this test cannot run: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
 
 pub fn nix_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -32,7 +42,7 @@ pub fn nix_is_root() -> bool {
 macro_rules! require_tool {
     ($tool:expr) => {
         if !$crate::util::have($tool) {
-            eprintln!("skipped: {} is not installed", $tool);
+            $crate::util::skip(&format!("{} is not installed", $tool));
             return;
         }
     };

@@ -284,7 +284,14 @@ impl SnapshotDriver for BtrfsDriver {
         // btrfs refuses to move a read-only subvolume to another directory,
         // and a writable one under snapshots/ would be a snapshot that can
         // still change: a read-only snapshot of the tree appears atomically.
-        self.sys.snapshot(&tree.path, &dest, true)?;
+        if let Err(e) = self.sys.snapshot(&tree.path, &dest, true) {
+            // Another build committed the same ChainID since the check.
+            return if e.lost_commit_race(&dest) {
+                self.discard(tree)
+            } else {
+                Err(e)
+            };
+        }
         self.discard(tree.clone())?;
         tracing::debug!(tree = %tree.name, snapshot = %id, "checked in");
         Ok(())

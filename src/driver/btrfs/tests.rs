@@ -1,5 +1,5 @@
 //! These run for real: as root, with loop devices and btrfs. Elsewhere they
-//! print a notice and pass.
+//! skip with a notice (a failure in strict mode, see `test_support::skip`).
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -19,7 +19,7 @@ fn can_run() -> bool {
         && Path::new("/dev/loop-control").exists()
         && Program::new("mkfs.btrfs").arg("--version").output().is_ok();
     if !ok {
-        eprintln!("notice: skipping btrfs test (needs root, loop devices and mkfs.btrfs)");
+        crate::test_support::skip("btrfs tests need root, loop devices and mkfs.btrfs");
     }
     ok
 }
@@ -182,6 +182,15 @@ fn setup_twice_is_a_no_op() {
     let empty = driver.snapshot_path(&ChainId::empty()).unwrap();
     assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
     assert!(subvol::read_only(&empty).unwrap());
+}
+
+#[test]
+fn equal_checkins_at_once_all_succeed() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
 }
 
 #[test]

@@ -149,7 +149,12 @@ impl SnapshotDriver for PlainDriver {
             owner: owner.clone(),
         })
         .expect("marker serializes");
-        fs::write(&marker, body).map_err(DriverError::io("write", &marker))?;
+        if let Err(e) = fs::write(&marker, body) {
+            // A full disk: neither the tree nor a partial marker may stay.
+            let _ = fs::remove_file(&marker);
+            let _ = Self::remove_tree(&path);
+            return Err(DriverError::io("write", &marker)(e));
+        }
         Ok(WorkTree {
             name: name.to_string(),
             base: base.clone(),
@@ -173,7 +178,15 @@ impl SnapshotDriver for PlainDriver {
         if dest.exists() {
             return self.discard(tree);
         }
-        fs::rename(&tree.path, &dest).map_err(DriverError::io("rename", &tree.path))?;
+        if let Err(e) = fs::rename(&tree.path, &dest).map_err(DriverError::io("rename", &tree.path))
+        {
+            // Another build committed the same ChainID since the check.
+            return if e.lost_commit_race(&dest) {
+                self.discard(tree)
+            } else {
+                Err(e)
+            };
+        }
         let marker = self.marker_path(&tree.name)?;
         fs::remove_file(&marker).map_err(DriverError::io("remove", &marker))
     }
@@ -380,6 +393,12 @@ mod tests {
         assert!(!trees[0].is_abandoned());
         assert_eq!(trees[1].owner, Owner::this_process());
         assert!(!trees[1].is_abandoned());
+    }
+
+    #[test]
+    fn equal_checkins_at_once_all_succeed() {
+        let (_t, d) = store();
+        crate::driver::contract::equal_checkins_race(&d, 16, 50);
     }
 
     #[test]
