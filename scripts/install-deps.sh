@@ -7,6 +7,8 @@ packages=(
   libclang-dev libbtrfsutil-dev btrfs-progs pkg-config
   # tests: losetup, findmnt, mount
   mount util-linux
+  # tests: xattrs and ACLs set on trees (setfattr, setfacl)
+  attr acl
   # fixtures
   busybox-static debootstrap rpm dpkg-dev zstd xz-utils bzip2 ca-certificates
   # interop and comparison tools

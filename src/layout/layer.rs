@@ -163,6 +163,19 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
         let rel_bytes = rel.as_os_str().as_bytes();
         match change {
             Change::Write(_) => {
+                if rel
+                    .file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX))
+                {
+                    // Any reader (genoci's own included) would take it for a
+                    // whiteout and delete lower files: refuse, as umoci does.
+                    return Err(LayoutError::Invalid {
+                        what: format!("/{}", rel.display()),
+                        message: "a name starting with .wh. cannot be stored in an OCI layer \
+                                  (readers take it for a whiteout)"
+                            .to_string(),
+                    });
+                }
                 let full = tree.join(rel);
                 let meta = fs::symlink_metadata(&full).map_err(LayoutError::io("stat", &full))?;
                 if meta.file_type().is_socket() {
@@ -229,9 +242,8 @@ struct TarWriter {
 }
 
 impl TarWriter {
-    fn mtime(&self, secs: i64) -> u64 {
-        let secs = self.clamp.map_or(secs, |c| secs.min(c));
-        secs.max(0) as u64
+    fn mtime(&self, secs: i64) -> i64 {
+        self.clamp.map_or(secs, |c| secs.min(c))
     }
 
     fn write_item(&mut self, tree: &Path, item: &Planned) -> Result<()> {
@@ -257,7 +269,10 @@ impl TarWriter {
         h.set_mode(meta.mode() & 0o7777);
         h.set_uid(meta.uid().into());
         h.set_gid(meta.gid().into());
-        h.set_mtime(self.mtime(meta.mtime()));
+        let mtime = self.mtime(meta.mtime());
+        // The header field is unsigned: a date before 1970 goes in a PAX
+        // record (the header says 0 for readers that ignore it).
+        h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
         let mut link_name = None;
         let mut data = None;
@@ -296,6 +311,9 @@ impl TarWriter {
         }
         let xattrs = crate::xattr::list(&full).map_err(LayoutError::io("read xattrs", &full))?;
         let mut pax = Vec::new();
+        if mtime < 0 {
+            pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
+        }
         if u64::from(meta.uid()) > USTAR_ID_MAX {
             pax.push((b"uid".to_vec(), meta.uid().to_string().into_bytes()));
         }
