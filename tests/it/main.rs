@@ -8,6 +8,7 @@ mod compression;
 mod core;
 mod distro;
 mod example;
+mod fidelity;
 mod interop;
 mod lpack;
 mod oci;
