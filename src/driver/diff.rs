@@ -403,6 +403,25 @@ mod tests {
     }
 
     #[test]
+    fn a_change_of_hard_links_is_a_change_and_carries_every_name() {
+        let (_t, a, b) = pair();
+        // etc/sub/one and two hold the same bytes and times in the base.
+        fs::write(a.join("etc/sub/two"), "1").unwrap();
+        fs::write(b.join("etc/sub/two"), "1").unwrap();
+        let t = filetime::FileTime::from_unix_time(1_000_000, 0);
+        for root in [&a, &b] {
+            filetime::set_file_mtime(root.join("etc/sub/two"), t).unwrap();
+        }
+        fs::remove_file(b.join("etc/sub/two")).unwrap();
+        fs::hard_link(b.join("etc/sub/one"), b.join("etc/sub/two")).unwrap();
+        fs::hard_link(b.join("etc/passwd"), b.join("etc/pw2")).unwrap();
+        let got = diff(&a, &b);
+        for p in ["etc/sub/one", "etc/sub/two", "etc/passwd", "etc/pw2"] {
+            assert!(got.contains(&w(p)), "{p} in {got:?}");
+        }
+    }
+
+    #[test]
     fn a_symlinked_parent_never_reaches_outside() {
         let (t, a, b) = pair();
         let outside = t.path().join("outside");

@@ -743,6 +743,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn names_that_look_like_whiteouts_are_refused_before_any_blob() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("d/.wh.keep"), "x").unwrap();
+        let l = layout(t.path());
+        let blobs = || fs::read_dir(l.root().join("blobs/sha256")).unwrap().count();
+        let before = blobs();
+        let err = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("/d/.wh.keep"), "{err}");
+        assert_eq!(blobs(), before);
+    }
+
+    #[test]
+    fn dates_before_1970_and_xattrs_with_newlines_survive_a_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        fs::write(src.join("old"), "x").unwrap();
+        crate::xattr::set(&src.join("old"), b"user.nl", b"a\n\nb").unwrap();
+        crate::xattr::set(&src.join("old"), b"user.empty", b"").unwrap();
+        set_time(&src.join("old"), -86_400);
+        let l = layout(t.path());
+        let w = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap();
+        l.apply_layer(&w.descriptor, &dst).unwrap();
+        assert_eq!(fs::metadata(dst.join("old")).unwrap().mtime(), -86_400);
+        assert_eq!(
+            crate::xattr::list(&dst.join("old")).unwrap(),
+            vec![
+                (b"user.empty".to_vec(), Vec::new()),
+                (b"user.nl".to_vec(), b"a\n\nb".to_vec())
+            ]
+        );
+    }
+
+    #[test]
     fn pax_record_lengths_count_themselves() {
         // 4 + 1 + 5 + 93 + 1 = 104 bytes only if the prefix has three digits.
         let rec = pax_records(&[(b"path".to_vec(), vec![b'a'; 93])]);

@@ -891,6 +891,26 @@ mod tests {
     }
 
     #[test]
+    fn entries_lose_xattrs_they_do_not_carry_and_untouched_dirs_keep_times() {
+        let s = sandbox();
+        fs::create_dir_all(s.tree.join("d")).unwrap();
+        fs::create_dir_all(s.tree.join("e")).unwrap();
+        crate::xattr::set(&s.tree.join("d"), b"user.gone", b"1").unwrap();
+        let old = FileTime::from_unix_time(1_000_000_000, 0);
+        filetime::set_file_times(s.tree.join("e"), old, old).unwrap();
+        let bytes = tarball(|b| {
+            raw(b, EntryType::Directory, "d/", "", b"");
+            raw(b, EntryType::Regular, "e/f", "", b"new");
+        });
+        fs::write(&s.tarball, bytes).unwrap();
+        extract_tarball(&s.tarball, &s.tree).unwrap();
+        assert_eq!(crate::xattr::list(&s.tree.join("d")).unwrap(), vec![]);
+        let e = fs::metadata(s.tree.join("e")).unwrap();
+        assert_eq!(e.mtime(), 1_000_000_000);
+        assert_eq!(fs::read(s.tree.join("e/f")).unwrap(), b"new");
+    }
+
+    #[test]
     fn pax_times_parse() {
         assert_eq!(
             parse_pax_time("1700000000.5"),

@@ -530,6 +530,33 @@ mod tests {
     }
 
     #[test]
+    fn directories_renamed_onto_others_are_seen_at_any_depth() {
+        let (_t, d) = store();
+        let (one, _) = commit(&d, &ChainId::empty(), "a", |root| {
+            for (dir, text) in [("opt/app/lib/deep", "old"), ("opt/new/lib/deep", "new")] {
+                fs::create_dir_all(root.join(dir)).unwrap();
+                fs::write(root.join(dir).join("f"), text).unwrap();
+            }
+            fs::create_dir_all(root.join("x/in")).unwrap();
+            fs::create_dir_all(root.join("y/in")).unwrap();
+            fs::write(root.join("x/in/f"), "x").unwrap();
+            fs::write(root.join("y/in/f"), "y").unwrap();
+        });
+        let tree = d.checkout(&one, "b").unwrap();
+        let root = &tree.path;
+        fs::remove_dir_all(root.join("opt/app")).unwrap();
+        fs::rename(root.join("opt/new"), root.join("opt/app")).unwrap();
+        fs::rename(root.join("x"), root.join("swap")).unwrap();
+        fs::rename(root.join("y"), root.join("x")).unwrap();
+        fs::rename(root.join("swap"), root.join("y")).unwrap();
+        let base = d.snapshot_path(&one).unwrap();
+        let got = d.changes(&tree).unwrap();
+        assert_eq!(got, diff::full_compare(&base, root));
+        assert!(got.contains(&Change::Write(PathBuf::from("opt/app/lib/deep/f"))));
+        assert!(got.contains(&Change::Write(PathBuf::from("x/in/f"))));
+    }
+
+    #[test]
     fn names_cannot_escape_the_store() {
         let (_t, d) = store();
         for bad in ["../x", "a/b", "..", ""] {
