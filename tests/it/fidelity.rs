@@ -31,7 +31,7 @@ fn global_flags<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// `genoci unpack`'s `TAG: PATH` lines, or `None` when it fails.
-fn unpack(env: &Env, flags: &[&str]) -> Option<BTreeMap<String, PathBuf>> {
+pub fn unpack_tags(env: &Env, flags: &[&str]) -> Option<BTreeMap<String, PathBuf>> {
     let mut args = flags.to_vec();
     args.push("unpack");
     let out = env.cmd(&args).output().expect("run genoci unpack");
@@ -63,7 +63,8 @@ pub fn assert_layers_rebuild_the_store(env: &Env, args: &[&str], epoch: Option<i
     if !layout.join("index.json").exists() {
         return;
     }
-    let Some(warm) = unpack(env, &flags) else {
+    let started = std::time::Instant::now();
+    let Some(warm) = unpack_tags(env, &flags) else {
         eprintln!("notice: the store cannot be unpacked; its trees are not compared");
         return;
     };
@@ -81,7 +82,7 @@ pub fn assert_layers_rebuild_the_store(env: &Env, args: &[&str], epoch: Option<i
         }
     }
     fresh_flags.extend(["--driver", "plain", "--store", &verify]);
-    let fresh = unpack(env, &fresh_flags)
+    let fresh = unpack_tags(env, &fresh_flags)
         .expect("genoci cannot materialise from their layers the images it built");
     assert_eq!(
         warm.keys().collect::<Vec<_>>(),
@@ -94,6 +95,11 @@ pub fn assert_layers_rebuild_the_store(env: &Env, args: &[&str], epoch: Option<i
         }
         assert_same_tree(path, &fresh[tag], epoch, &format!("tag {tag}"));
     }
+    eprintln!(
+        "layers rebuild the store: {} trees compared in {:.2} s",
+        seen.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Panic with the differing entries unless the two trees are the same in
@@ -497,7 +503,7 @@ fn the_snapshot_root_is_0755_whatever_the_tarball_root_says() {
             "rooted:\n  base: empty\n  expand: ./root.tar\n",
         );
         env.ok(&["build", "spec.yaml"]);
-        for (tag, path) in unpack(env, &[]).unwrap() {
+        for (tag, path) in unpack_tags(env, &[]).unwrap() {
             let mode = fs::metadata(&path).unwrap().mode() & 0o7777;
             assert_eq!(mode, 0o755, "{tag}");
         }

@@ -6,6 +6,7 @@ mod btrfs;
 mod cache;
 mod compression;
 mod core;
+mod differential;
 mod distro;
 mod example;
 mod fidelity;
