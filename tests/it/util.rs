@@ -13,6 +13,8 @@ pub struct Env {
     /// A plain store of its own into which every image built is
     /// materialised from its layers, to compare with the build's store.
     pub verify: tempfile::TempDir,
+    /// Snapshots already compared: they never change once committed.
+    pub verified: std::cell::RefCell<std::collections::HashSet<PathBuf>>,
 }
 
 /// Skip (with a notice) unless root: the sandbox and the store need it.
@@ -59,7 +61,11 @@ impl Env {
             .prefix("genoci-verify-")
             .tempdir()
             .expect("temp dir");
-        let env = Env { dir, verify };
+        let env = Env {
+            dir,
+            verify,
+            verified: Default::default(),
+        };
         env.write(
             "atom_config.yaml",
             "driver: plain\nlayoutdir: ./oci\nstoredir: ./.genoci\n",
