@@ -9,6 +9,8 @@ packages=(
   libseccomp-dev
   # tests: losetup, findmnt, mount
   mount util-linux
+  # tests: xattrs and ACLs set on trees (setfattr, setfacl)
+  attr acl
   # fixtures
   busybox-static debootstrap rpm dpkg-dev zstd xz-utils bzip2 ca-certificates
   # interop and comparison tools

@@ -11,6 +11,17 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
+/// The umask image builders work under (docker's and buildah's): whatever
+/// the caller's umask, directories and files that actions, `run` steps and
+/// hooks create get the modes any other builder would give them, so the
+/// same spec gives the same image (and the same digests) for everyone.
+pub const IMAGE_UMASK: u32 = 0o022;
+
+/// Set the process umask (inherited by every step) to [`IMAGE_UMASK`].
+pub fn use_image_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(IMAGE_UMASK));
+}
+
 /// How [`copy_tree`] treats what it copies.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyOptions {

@@ -21,6 +21,7 @@ fn main() {
         .without_time()
         .init();
     genoci::signals::install();
+    genoci::fsutil::use_image_umask();
 
     let code = match cli::run(cli) {
         Ok(()) => exit::OK,

@@ -56,6 +56,23 @@ pub fn set(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Remove one attribute from the entry itself; removing one that is not
+/// there is not an error.
+pub fn remove(path: &Path, name: &[u8]) -> io::Result<()> {
+    let c = cpath(path)?;
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::lremovexattr(c.as_ptr(), cname.as_ptr()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENODATA) => Ok(()),
+        _ => Err(err),
+    }
+}
+
 /// Call a size-probing libc getter until the buffer is big enough.
 fn grow(mut call: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];

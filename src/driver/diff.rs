@@ -18,9 +18,17 @@ use super::{Change, DriverError, Result};
 /// two trees may differ; paths that are the same in both are ignored, and the
 /// descendants of a directory that is new in `tree` need not be listed. An
 /// entry reached through a symlink in either tree counts as absent there.
+///
+/// Hard links: a candidate that is a multiply-linked non-directory in either
+/// tree must come with every other name of its inode in that tree. A name
+/// whose set of fellow names changed is a change (the store keeps the link,
+/// so the layer must too), and every name of a written inode is written, so
+/// a new link to an unchanged file carries both names, as docker's copy-up.
 pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Result<Vec<Change>> {
     let mut base_view = TreeView::new(base);
     let mut tree_view = TreeView::new(tree);
+    let base_links = LinkGroups::of(&mut base_view, candidates)?;
+    let tree_links = LinkGroups::of(&mut tree_view, candidates)?;
     let mut writes = BTreeSet::new();
     let mut deletes = BTreeSet::new();
 
@@ -40,7 +48,8 @@ pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Resu
             }
             (None, Some(meta)) => add_with_descendants(tree, rel, &meta, &mut writes)?,
             (Some(old), Some(new)) => {
-                if differs(&base.join(rel), &old, &tree.join(rel), &new)? {
+                let relinked = base_links.names(rel, &old) != tree_links.names(rel, &new);
+                if relinked || differs(&base.join(rel), &old, &tree.join(rel), &new)? {
                     if new.is_dir() && !old.is_dir() {
                         add_with_descendants(tree, rel, &new, &mut writes)?;
                     } else {
@@ -50,6 +59,12 @@ pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Resu
             }
         }
     }
+
+    let linked: Vec<PathBuf> = writes
+        .iter()
+        .flat_map(|rel| tree_links.others(rel))
+        .collect();
+    writes.extend(linked);
 
     let opaque = opaque_dirs(base, &deletes)?;
     let mut changes: Vec<Change> = writes.into_iter().map(Change::Write).collect();
@@ -64,6 +79,53 @@ pub fn compare(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Resu
     }
     changes.sort();
     Ok(changes)
+}
+
+/// The names of each multiply-linked non-directory among the candidates.
+struct LinkGroups {
+    by_inode: HashMap<u64, BTreeSet<PathBuf>>,
+    inode: HashMap<PathBuf, u64>,
+}
+
+impl LinkGroups {
+    fn of(view: &mut TreeView<'_>, candidates: &BTreeSet<PathBuf>) -> Result<LinkGroups> {
+        let mut groups = LinkGroups {
+            by_inode: HashMap::new(),
+            inode: HashMap::new(),
+        };
+        for rel in candidates {
+            if let Some(m) = view.lstat(rel)? {
+                if !m.is_dir() && m.nlink() > 1 {
+                    groups.inode.insert(rel.clone(), m.ino());
+                    groups
+                        .by_inode
+                        .entry(m.ino())
+                        .or_default()
+                        .insert(rel.clone());
+                }
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Every name of the entry at `rel` (itself alone when not linked).
+    fn names(&self, rel: &Path, meta: &Metadata) -> BTreeSet<PathBuf> {
+        match self.inode.get(rel) {
+            Some(ino) if !meta.is_dir() => self.by_inode[ino].clone(),
+            _ => BTreeSet::from([rel.to_path_buf()]),
+        }
+    }
+
+    /// The other names of the inode at `rel`.
+    fn others(&self, rel: &Path) -> Vec<PathBuf> {
+        self.inode.get(rel).map_or_else(Vec::new, |ino| {
+            self.by_inode[ino]
+                .iter()
+                .filter(|p| p.as_path() != rel)
+                .cloned()
+                .collect()
+        })
+    }
 }
 
 fn is_plain_relative(p: &Path) -> bool {
@@ -338,6 +400,25 @@ mod tests {
         let got = diff(&a, &b);
         assert!(got.contains(&Change::Delete(PathBuf::from("etc/sub"))));
         assert!(!got.contains(&Change::Delete(PathBuf::from("etc/sub/one"))));
+    }
+
+    #[test]
+    fn a_change_of_hard_links_is_a_change_and_carries_every_name() {
+        let (_t, a, b) = pair();
+        // etc/sub/one and two hold the same bytes and times in the base.
+        fs::write(a.join("etc/sub/two"), "1").unwrap();
+        fs::write(b.join("etc/sub/two"), "1").unwrap();
+        let t = filetime::FileTime::from_unix_time(1_000_000, 0);
+        for root in [&a, &b] {
+            filetime::set_file_mtime(root.join("etc/sub/two"), t).unwrap();
+        }
+        fs::remove_file(b.join("etc/sub/two")).unwrap();
+        fs::hard_link(b.join("etc/sub/one"), b.join("etc/sub/two")).unwrap();
+        fs::hard_link(b.join("etc/passwd"), b.join("etc/pw2")).unwrap();
+        let got = diff(&a, &b);
+        for p in ["etc/sub/one", "etc/sub/two", "etc/passwd", "etc/pw2"] {
+            assert!(got.contains(&w(p)), "{p} in {got:?}");
+        }
     }
 
     #[test]

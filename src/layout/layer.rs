@@ -164,6 +164,19 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
         let rel_bytes = rel.as_os_str().as_bytes();
         match change {
             Change::Write(_) => {
+                if rel
+                    .file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX))
+                {
+                    // Any reader (genoci's own included) would take it for a
+                    // whiteout and delete lower files: refuse, as umoci does.
+                    return Err(LayoutError::Invalid {
+                        what: format!("/{}", rel.display()),
+                        message: "a name starting with .wh. cannot be stored in an OCI layer \
+                                  (readers take it for a whiteout)"
+                            .to_string(),
+                    });
+                }
                 let full = tree.join(rel);
                 let meta = fs::symlink_metadata(&full).map_err(LayoutError::io("stat", &full))?;
                 if meta.file_type().is_socket() {
@@ -233,9 +246,8 @@ struct TarWriter {
 }
 
 impl TarWriter {
-    fn mtime(&self, secs: i64) -> u64 {
-        let secs = self.clamp.map_or(secs, |c| secs.min(c));
-        secs.max(0) as u64
+    fn mtime(&self, secs: i64) -> i64 {
+        self.clamp.map_or(secs, |c| secs.min(c))
     }
 
     fn write_item(&mut self, tree: &Path, item: &Planned) -> Result<()> {
@@ -261,7 +273,10 @@ impl TarWriter {
         h.set_mode(meta.mode() & 0o7777);
         h.set_uid(meta.uid().into());
         h.set_gid(meta.gid().into());
-        h.set_mtime(self.mtime(meta.mtime()));
+        let mtime = self.mtime(meta.mtime());
+        // The header field is unsigned: a date before 1970 goes in a PAX
+        // record (the header says 0 for readers that ignore it).
+        h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
         let mut link_name = None;
         let mut data = None;
@@ -300,6 +315,9 @@ impl TarWriter {
         }
         let xattrs = crate::xattr::list(&full).map_err(LayoutError::io("read xattrs", &full))?;
         let mut pax = Vec::new();
+        if mtime < 0 {
+            pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
+        }
         if u64::from(meta.uid()) > USTAR_ID_MAX {
             pax.push((b"uid".to_vec(), meta.uid().to_string().into_bytes()));
         }
@@ -744,6 +762,47 @@ pub(crate) mod tests {
             .write_layer(&src, &writes(&src), &LayerOptions::default())
             .unwrap();
         assert_eq!(w.entries, 1);
+    }
+
+    #[test]
+    fn names_that_look_like_whiteouts_are_refused_before_any_blob() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("d/.wh.keep"), "x").unwrap();
+        let l = layout(t.path());
+        let blobs = || fs::read_dir(l.root().join("blobs/sha256")).unwrap().count();
+        let before = blobs();
+        let err = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("/d/.wh.keep"), "{err}");
+        assert_eq!(blobs(), before);
+    }
+
+    #[test]
+    fn dates_before_1970_and_xattrs_with_newlines_survive_a_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        fs::write(src.join("old"), "x").unwrap();
+        crate::xattr::set(&src.join("old"), b"user.nl", b"a\n\nb").unwrap();
+        crate::xattr::set(&src.join("old"), b"user.empty", b"").unwrap();
+        set_time(&src.join("old"), -86_400);
+        let l = layout(t.path());
+        let w = l
+            .write_layer(&src, &writes(&src), &LayerOptions::default())
+            .unwrap();
+        l.apply_layer(&w.descriptor, &dst).unwrap();
+        assert_eq!(fs::metadata(dst.join("old")).unwrap().mtime(), -86_400);
+        assert_eq!(
+            crate::xattr::list(&dst.join("old")).unwrap(),
+            vec![
+                (b"user.empty".to_vec(), Vec::new()),
+                (b"user.nl".to_vec(), b"a\n\nb".to_vec())
+            ]
+        );
     }
 
     #[test]

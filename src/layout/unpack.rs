@@ -222,6 +222,10 @@ struct Unpacker<'a> {
     /// Directory metadata, set once everything is written so that the
     /// writes below a directory do not change its mtime afterwards.
     dirs: Vec<(PathBuf, Meta)>,
+    /// Times of directories this archive does not carry but writes into
+    /// (relative paths): restored at the end, as the image has them.
+    kept_times: Vec<(PathBuf, FileTime, FileTime)>,
+    kept: HashSet<PathBuf>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -232,6 +236,8 @@ impl<'a> Unpacker<'a> {
             whiteouts,
             written: HashSet::new(),
             dirs: Vec::new(),
+            kept_times: Vec::new(),
+            kept: HashSet::new(),
         }
     }
 
@@ -253,6 +259,14 @@ impl<'a> Unpacker<'a> {
             let mut entry = entry.map_err(|e| read_error(source, e))?;
             self.entry(&mut entry, source)?;
         }
+        for (rel, atime, mtime) in std::mem::take(&mut self.kept_times) {
+            let full = self.root.join(&rel);
+            if !self.written.contains(&rel) && fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
+            {
+                filetime::set_symlink_file_times(&full, atime, mtime)
+                    .map_err(LayoutError::io("set times", &full))?;
+            }
+        }
         for (full, meta) in std::mem::take(&mut self.dirs) {
             // Replaced by a later entry of the same archive: nothing to set.
             if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
@@ -271,12 +285,13 @@ impl<'a> Unpacker<'a> {
         let meta = read_meta(entry).map_err(|e| read_error(source, e))?;
         let comps = clean(&raw);
         let Some((name, parent)) = comps.split_last() else {
-            if kind == EntryType::Directory {
-                self.dirs.push((self.root.to_path_buf(), meta));
-            }
+            // The root of a tree is the snapshot's, 0755 as image tools
+            // make a rootfs: a tarball's `./` (often a 0700 temp dir) does
+            // not change it, and layers never carry it.
             return Ok(());
         };
         let parent = self.resolve_dir(parent.to_vec(), &raw)?;
+        self.keep_times(&parent)?;
         if self.whiteouts && name.as_bytes().starts_with(WHITEOUT_PREFIX) {
             return self.whiteout(&parent, name);
         }
@@ -435,6 +450,23 @@ impl<'a> Unpacker<'a> {
             .map_err(|e| self.unsafe_entry(entry, &e.to_string()))
     }
 
+    /// Remember the times of directory `rel` before this archive first
+    /// writes into it, unless the archive carries it (or made it).
+    fn keep_times(&mut self, rel: &Path) -> Result<()> {
+        if self.written.contains(rel) || !self.kept.insert(rel.to_path_buf()) {
+            return Ok(());
+        }
+        let full = self.root.join(rel);
+        if let Ok(m) = fs::symlink_metadata(&full) {
+            if m.is_dir() {
+                let atime = FileTime::from_last_access_time(&m);
+                let mtime = FileTime::from_last_modification_time(&m);
+                self.kept_times.push((rel.to_path_buf(), atime, mtime));
+            }
+        }
+        Ok(())
+    }
+
     /// Create the missing directories of a resolved (symlink-free) path.
     fn make_dirs(&mut self, rel: &Path) -> Result<()> {
         let mut cur = PathBuf::new();
@@ -451,6 +483,7 @@ impl<'a> Unpacker<'a> {
                     })
                 }
                 Err(_) => {
+                    self.keep_times(cur.parent().unwrap_or(Path::new("")))?;
                     fs::create_dir(&full).map_err(LayoutError::io("create directory", &full))?;
                     fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
                         .map_err(LayoutError::io("chmod", &full))?;
@@ -461,11 +494,25 @@ impl<'a> Unpacker<'a> {
         Ok(())
     }
 
-    /// Owner, then mode (a chown clears setuid bits), then xattrs (a chown
-    /// clears `security.capability`), then times.
+    /// Owner, then the xattrs the entry does not carry go (a directory a
+    /// lower layer made keeps its own; a new file inherits a default ACL),
+    /// then mode (a chown clears setuid bits), then xattrs (a chown clears
+    /// `security.capability`), then times.
     fn set_meta(&self, full: &Path, meta: &Meta, symlink: bool) -> Result<()> {
         std::os::unix::fs::lchown(full, Some(meta.uid), Some(meta.gid))
             .map_err(LayoutError::io("chown", full))?;
+        let present = crate::xattr::list(full).map_err(LayoutError::io("read xattrs", full))?;
+        for (name, _) in present {
+            if meta.xattrs.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if let Err(e) = crate::xattr::remove(full, &name) {
+                if !matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::EPERM)) {
+                    return Err(LayoutError::io("remove xattr", full)(e));
+                }
+                tracing::warn!(path = %full.display(), xattr = %String::from_utf8_lossy(&name), error = %e, "xattr not removed");
+            }
+        }
         if !symlink {
             fs::set_permissions(full, fs::Permissions::from_mode(meta.mode & 0o7777))
                 .map_err(LayoutError::io("chmod", full))?;
@@ -562,16 +609,21 @@ fn blank_is_zero(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
     }
 }
 
-/// A PAX time: seconds, optionally with a fraction.
+/// A PAX time: seconds, optionally with a fraction; negative before 1970
+/// (`-1.25` is a quarter second after `-2`).
 fn parse_pax_time(text: &str) -> Option<FileTime> {
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs: i64 = secs.parse().ok()?;
+    let mut secs: i64 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let nanos = if digits.is_empty() {
+    let mut nanos: u32 = if digits.is_empty() {
         0
     } else {
         format!("{digits:0<9}").parse().ok()?
     };
+    if text.starts_with('-') && nanos > 0 {
+        secs -= 1;
+        nanos = 1_000_000_000 - nanos;
+    }
     Some(FileTime::from_unix_time(secs, nanos))
 }
 
@@ -839,12 +891,40 @@ mod tests {
     }
 
     #[test]
+    fn entries_lose_xattrs_they_do_not_carry_and_untouched_dirs_keep_times() {
+        let s = sandbox();
+        fs::create_dir_all(s.tree.join("d")).unwrap();
+        fs::create_dir_all(s.tree.join("e")).unwrap();
+        crate::xattr::set(&s.tree.join("d"), b"user.gone", b"1").unwrap();
+        let old = FileTime::from_unix_time(1_000_000_000, 0);
+        filetime::set_file_times(s.tree.join("e"), old, old).unwrap();
+        let bytes = tarball(|b| {
+            raw(b, EntryType::Directory, "d/", "", b"");
+            raw(b, EntryType::Regular, "e/f", "", b"new");
+        });
+        fs::write(&s.tarball, bytes).unwrap();
+        extract_tarball(&s.tarball, &s.tree).unwrap();
+        assert_eq!(crate::xattr::list(&s.tree.join("d")).unwrap(), vec![]);
+        let e = fs::metadata(s.tree.join("e")).unwrap();
+        assert_eq!(e.mtime(), 1_000_000_000);
+        assert_eq!(fs::read(s.tree.join("e/f")).unwrap(), b"new");
+    }
+
+    #[test]
     fn pax_times_parse() {
         assert_eq!(
             parse_pax_time("1700000000.5"),
             Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
         );
         assert_eq!(parse_pax_time("12"), Some(FileTime::from_unix_time(12, 0)));
+        assert_eq!(
+            parse_pax_time("-86400"),
+            Some(FileTime::from_unix_time(-86400, 0))
+        );
+        assert_eq!(
+            parse_pax_time("-1.25"),
+            Some(FileTime::from_unix_time(-2, 750_000_000))
+        );
         assert_eq!(parse_pax_time("x"), None);
     }
 

@@ -136,6 +136,11 @@ pub fn genoci_env(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr),
         out.status
     );
+    let epoch = vars
+        .iter()
+        .find(|(k, _)| *k == "SOURCE_DATE_EPOCH")
+        .and_then(|(_, v)| v.parse().ok());
+    env.after_command(args, epoch);
     out
 }
 

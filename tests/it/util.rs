@@ -10,6 +10,11 @@ use std::process::{Command, Output};
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A plain store of its own into which every image built is
+    /// materialised from its layers, to compare with the build's store.
+    pub verify: tempfile::TempDir,
+    /// Snapshots already compared: they never change once committed.
+    pub verified: std::cell::RefCell<std::collections::HashSet<PathBuf>>,
 }
 
 /// Skip (with a notice) unless root: the sandbox and the store need it.
@@ -62,7 +67,15 @@ impl Env {
             .prefix("genoci-test-")
             .tempdir()
             .expect("temp dir");
-        let env = Env { dir };
+        let verify = tempfile::Builder::new()
+            .prefix("genoci-verify-")
+            .tempdir()
+            .expect("temp dir");
+        let env = Env {
+            dir,
+            verify,
+            verified: Default::default(),
+        };
         env.write(
             "atom_config.yaml",
             "driver: plain\nlayoutdir: ./oci\nstoredir: ./.genoci\n",
@@ -108,7 +121,19 @@ impl Env {
             String::from_utf8_lossy(&out.stderr),
             out.status
         );
+        self.after_command(args, None);
         out
+    }
+
+    /// After a command that made images (a build, a checkin): every tag's
+    /// tree rebuilt from its layers alone equals the store's snapshot.
+    pub fn after_command(&self, args: &[&str], epoch: Option<i64>) {
+        let builds = args
+            .iter()
+            .any(|a| ["build", "checkin"].contains(a) || a.ends_with(".yaml"));
+        if builds {
+            crate::fidelity::assert_layers_rebuild_the_store(self, args, epoch);
+        }
     }
 
     /// Run genoci and insist on success; returns stdout.

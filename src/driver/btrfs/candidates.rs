@@ -8,8 +8,9 @@
 //! - a changed inode with several hard links is looked up by number, so
 //!   every name of it is compared;
 //! - a directory that took the place of another one (a rename onto a path
-//!   that was a directory in the base) is walked on both sides, since its
-//!   entries are not named by the stream when they did not change themselves.
+//!   that was a directory in the base), or is new at its path, is walked on
+//!   both sides, since its entries are not named by the stream when they did
+//!   not change themselves (and any of them may be linked elsewhere).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -37,20 +38,22 @@ pub fn expand(
     let mut base_view = TreeView::new(base);
     let mut tree_view = TreeView::new(tree);
     let mut replaced_dirs = Vec::new();
-    let mut linked = BTreeSet::new();
     for rel in &out {
         crate::signals::check().map_err(|_| DriverError::Interrupted)?;
         let old = base_view.lstat(rel)?;
         let new = tree_view.lstat(rel)?;
-        if let (Some(o), Some(n)) = (&old, &new) {
-            if o.is_dir() && n.is_dir() && o.ino() != n.ino() {
-                replaced_dirs.push(rel.clone());
-            }
-        }
-        for meta in [&old, &new].into_iter().flatten() {
-            if !meta.is_dir() && meta.nlink() > 1 {
-                linked.insert(meta.ino());
-            }
+        // A directory new at its path: its entries may be linked to
+        // names elsewhere, and a layer writes them all anyway.
+        if new.as_ref().is_some_and(|n| n.is_dir())
+            && !old
+                .as_ref()
+                .is_some_and(|o| o.is_dir() && Some(o.ino()) == new.as_ref().map(|n| n.ino()))
+            && !rel
+                .ancestors()
+                .skip(1)
+                .any(|a| replaced_dirs.contains(&a.to_path_buf()))
+        {
+            replaced_dirs.push(rel.clone());
         }
     }
     for dir in &replaced_dirs {
@@ -61,8 +64,43 @@ pub fn expand(
             out.insert(p);
         })?;
     }
-    add_inode_paths(sys, base, tree, &linked, &mut out)?;
+    add_link_names(sys, base, tree, &mut out)?;
     Ok(out)
+}
+
+/// Every name, in both trees, of each multiply-linked file among the
+/// candidates, until no new one turns up (a name found in the base may be
+/// linked to others in the tree).
+fn add_link_names(
+    sys: &dyn System,
+    base: &Path,
+    tree: &Path,
+    out: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let mut fresh: Vec<PathBuf> = out.iter().cloned().collect();
+    while !fresh.is_empty() {
+        let mut base_view = TreeView::new(base);
+        let mut tree_view = TreeView::new(tree);
+        let mut linked = BTreeSet::new();
+        for rel in &fresh {
+            crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+            for (side, view) in [(0u8, &mut base_view), (1, &mut tree_view)] {
+                if let Some(m) = view.lstat(rel)? {
+                    if !m.is_dir() && m.nlink() > 1 && seen.insert((side, m.ino())) {
+                        linked.insert(m.ino());
+                    }
+                }
+            }
+        }
+        let mut found = BTreeSet::new();
+        add_inode_paths(sys, base, tree, &linked, &mut found)?;
+        fresh = found
+            .into_iter()
+            .filter(|p| out.insert(p.clone()))
+            .collect();
+    }
+    Ok(())
 }
 
 /// The inode number in a send stream's temporary name `o<ino>-<gen>-<seq>`.

@@ -12,10 +12,17 @@
 //! change, rename or link sets the entry's ctime at or after it (userspace
 //! cannot set ctime). Entries at or past the watermark are candidates and get
 //! the full comparison; the rest are exactly as copied.
+//!
+//! A rename sets the ctime of the entry moved, not of what lies below it: a
+//! directory moved onto another's path brings children that look untouched.
+//! So the inode of every directory of the copy is recorded at checkout
+//! (`storedir/inodes/<name>`), and everything below a directory whose inode
+//! at that path is not the recorded one is a candidate too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +45,7 @@ struct Marker {
 impl PlainDriver {
     /// Open (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<PlainDriver> {
-        for sub in ["snapshots", "work"] {
+        for sub in ["snapshots", "work", "inodes"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(DriverError::io("create directory", &dir))?;
         }
@@ -71,6 +78,23 @@ impl PlainDriver {
     fn marker_path(&self, name: &str) -> Result<PathBuf> {
         check_name(name)?;
         Ok(self.root.join("work").join(format!("{name}.json")))
+    }
+
+    fn inodes_path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join("inodes").join(name))
+    }
+
+    fn remove_inodes(&self, name: &str) -> Result<()> {
+        let path = self.inodes_path(name)?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
+                op: "remove",
+                path,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn remove_tree(path: &Path) -> Result<()> {
@@ -144,14 +168,23 @@ impl SnapshotDriver for PlainDriver {
                 source: e,
             });
         }
+        let inodes = self.inodes_path(name)?;
+        let record = DirInodes::of_tree(&path).and_then(|r| {
+            fs::write(&inodes, r.to_bytes()).map_err(DriverError::io("write", &inodes))
+        });
+        if let Err(e) = record {
+            let _ = Self::remove_tree(&path);
+            return Err(e);
+        }
         let body = serde_json::to_vec(&Marker {
             base: base.store_name(),
             owner: owner.clone(),
         })
         .expect("marker serializes");
         if let Err(e) = fs::write(&marker, body) {
-            // A full disk: neither the tree nor a partial marker may stay.
+            // A full disk: neither the tree nor a partial record may stay.
             let _ = fs::remove_file(&marker);
+            let _ = self.remove_inodes(name);
             let _ = Self::remove_tree(&path);
             return Err(DriverError::io("write", &marker)(e));
         }
@@ -168,8 +201,22 @@ impl SnapshotDriver for PlainDriver {
         let m = fs::symlink_metadata(&marker).map_err(DriverError::io("stat", &marker))?;
         let watermark = (m.ctime(), m.ctime_nsec());
         let base = self.snapshot_path(&tree.base)?;
+        let inodes = self.inodes_path(&tree.name)?;
+        // Without the record (a tree checked out by an older genoci) every
+        // directory counts as moved: slower, never wrong.
+        let dirs = fs::read(&inodes)
+            .ok()
+            .map(|b| DirInodes::from_bytes(&b))
+            .unwrap_or_default();
+        let walk = Walk {
+            base: &base,
+            tree: &tree.path,
+            watermark,
+            dirs: &dirs,
+        };
         let mut candidates = BTreeSet::new();
-        collect_candidates(&base, &tree.path, Path::new(""), watermark, &mut candidates)?;
+        walk.collect(Path::new(""), false, &mut candidates)?;
+        add_link_names(&base, &tree.path, &mut candidates)?;
         diff::compare(&base, &tree.path, &candidates)
     }
 
@@ -187,12 +234,14 @@ impl SnapshotDriver for PlainDriver {
                 Err(e)
             };
         }
+        self.remove_inodes(&tree.name)?;
         let marker = self.marker_path(&tree.name)?;
         fs::remove_file(&marker).map_err(DriverError::io("remove", &marker))
     }
 
     fn discard(&self, tree: WorkTree) -> Result<()> {
         Self::remove_tree(&self.work_dir(&tree.name)?)?;
+        self.remove_inodes(&tree.name)?;
         let marker = self.marker_path(&tree.name)?;
         match fs::remove_file(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
@@ -248,38 +297,163 @@ impl SnapshotDriver for PlainDriver {
     }
 }
 
-/// Walk both trees together: every entry of the work tree touched at or after
-/// the watermark, and every base entry missing from the work tree.
-fn collect_candidates(
-    base: &Path,
-    tree: &Path,
-    rel: &Path,
-    watermark: (i64, i64),
-    out: &mut BTreeSet<PathBuf>,
-) -> Result<()> {
-    crate::signals::check().map_err(|_| DriverError::Interrupted)?;
-    let tree_dir = tree.join(rel);
-    let base_dir = base.join(rel);
-    let base_names = list(&base_dir)?;
-    let tree_names = list(&tree_dir)?;
-    for name in base_names.difference(&tree_names) {
-        out.insert(rel.join(name));
-    }
-    for name in &tree_names {
-        let child = rel.join(name);
-        let path = tree.join(&child);
-        let meta = fs::symlink_metadata(&path).map_err(DriverError::io("stat", &path))?;
-        if (meta.ctime(), meta.ctime_nsec()) >= watermark {
-            out.insert(child.clone());
+/// The inode of each directory of a work tree when it was checked out.
+#[derive(Default)]
+struct DirInodes(HashMap<PathBuf, u64>);
+
+impl DirInodes {
+    fn of_tree(root: &Path) -> Result<DirInodes> {
+        fn walk(root: &Path, rel: &Path, out: &mut HashMap<PathBuf, u64>) -> Result<()> {
+            let full = root.join(rel);
+            let meta = fs::symlink_metadata(&full).map_err(DriverError::io("stat", &full))?;
+            out.insert(rel.to_path_buf(), meta.ino());
+            for name in list(&full)? {
+                let child = rel.join(name);
+                let is_dir = fs::symlink_metadata(root.join(&child)).is_ok_and(|m| m.is_dir());
+                if is_dir {
+                    walk(root, &child, out)?;
+                }
+            }
+            Ok(())
         }
-        let base_is_dir = fs::symlink_metadata(base.join(&child)).is_ok_and(|m| m.is_dir());
-        if meta.is_dir() && base_is_dir {
-            collect_candidates(base, tree, &child, watermark, out)?;
-        } else if base_is_dir != meta.is_dir() {
-            out.insert(child);
+        let mut map = HashMap::new();
+        walk(root, Path::new(""), &mut map)?;
+        Ok(DirInodes(map))
+    }
+
+    /// `<inode> <path>\0` per directory: paths hold any byte but NUL.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (path, ino) in &self.0 {
+            out.extend_from_slice(format!("{ino} ").as_bytes());
+            out.extend_from_slice(path.as_os_str().as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> DirInodes {
+        let mut map = HashMap::new();
+        for rec in bytes.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            let Some(space) = rec.iter().position(|&b| b == b' ') else {
+                continue;
+            };
+            let ino = std::str::from_utf8(&rec[..space])
+                .ok()
+                .and_then(|t| t.parse().ok());
+            if let Some(ino) = ino {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&rec[space + 1..]));
+                map.insert(path, ino);
+            }
+        }
+        DirInodes(map)
+    }
+
+    /// Whether the directory now at `rel` is the one checked out there.
+    fn is_original(&self, rel: &Path, ino: u64) -> bool {
+        self.0.get(rel) == Some(&ino)
+    }
+}
+
+/// Both trees walked together, to find the candidates.
+struct Walk<'a> {
+    base: &'a Path,
+    tree: &'a Path,
+    watermark: (i64, i64),
+    dirs: &'a DirInodes,
+}
+
+impl Walk<'_> {
+    /// Every entry of the work tree touched at or after the watermark or
+    /// below a moved directory (`moved`), and every base entry missing from
+    /// the work tree.
+    fn collect(&self, rel: &Path, moved: bool, out: &mut BTreeSet<PathBuf>) -> Result<()> {
+        crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+        let base_names = list(&self.base.join(rel))?;
+        let tree_names = list(&self.tree.join(rel))?;
+        for name in base_names.difference(&tree_names) {
+            out.insert(rel.join(name));
+        }
+        for name in &tree_names {
+            let child = rel.join(name);
+            let path = self.tree.join(&child);
+            let meta = fs::symlink_metadata(&path).map_err(DriverError::io("stat", &path))?;
+            let child_moved = moved || meta.is_dir() && !self.dirs.is_original(&child, meta.ino());
+            if child_moved || (meta.ctime(), meta.ctime_nsec()) >= self.watermark {
+                out.insert(child.clone());
+            }
+            let base_is_dir =
+                fs::symlink_metadata(self.base.join(&child)).is_ok_and(|m| m.is_dir());
+            if meta.is_dir() {
+                // A new directory's entries are all candidates (the files
+                // among them may be linked to names elsewhere).
+                self.collect(&child, child_moved || !base_is_dir, out)?;
+            }
+            if base_is_dir != meta.is_dir() {
+                out.insert(child);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every name, in each tree, of a multiply-linked file among the
+/// candidates (as [`diff::compare`] needs them): a file linked to one below
+/// a moved directory has its old ctime.
+fn add_link_names(base: &Path, tree: &Path, candidates: &mut BTreeSet<PathBuf>) -> Result<()> {
+    let links = [LinkNames::of(base)?, LinkNames::of(tree)?];
+    let mut todo: Vec<PathBuf> = candidates
+        .iter()
+        .filter(|p| links.iter().any(|l| l.inode.contains_key(*p)))
+        .cloned()
+        .collect();
+    while let Some(rel) = todo.pop() {
+        for l in &links {
+            for name in l.others(&rel) {
+                if candidates.insert(name.clone()) {
+                    todo.push(name);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The names of each multiply-linked non-directory of a whole tree.
+struct LinkNames {
+    inode: HashMap<PathBuf, u64>,
+    names: HashMap<u64, Vec<PathBuf>>,
+}
+
+impl LinkNames {
+    fn of(root: &Path) -> Result<LinkNames> {
+        let mut l = LinkNames {
+            inode: HashMap::new(),
+            names: HashMap::new(),
+        };
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+            for name in list(&root.join(&dir))? {
+                let rel = dir.join(name);
+                let full = root.join(&rel);
+                let m = fs::symlink_metadata(&full).map_err(DriverError::io("stat", &full))?;
+                if m.is_dir() {
+                    stack.push(rel);
+                } else if m.nlink() > 1 {
+                    l.inode.insert(rel.clone(), m.ino());
+                    l.names.entry(m.ino()).or_default().push(rel);
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    fn others(&self, rel: &Path) -> Vec<PathBuf> {
+        self.inode
+            .get(rel)
+            .map_or_else(Vec::new, |ino| self.names[ino].clone())
+    }
 }
 
 fn list(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
@@ -399,6 +573,33 @@ mod tests {
     fn equal_checkins_at_once_all_succeed() {
         let (_t, d) = store();
         crate::driver::contract::equal_checkins_race(&d, 16, 50);
+    }
+
+    #[test]
+    fn directories_renamed_onto_others_are_seen_at_any_depth() {
+        let (_t, d) = store();
+        let (one, _) = commit(&d, &ChainId::empty(), "a", |root| {
+            for (dir, text) in [("opt/app/lib/deep", "old"), ("opt/new/lib/deep", "new")] {
+                fs::create_dir_all(root.join(dir)).unwrap();
+                fs::write(root.join(dir).join("f"), text).unwrap();
+            }
+            fs::create_dir_all(root.join("x/in")).unwrap();
+            fs::create_dir_all(root.join("y/in")).unwrap();
+            fs::write(root.join("x/in/f"), "x").unwrap();
+            fs::write(root.join("y/in/f"), "y").unwrap();
+        });
+        let tree = d.checkout(&one, "b").unwrap();
+        let root = &tree.path;
+        fs::remove_dir_all(root.join("opt/app")).unwrap();
+        fs::rename(root.join("opt/new"), root.join("opt/app")).unwrap();
+        fs::rename(root.join("x"), root.join("swap")).unwrap();
+        fs::rename(root.join("y"), root.join("x")).unwrap();
+        fs::rename(root.join("swap"), root.join("y")).unwrap();
+        let base = d.snapshot_path(&one).unwrap();
+        let got = d.changes(&tree).unwrap();
+        assert_eq!(got, diff::full_compare(&base, root));
+        assert!(got.contains(&Change::Write(PathBuf::from("opt/app/lib/deep/f"))));
+        assert!(got.contains(&Change::Write(PathBuf::from("x/in/f"))));
     }
 
     #[test]
