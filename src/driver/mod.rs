@@ -6,6 +6,7 @@
 
 pub mod btrfs;
 pub mod diff;
+pub mod overlay;
 pub mod plain;
 
 use std::fmt;
@@ -275,7 +276,7 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 ///   ([`WorkTree::is_abandoned`]) is removed with `discard` by the next
 ///   command that opens the store.
 pub trait SnapshotDriver: Send + Sync {
-    /// Short name for messages: `plain` or `btrfs`.
+    /// Short name for messages: `plain`, `overlay` or `btrfs`.
     fn name(&self) -> &'static str;
 
     /// Whether snapshot `id` is committed in the store.
