@@ -279,6 +279,12 @@ pub trait SnapshotDriver: Send + Sync {
     /// Short name for messages: `plain`, `overlay` or `btrfs`.
     fn name(&self) -> &'static str;
 
+    /// Whether a work tree's root is a mount of the driver's own (which
+    /// clearing what a hook left mounted in the tree must keep).
+    fn tree_is_mount(&self) -> bool {
+        false
+    }
+
     /// Whether snapshot `id` is committed in the store.
     fn exists(&self, id: &ChainId) -> Result<bool>;
 

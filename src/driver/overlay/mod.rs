@@ -186,6 +186,10 @@ impl SnapshotDriver for OverlayDriver {
         "overlay"
     }
 
+    fn tree_is_mount(&self) -> bool {
+        true
+    }
+
     fn exists(&self, id: &ChainId) -> Result<bool> {
         Ok(self.diff_dir(id).is_dir() && (id.is_empty() || self.lowers(id).is_ok()))
     }
