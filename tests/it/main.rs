@@ -17,6 +17,7 @@ mod honesty;
 mod interop;
 mod lpack;
 mod oci;
+mod overlay;
 mod robust;
 mod safety;
 mod select;
