@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::btrfs::SPEC;
 use crate::stores::{
-    assert_layout_valid, build_reproducibly, require_btrfs, tag_digests, unpack_snapshots,
-    work_entries, Btrfs, Overlay,
+    assert_layout_valid, build_reproducibly, genoci_env, require_btrfs, strip_ansi, tag_digests,
+    unpack_snapshots, work_entries, Btrfs, Overlay,
 };
 use crate::util::{mounts_under, require_root, require_tool, run_ok, stderr, Env};
 
@@ -88,6 +88,39 @@ fn builds_checkout_checkin_chroot_unpack_and_gc_work_on_overlay() {
     );
     let out = env.ok(&["gc"]);
     assert!(out.contains("removed 0 snapshots"), "{out}");
+}
+
+#[test]
+fn overlay_changes_cost_the_change_not_the_tree() {
+    require_root!();
+    let env = Overlay::new();
+    env.busybox("busybox.tar.gz");
+    env.write(
+        "spec.yaml",
+        "bb:\n  base: empty\n  expand: ./busybox.tar.gz\n",
+    );
+    env.ok(&["spec.yaml"]);
+    env.write(
+        "one.yaml",
+        "one:\n  base: bb\n  run: |\n    echo changed > /etc/motd\n    chmod 755 /bin\n",
+    );
+    let out = genoci_env(&env, &[("GENOCI_LOG", "debug")], &["one.yaml"]);
+    assert!(out.status.success());
+    let log = strip_ansi(&stderr(&out));
+    let line = log
+        .lines()
+        .find(|l| l.contains("changes from the upper dir"))
+        .unwrap_or_else(|| panic!("no upper-dir diff in the log:\n{log}"));
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    // busybox has ~280 entries; the file, its directory, /bin copied up by a
+    // chmod to its own mode and what the sandbox touches are all looked at.
+    assert!(field("candidates") <= 10, "{line}");
+    assert_eq!(field("changes"), 2, "{line}");
 }
 
 #[test]

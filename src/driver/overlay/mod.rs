@@ -245,8 +245,16 @@ impl SnapshotDriver for OverlayDriver {
         let dir = self.tree_dir(&tree.name)?;
         let base_mount = dir.join("base");
         let base = self.mount_view(&tree.base, &base_mount)?;
-        let result = upper::candidates(&dir.join("upper"), &base)
-            .and_then(|candidates| diff::compare(&base, &tree.path, &candidates));
+        let result = upper::candidates(&dir.join("upper"), &base).and_then(|candidates| {
+            let changes = diff::compare(&base, &tree.path, &candidates)?;
+            tracing::debug!(
+                tree = %tree.name,
+                candidates = candidates.len(),
+                changes = changes.len(),
+                "changes from the upper dir"
+            );
+            Ok(changes)
+        });
         unmount_if_mounted(&base_mount)?;
         result
     }
