@@ -416,6 +416,20 @@ mod tests {
     }
 
     #[test]
+    fn each_driver_is_named_by_its_key() {
+        let dirs = Dirs::new();
+        for (text, kind) in [
+            ("plain", DriverKind::Plain),
+            ("overlay", DriverKind::Overlay),
+            ("btrfs", DriverKind::Btrfs),
+        ] {
+            dirs.cwd_file(&format!("driver: {text}"));
+            let config = dirs.load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.driver, kind);
+        }
+    }
+
+    #[test]
     fn an_explicit_missing_file_is_an_error() {
         let dirs = Dirs::new();
         dirs.cwd_file("driver: btrfs");
