@@ -36,6 +36,9 @@ use mount::Overlay;
 
 pub use mount::supported as kernel_supported;
 
+/// The name prefix under which a checkin assembles a snapshot.
+const STAGING: &str = "new-";
+
 /// Far more layers than any image has: a `parent` loop cannot hang a command.
 const MAX_CHAIN: usize = 4096;
 
@@ -66,7 +69,44 @@ impl OverlayDriver {
         if !empty.exists() {
             fs::create_dir_all(&empty).map_err(DriverError::io("create directory", &empty))?;
         }
+        driver.remove_unfinished_checkins()?;
         Ok(driver)
+    }
+
+    /// A snapshot assembled by a checkin that was killed before its final
+    /// rename is not one: the store is opened under its lock, so no
+    /// checkin is under way.
+    fn remove_unfinished_checkins(&self) -> Result<()> {
+        let dir = self.root.join("snapshots");
+        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
+            if entry.file_name().to_string_lossy().starts_with(STAGING) {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mount a work tree whose mount is gone (a checkout kept across a
+    /// reboot), so that it shows its base and the changes in its upper dir
+    /// again. A root that is not empty is left alone: mounting over it
+    /// would hide what was written there.
+    fn remount(&self, tree: &WorkTree) -> Result<()> {
+        let dir = self.tree_dir(&tree.name)?;
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        let empty = fs::read_dir(&tree.path).is_ok_and(|mut d| d.next().is_none());
+        if !empty || !upper.is_dir() || !work.is_dir() {
+            return Ok(());
+        }
+        tracing::info!(tree = %tree.name, "mounting the work tree again");
+        let lowers = self.lowers(&tree.base)?;
+        let overlay = Overlay {
+            lowers: &lowers,
+            upper: Some((&upper, &work)),
+        };
+        overlay
+            .mount(&tree.path)
+            .map_err(DriverError::io("mount overlay at", &tree.path))
     }
 
     /// Whether an overlay mount with an upper dir in `storedir` works: the
@@ -243,6 +283,17 @@ impl SnapshotDriver for OverlayDriver {
 
     fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>> {
         let dir = self.tree_dir(&tree.name)?;
+        // Unmounted, the root is an empty directory and the upper dir alone
+        // says nothing of what was written there since.
+        if !mount::is_mounted(&tree.path)
+            .map_err(DriverError::io("read", crate::mountinfo::PATH))?
+        {
+            return Err(DriverError::Io {
+                op: "read the work tree",
+                path: tree.path.clone(),
+                source: io::Error::other("its overlay is not mounted"),
+            });
+        }
         let base_mount = dir.join("base");
         let base = self.mount_view(&tree.base, &base_mount)?;
         let result = upper::candidates(&dir.join("upper"), &base).and_then(|candidates| {
@@ -360,6 +411,16 @@ impl SnapshotDriver for OverlayDriver {
             });
         }
         trees.sort_by(|a, b| a.name.cmp(&b.name));
+        let mounts = crate::mountinfo::mount_points()
+            .map_err(DriverError::io("read", crate::mountinfo::PATH))?;
+        // Only a checkout kept for a layout outlives its process: a tree a
+        // running process owns may be between its record and its mount.
+        for tree in &trees {
+            let kept = tree.owner.process.is_none() && tree.owner.layout.is_some();
+            if kept && !mounts.contains(&tree.path) {
+                self.remount(tree)?;
+            }
+        }
         Ok(trees)
     }
 }

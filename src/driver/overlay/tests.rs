@@ -274,3 +274,52 @@ fn the_probe_mounts_and_leaves_nothing() {
     assert_eq!(store.mounts(), Vec::<PathBuf>::new());
     assert!(!store.dir.path().join("overlay/probe").exists());
 }
+
+#[test]
+fn a_checkout_whose_mount_is_gone_is_mounted_again() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver
+        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
+        .unwrap();
+    write(&tree.path, "edited", "by hand");
+    // As after a reboot: the mount is gone, the dirs and record stay.
+    mount::unmount(&tree.path).unwrap();
+    assert!(
+        driver.changes(&tree).is_err(),
+        "an unmounted tree has no changes to give"
+    );
+    let again = OverlayDriver::open(store.dir.path()).unwrap();
+    let trees = again.work_trees().unwrap();
+    assert_eq!(trees.len(), 1);
+    assert_eq!(
+        fs::read_to_string(trees[0].path.join("edited")).unwrap(),
+        "by hand"
+    );
+    assert_eq!(
+        again.changes(&trees[0]).unwrap(),
+        vec![Change::Write("edited".into())]
+    );
+}
+
+#[test]
+fn a_checkin_killed_half_way_leaves_no_snapshot() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let staging = store.dir.path().join("overlay/snapshots/new-build-1-x");
+    fs::create_dir_all(staging.join("diff")).unwrap();
+    drop(driver);
+    let driver = store.driver();
+    assert!(!staging.exists());
+    assert_eq!(driver.snapshots().unwrap(), vec![ChainId::empty()]);
+}
