@@ -11,8 +11,8 @@ use crate::stores::{
 };
 use crate::util::{require_tool, run_ok, stderr, Env};
 
-/// A base from a tarball, a target whose `run` edits, deletes, renames,
-/// re-owns and adds, one that undoes part of it, and one with config only.
+/// A base from a tarball, a target whose `run` edits, deletes, renames
+/// (a file and a directory of the base), re-owns and adds, one that undoes part of it, and one with config only.
 pub const SPEC: &str = r#"bb:
   base: empty
   expand: ./busybox.tar.gz
@@ -27,6 +27,7 @@ edited:
     ln -s ../opt/app /usr/app
     ln /opt/app/data/one /opt/app/data/hard
     mv /etc/hostname /etc/hostname.old || true
+    mv /var /srv
     chmod 600 /etc/group
     chown 1:2 /opt/app/data/one
     rm -rf /usr/share

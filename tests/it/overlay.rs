@@ -60,6 +60,15 @@ fn builds_checkout_checkin_chroot_unpack_and_gc_work_on_overlay() {
 
     let out = env.ok(&["chroot", "edited", "cat", "/etc/motd"]);
     assert_eq!(out, "hello\n");
+    // A directory of the base renamed in one layer stays renamed above it.
+    let out = env.ok(&[
+        "chroot",
+        "configured",
+        "sh",
+        "-c",
+        "test -d /srv && test ! -e /var && echo renamed",
+    ]);
+    assert_eq!(out, "renamed\n");
     assert!(work_entries(&env.root()).is_empty());
 
     // unpack: a read-only tree per tag that stays after the command.

@@ -20,7 +20,8 @@
 //!
 //! A file with several names in the base loses that link when one name is
 //! written (overlay copies up one name), where plain and btrfs write through
-//! every name.
+//! every name. A renamed base directory is an upper dir with a redirect to
+//! its old path; mounts of later layers follow it.
 
 mod mount;
 mod upper;
@@ -296,16 +297,17 @@ impl SnapshotDriver for OverlayDriver {
         }
         let base_mount = dir.join("base");
         let base = self.mount_view(&tree.base, &base_mount)?;
-        let result = upper::candidates(&dir.join("upper"), &base).and_then(|candidates| {
-            let changes = diff::compare(&base, &tree.path, &candidates)?;
-            tracing::debug!(
-                tree = %tree.name,
-                candidates = candidates.len(),
-                changes = changes.len(),
-                "changes from the upper dir"
-            );
-            Ok(changes)
-        });
+        let result =
+            upper::candidates(&dir.join("upper"), &base, &tree.path).and_then(|candidates| {
+                let changes = diff::compare(&base, &tree.path, &candidates)?;
+                tracing::debug!(
+                    tree = %tree.name,
+                    candidates = candidates.len(),
+                    changes = changes.len(),
+                    "changes from the upper dir"
+                );
+                Ok(changes)
+            });
         unmount_if_mounted(&base_mount)?;
         result
     }

@@ -15,13 +15,13 @@ pub struct Overlay<'a> {
     pub upper: Option<(&'a Path, &'a Path)>,
 }
 
-/// Options fixed for every genoci overlay. Renaming a lower directory then
-/// fails with EXDEV (tools fall back to copying) instead of leaving a
-/// redirect only this mount understands; no metadata-only copy-ups, so a
-/// committed upper dir holds whole files; no index, so an upper dir can
+/// Options fixed for every genoci overlay. A directory of a lower layer can
+/// be renamed (the upper dir records where it came from, and every later
+/// mount of the layers follows that record); no metadata-only copy-ups, so
+/// a committed upper dir holds whole files; no index, so an upper dir can
 /// become a lower one of any later mount.
 const FIXED: [(&str, &str); 4] = [
-    ("redirect_dir", "off"),
+    ("redirect_dir", "on"),
     ("metacopy", "off"),
     ("index", "off"),
     ("xino", "off"),

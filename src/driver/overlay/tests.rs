@@ -323,3 +323,58 @@ fn a_checkin_killed_half_way_leaves_no_snapshot() {
     assert!(!staging.exists());
     assert_eq!(driver.snapshots().unwrap(), vec![ChainId::empty()]);
 }
+
+#[test]
+fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    let t = &tree.path;
+    write(t, "left/f", "left");
+    write(t, "right/f", "right");
+    write(t, "right/g", "only right");
+    write(t, "usr/share/doc/sub/c", "c");
+    write(t, "p/q/f", "f");
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    let t = &tree.path;
+    // Swap two directories: the entries below them did not change themselves.
+    fs::rename(t.join("left"), t.join("tmp-swap")).unwrap();
+    fs::rename(t.join("right"), t.join("left")).unwrap();
+    fs::rename(t.join("tmp-swap"), t.join("right")).unwrap();
+    // A directory moved under a directory created after it, then edited.
+    fs::create_dir(t.join("newparent")).unwrap();
+    fs::rename(t.join("usr/share/doc/sub"), t.join("newparent/sub")).unwrap();
+    write(t, "newparent/sub/c", "c changed");
+    // Turn p/q inside out.
+    fs::rename(t.join("p/q"), t.join("q")).unwrap();
+    fs::rename(t.join("p"), t.join("q/p")).unwrap();
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let expected = diff::full_compare(&base, t);
+    assert_eq!(driver.changes(&tree).unwrap(), expected);
+    assert!(expected.contains(&Change::Write("left/g".into())));
+    assert!(expected.contains(&Change::Delete("right/g".into())));
+    let two = chain(1).push(&chain(2).to_string());
+    driver.checkin(tree, &two).unwrap();
+
+    // A later layer sees the renamed dirs where they went.
+    let tree = driver.checkout(&two, "later").unwrap();
+    let t = &tree.path;
+    let read = |rel: &str| fs::read_to_string(t.join(rel)).unwrap();
+    assert_eq!(read("left/f"), "right");
+    assert_eq!(read("left/g"), "only right");
+    assert_eq!(read("right/f"), "left");
+    assert!(!t.join("right/g").exists());
+    assert_eq!(read("newparent/sub/c"), "c changed");
+    assert!(!t.join("usr/share/doc/sub").exists());
+    assert_eq!(read("q/f"), "f");
+    assert!(t.join("q/p").is_dir() && !t.join("p").exists());
+    fs::rename(t.join("left"), t.join("third")).unwrap();
+    let base = driver.snapshot_path(&two).unwrap();
+    assert_eq!(driver.changes(&tree).unwrap(), diff::full_compare(&base, t));
+    driver.discard(tree).unwrap();
+}

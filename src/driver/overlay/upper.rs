@@ -14,16 +14,27 @@ use crate::driver::{DriverError, Result};
 /// (as root the kernel uses `trusted.`, unprivileged mounts `user.`).
 const OPAQUE: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
-/// Every path at which the tree may differ from `base`: each upper entry
-/// (a whiteout, a 0/0 character device, stands for a deletion at its path),
-/// and below an opaque dir every entry the base had there.
-pub fn candidates(upper: &Path, base: &Path) -> Result<BTreeSet<PathBuf>> {
+/// Set on an upper dir that is a renamed lower one: its entries come from
+/// the lower dirs at another path.
+const REDIRECT: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+
+/// Every path at which `tree` may differ from `base`: each upper entry (a
+/// whiteout, a 0/0 character device, stands for a deletion at its path);
+/// below an opaque dir every entry the base had there; below a renamed
+/// dir every entry the base and the tree have there.
+pub fn candidates(upper: &Path, base: &Path, tree: &Path) -> Result<BTreeSet<PathBuf>> {
     let mut out = BTreeSet::new();
-    walk(upper, base, Path::new(""), &mut out)?;
+    walk(upper, base, tree, Path::new(""), &mut out)?;
     Ok(out)
 }
 
-fn walk(upper: &Path, base: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> Result<()> {
+fn walk(
+    upper: &Path,
+    base: &Path,
+    tree: &Path,
+    rel: &Path,
+    out: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
     crate::signals::check().map_err(|_| DriverError::Interrupted)?;
     let dir = upper.join(rel);
     for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
@@ -35,10 +46,14 @@ fn walk(upper: &Path, base: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> R
         if is_whiteout(&meta) || !meta.is_dir() {
             continue;
         }
-        if is_opaque(&path)? {
+        let renamed = has_xattr(&path, REDIRECT)?;
+        if renamed || has_xattr(&path, OPAQUE)? {
             base_entries(base, &child, out)?;
         }
-        walk(upper, base, &child, out)?;
+        if renamed {
+            base_entries(tree, &child, out)?;
+        }
+        walk(upper, base, tree, &child, out)?;
     }
     Ok(())
 }
@@ -48,9 +63,11 @@ fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(path: &Path) -> Result<bool> {
+/// Whether `path` has one of `names` (for the opaque mark: set to `y`).
+fn has_xattr(path: &Path, names: [&str; 2]) -> Result<bool> {
     let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path read from a dir");
-    for name in OPAQUE {
+    for name in names {
+        let is_opaque_mark = name.ends_with(".opaque");
         let name = CString::new(name).expect("constant");
         let mut value = [0u8; 2];
         // SAFETY: lgetxattr writes at most `value.len()` bytes into `value`.
@@ -62,10 +79,14 @@ fn is_opaque(path: &Path) -> Result<bool> {
                 value.len(),
             )
         };
-        if n == 1 && value[0] == b'y' {
+        let err = std::io::Error::last_os_error();
+        if n >= 0 && (!is_opaque_mark || (n == 1 && value[0] == b'y')) {
             return Ok(true);
         }
-        let err = std::io::Error::last_os_error();
+        // ERANGE: a redirect longer than the buffer is there all the same.
+        if n < 0 && err.raw_os_error() == Some(libc::ERANGE) && !is_opaque_mark {
+            return Ok(true);
+        }
         if n < 0 && !matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
             return Err(DriverError::Io {
                 op: "read xattr",
@@ -77,8 +98,8 @@ fn is_opaque(path: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Every entry below `rel` in the base view (which has none if `rel` is not
-/// a directory there).
+/// Every entry below `rel` in the tree at `base` (none if `rel` is not a
+/// directory there).
 fn base_entries(base: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) -> Result<()> {
     let dir = base.join(rel);
     let is_dir = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
