@@ -50,7 +50,15 @@ pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
 pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
     let config = g.load_config()?;
     if config.driver != DriverKind::Btrfs {
-        println!("only the btrfs driver has a setup to undo: nothing to do");
+        let views = config.storedir.join("overlay/views");
+        if !views.is_dir() {
+            println!("only the btrfs driver has a setup to undo: nothing to do");
+            return Ok(());
+        }
+        let _lock = lock_store(&config)?;
+        let released = crate::driver::overlay::OverlayDriver::release_views(&config.storedir)
+            .with_context(|| format!("releasing the overlay views in {}", views.display()))?;
+        println!("unmounted {released} overlay views that `unpack` made");
         return Ok(());
     }
     let _lock = lock_store(&config)?;

@@ -97,6 +97,19 @@ fn builds_checkout_checkin_chroot_unpack_and_gc_work_on_overlay() {
     );
     let out = env.ok(&["gc"]);
     assert!(out.contains("removed 0 snapshots"), "{out}");
+
+    // unsetup takes the views away; the snapshots stay.
+    assert!(!overlay_mounts(env.path()).is_empty());
+    let out = env.ok(&["unsetup"]);
+    assert!(out.contains("unmounted"), "{out}");
+    assert_eq!(overlay_mounts(env.path()), Vec::<String>::new());
+    assert!(env
+        .root()
+        .join("snapshots")
+        .join(after["t"].file_name().unwrap())
+        .is_dir());
+    let out = env.ok(&["chroot", "undone", "cat", "/opt/app/two"]);
+    assert_eq!(out, "2\n");
 }
 
 #[test]

@@ -122,6 +122,28 @@ impl OverlayDriver {
         result.map_err(|e| format!("an overlay mount in {} fails: {e}", storedir.display()))
     }
 
+    /// Unmount and remove the read-only trees `snapshot_path` left mounted
+    /// in the store of `storedir`; how many there were.
+    pub fn release_views(storedir: &Path) -> Result<usize> {
+        let dir = storedir.join("overlay").join("views");
+        let dir = dir
+            .canonicalize()
+            .map_err(DriverError::io("resolve", &dir))?;
+        let mut released = 0;
+        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+            let view = entry
+                .map_err(DriverError::io("read directory", &dir))?
+                .path();
+            if mount::is_mounted(&view).map_err(DriverError::io("read", crate::mountinfo::PATH))? {
+                mount::unmount(&view).map_err(DriverError::io("unmount", &view))?;
+                released += 1;
+            }
+            // Only an empty directory: nothing below a view is ever removed.
+            fs::remove_dir(&view).map_err(DriverError::io("remove directory", &view))?;
+        }
+        Ok(released)
+    }
+
     fn snapshot_dir(&self, id: &ChainId) -> PathBuf {
         self.root.join("snapshots").join(id.store_name())
     }
