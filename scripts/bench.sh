@@ -7,7 +7,8 @@
 # Prints a markdown table of median wall times and ratios, then peak memory
 # (max RSS) of base imports of a ~100 MB and a ~1 GB layer. Everything
 # happens in a temp dir under /tmp, removed at the end (btrfs store
-# unmounted and detached, buildah storage removed), even on failure.
+# unmounted and detached, overlay mounts released, buildah storage removed),
+# even on failure.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -22,7 +23,8 @@ tarball=$("$repo/scripts/fixtures.sh" debian)
 work=/tmp/genoci-bench-$$
 mkdir -m 700 "$work"
 log=$work/log
-buildah_args=(--root "$work/buildah/root" --runroot "$work/buildah/run" --storage-driver vfs)
+# buildah's own default storage as root: overlay.
+buildah_args=(--root "$work/buildah/root" --runroot "$work/buildah/run" --storage-driver overlay)
 cleanup() {
   set +e
   if [ -f "$work/btrfs/atom_config.yaml" ]; then
@@ -32,6 +34,8 @@ cleanup() {
     buildah "${buildah_args[@]}" rm --all >/dev/null 2>&1
     buildah "${buildah_args[@]}" rmi --all --force >/dev/null 2>&1
   fi
+  # Whatever is still mounted below the work dir (overlay trees of a run cut short), deepest first.
+  findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -117,7 +121,7 @@ edit:
 EOF
 
 # One work dir per driver, sharing the inputs.
-for driver in plain btrfs; do
+for driver in plain overlay btrfs; do
   d=$work/$driver
   mkdir -p "$d"
   cp -a "$work/in/." "$d/"
@@ -137,7 +141,7 @@ g() { in_dir "$work/$driver" "$genoci" -q "$@"; }
 fresh_layout() { rm -rf "$work/$driver/oci" && g gc; }
 touch_file() { date +%s%N >"$work/$driver/file"; }
 
-for driver in plain btrfs; do
+for driver in plain overlay btrfs; do
   if [ "$driver" = btrfs ] && [ -z "$btrfs_ok" ]; then continue; fi
   say "genoci $driver: base import"
   T[import_$driver]=$(bench fresh_layout g build --target base spec.yaml)
@@ -193,7 +197,7 @@ else
   say "umoci not installed: skipped"
 fi
 
-# --- buildah (vfs, chroot isolation): from + copy one file + commit ----------
+# --- buildah (overlay storage, chroot isolation): from + copy one file + commit
 
 b() { buildah "${buildah_args[@]}" "$@"; }
 buildah_import() {
@@ -261,14 +265,15 @@ echo "load average before the run: $load_before."
 echo
 echo "Medians of $RUNS runs, wall time. Debian bookworm minbase rootfs: $(du -h "$tarball" | cut -f1) tarball."
 echo
-echo "| operation | genoci plain | genoci btrfs | umoci | buildah | other | ratios |"
-echo "|---|---|---|---|---|---|---|"
-echo "| base import (\`base: empty\` + \`expand\`) | $(secs "$P") | $(secs "$B") | $(secs "${T[import_umoci]:-}") | $(secs "${T[import_buildah]:-}") | $(secs "${T[import_base]}") tar -xzf + tar -c \| gzip -6 | plain ÷ extract+compress $(ratio "$P" "${T[import_base]}"); btrfs ÷ extract+compress $(ratio "$B" "${T[import_base]}") |"
-echo "| one-file rebuild | $(secs "${T[one_plain]}") | $(secs "${T[one_btrfs]:-}") | $(secs "${T[one_umoci]:-}") | $(secs "${T[one_buildah]:-}") | | umoci ÷ btrfs $(ratio "${T[one_umoci]:-}" "${T[one_btrfs]:-}"); buildah ÷ btrfs $(ratio "${T[one_buildah]:-}" "${T[one_btrfs]:-}"); umoci ÷ plain $(ratio "${T[one_umoci]:-}" "${T[one_plain]}") |"
-echo "| one-file rebuild, 40,000 more files in the base | $(secs "${T[many_plain]}") | $(secs "${T[many_btrfs]:-}") | | | | btrfs: with ÷ without $(ratio "${T[many_btrfs]:-}" "${T[one_btrfs]:-}") |"
-echo "| no-op rebuild | $(secs "${T[noop_plain]}") | $(secs "${T[noop_btrfs]:-}") | | | | |"
-echo "| 10-target spec, full build (\`--no-cache\`) | $(secs "${T[tenfull_plain]}") | $(secs "${T[tenfull_btrfs]:-}") | | | | |"
-echo "| 10-target spec, no-op rebuild | $(secs "${T[tennoop_plain]}") | $(secs "${T[tennoop_btrfs]:-}") | | | | full ÷ no-op: plain $(ratio "${T[tenfull_plain]}" "${T[tennoop_plain]}"), btrfs $(ratio "${T[tenfull_btrfs]:-}" "${T[tennoop_btrfs]:-}") |"
+O=${T[import_overlay]:-}
+echo "| operation | genoci plain | genoci overlay | genoci btrfs | umoci | buildah (overlay) | other | ratios |"
+echo "|---|---|---|---|---|---|---|---|"
+echo "| base import (\`base: empty\` + \`expand\`) | $(secs "$P") | $(secs "$O") | $(secs "$B") | $(secs "${T[import_umoci]:-}") | $(secs "${T[import_buildah]:-}") | $(secs "${T[import_base]}") tar -xzf + tar -c \| gzip -6 | plain ÷ extract+compress $(ratio "$P" "${T[import_base]}"); overlay ÷ extract+compress $(ratio "$O" "${T[import_base]}"); btrfs ÷ extract+compress $(ratio "$B" "${T[import_base]}") |"
+echo "| one-file rebuild | $(secs "${T[one_plain]}") | $(secs "${T[one_overlay]:-}") | $(secs "${T[one_btrfs]:-}") | $(secs "${T[one_umoci]:-}") | $(secs "${T[one_buildah]:-}") | | buildah ÷ overlay $(ratio "${T[one_buildah]:-}" "${T[one_overlay]:-}"); buildah ÷ btrfs $(ratio "${T[one_buildah]:-}" "${T[one_btrfs]:-}"); umoci ÷ overlay $(ratio "${T[one_umoci]:-}" "${T[one_overlay]:-}"); umoci ÷ plain $(ratio "${T[one_umoci]:-}" "${T[one_plain]}") |"
+echo "| one-file rebuild, 40,000 more files in the base | $(secs "${T[many_plain]}") | $(secs "${T[many_overlay]:-}") | $(secs "${T[many_btrfs]:-}") | | | | with ÷ without: overlay $(ratio "${T[many_overlay]:-}" "${T[one_overlay]:-}"), btrfs $(ratio "${T[many_btrfs]:-}" "${T[one_btrfs]:-}") |"
+echo "| no-op rebuild | $(secs "${T[noop_plain]}") | $(secs "${T[noop_overlay]:-}") | $(secs "${T[noop_btrfs]:-}") | | | | |"
+echo "| 10-target spec, full build (\`--no-cache\`) | $(secs "${T[tenfull_plain]}") | $(secs "${T[tenfull_overlay]:-}") | $(secs "${T[tenfull_btrfs]:-}") | | | | overlay ÷ btrfs $(ratio "${T[tenfull_overlay]:-}" "${T[tenfull_btrfs]:-}") |"
+echo "| 10-target spec, no-op rebuild | $(secs "${T[tennoop_plain]}") | $(secs "${T[tennoop_overlay]:-}") | $(secs "${T[tennoop_btrfs]:-}") | | | | full ÷ no-op: plain $(ratio "${T[tenfull_plain]}" "${T[tennoop_plain]}"), overlay $(ratio "${T[tenfull_overlay]:-}" "${T[tennoop_overlay]:-}"), btrfs $(ratio "${T[tenfull_btrfs]:-}" "${T[tennoop_btrfs]:-}") |"
 if [ ${#mem[@]} -gt 0 ]; then
   echo
   echo "Peak memory (max RSS, /usr/bin/time) of a base import of incompressible data, plain driver, one run:"

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DriverKind {
+    /// No `driver` given: `overlay` where the kernel and the store's
+    /// filesystem allow it, else `plain` (decided when the store is opened).
     #[default]
+    Auto,
     Plain,
+    Overlay,
     Btrfs,
 }
 
@@ -34,7 +38,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            driver: DriverKind::Plain,
+            driver: DriverKind::Auto,
             layoutdir: PathBuf::from("./oci"),
             lofile: PathBuf::from("./btrfs.img"),
             losize: 20 << 30,
@@ -186,8 +190,11 @@ impl Config {
             "driver" => {
                 self.driver = match text()? {
                     "plain" => DriverKind::Plain,
+                    "overlay" => DriverKind::Overlay,
                     "btrfs" => DriverKind::Btrfs,
-                    other => return Err(format!("expected plain or btrfs, got {other:?}")),
+                    other => {
+                        return Err(format!("expected plain, overlay or btrfs, got {other:?}"))
+                    }
                 }
             }
             "compression" => {
@@ -359,7 +366,7 @@ mod tests {
     }
 
     #[rstest]
-    #[case::bad_driver("driver: zfs", "driver", "expected plain or btrfs")]
+    #[case::bad_driver("driver: zfs", "driver", "expected plain, overlay or btrfs")]
     #[case::driver_not_text("driver: 1", "driver", "expected a non-empty string")]
     #[case::bad_compression("compression: xz", "compression", "expected gzip or zstd")]
     #[case::unknown_key("layoutdir: x\nlayout: y", "layout", "unknown key")]
@@ -405,7 +412,21 @@ mod tests {
         let file = dirs.cwd_file("# nothing yet\n");
         let config = dirs.load(None, &Overrides::default()).unwrap();
         assert_eq!(config.source, Some(file));
-        assert_eq!(config.driver, DriverKind::Plain);
+        assert_eq!(config.driver, DriverKind::Auto);
+    }
+
+    #[test]
+    fn each_driver_is_named_by_its_key() {
+        let dirs = Dirs::new();
+        for (text, kind) in [
+            ("plain", DriverKind::Plain),
+            ("overlay", DriverKind::Overlay),
+            ("btrfs", DriverKind::Btrfs),
+        ] {
+            dirs.cwd_file(&format!("driver: {text}"));
+            let config = dirs.load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.driver, kind);
+        }
     }
 
     #[test]

@@ -313,7 +313,8 @@ impl<'a> Builder<'a> {
         // A hook may leave something mounted in the tree (a bind-mounted
         // resolv.conf): it must not reach the diff, and discarding a failed
         // tree must not delete through it into the host.
-        let released = actions::hooks::release_mounts_under(&tree.path);
+        let released =
+            actions::hooks::release_mounts_under(&tree.path, self.driver.tree_is_mount());
         if let Ok(points) = &released {
             for mount in points {
                 tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");

@@ -85,22 +85,25 @@ pub fn open_checkout(
 }
 
 /// The images of this layout's open checkouts, in the session's store and
-/// in the other driver's store when it can be opened: `gc` must keep them.
+/// in the other drivers' stores when they can be opened: `gc` must keep them.
 pub fn open_images(session: &Session) -> anyhow::Result<Vec<Descriptor>> {
     let mut images = Vec::new();
     if let Some(c) = open_checkout(&session.layout, session.driver.as_ref())? {
         images.push(c.record.manifest);
     }
-    let mut other = session.config.clone();
-    other.driver = match other.driver {
-        crate::config::DriverKind::Plain => crate::config::DriverKind::Btrfs,
-        crate::config::DriverKind::Btrfs => crate::config::DriverKind::Plain,
-    };
-    let other_exists = match other.driver {
-        crate::config::DriverKind::Plain => other.storedir.join("work").is_dir(),
-        crate::config::DriverKind::Btrfs => other.btrfsmount.join("work").is_dir(),
-    };
-    if other_exists {
+    use crate::config::DriverKind;
+    for kind in [DriverKind::Plain, DriverKind::Overlay, DriverKind::Btrfs] {
+        let mut other = session.config.clone();
+        other.driver = kind;
+        let exists = match kind {
+            DriverKind::Plain => other.storedir.join("work").is_dir(),
+            DriverKind::Overlay => other.storedir.join("overlay/work").is_dir(),
+            DriverKind::Btrfs => other.btrfsmount.join("work").is_dir(),
+            DriverKind::Auto => false,
+        };
+        if kind == session.config.driver || !exists {
+            continue;
+        }
         // A store that cannot be opened (a btrfs not mounted) has no checkout to keep.
         if let Ok(driver) = super::open_driver(&other) {
             if let Some(c) = open_checkout(&session.layout, driver.as_ref())? {

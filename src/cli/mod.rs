@@ -58,6 +58,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DriverArg {
     Plain,
+    Overlay,
     Btrfs,
 }
 
@@ -104,6 +105,7 @@ impl GlobalArgs {
         Overrides {
             driver: self.driver.map(|d| match d {
                 DriverArg::Plain => DriverKind::Plain,
+                DriverArg::Overlay => DriverKind::Overlay,
                 DriverArg::Btrfs => DriverKind::Btrfs,
             }),
             layoutdir: self.layout.clone(),
@@ -271,7 +273,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 /// What every command that touches images needs: the config, the layout and
 /// the store, both locked for the whole command.
 pub struct Session {
+    /// With the driver decided: never [`DriverKind::Auto`].
     pub config: Config,
+    /// Why the session uses its driver (for `status` and `-v`).
+    pub driver_reason: String,
     pub layout: crate::layout::Layout,
     pub driver: Box<dyn crate::driver::SnapshotDriver>,
     _locks: (crate::layout::lock::Lock, crate::layout::lock::Lock),
@@ -300,6 +305,9 @@ impl Session {
         let store_lock = crate::layout::lock::lock(&config.storedir)?;
         let layout = crate::layout::Layout::open_or_create(&config.layoutdir)?;
         let layout_lock = crate::layout::lock::lock(layout.root())?;
+        let mut config = config;
+        let driver_reason = choose_driver(&mut config);
+        tracing::debug!(driver = ?config.driver, "snapshot driver: {driver_reason}");
         let driver = open_driver(&config)?;
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {
@@ -309,6 +317,7 @@ impl Session {
         }
         Ok(Session {
             config,
+            driver_reason,
             layout,
             driver,
             _locks: (store_lock, layout_lock),
@@ -316,9 +325,40 @@ impl Session {
     }
 }
 
+/// Settle `config.driver` when the config left it to genoci, and say why
+/// the driver is the one it is. The store dir must exist and be locked: the
+/// overlay probe mounts a scratch overlay in it.
+pub fn choose_driver(config: &mut Config) -> String {
+    use crate::driver::overlay::OverlayDriver;
+    if config.driver != DriverKind::Auto {
+        return match &config.source {
+            Some(file) => format!("set by --driver or in {}", file.display()),
+            None => "set by --driver".to_string(),
+        };
+    }
+    match OverlayDriver::probe(&config.storedir) {
+        Ok(()) => {
+            config.driver = DriverKind::Overlay;
+            format!(
+                "the default: the kernel and the filesystem of {} allow overlay mounts",
+                config.storedir.display()
+            )
+        }
+        Err(why) => {
+            config.driver = DriverKind::Plain;
+            format!("the default, as overlay cannot be used: {why}")
+        }
+    }
+}
+
+/// The store of `config.driver`, which must be decided ([`choose_driver`]).
 pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::SnapshotDriver>> {
     Ok(match config.driver {
+        DriverKind::Auto => anyhow::bail!("no snapshot driver chosen"),
         DriverKind::Plain => Box::new(crate::driver::plain::PlainDriver::open(&config.storedir)?),
+        DriverKind::Overlay => Box::new(crate::driver::overlay::OverlayDriver::open(
+            &config.storedir,
+        )?),
         DriverKind::Btrfs => Box::new(crate::driver::btrfs::BtrfsDriver::open(&config.btrfsmount)?),
     })
 }

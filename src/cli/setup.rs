@@ -15,8 +15,8 @@ pub struct UnsetupArgs {
 
 pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
     let config = g.load_config()?;
-    if config.driver == DriverKind::Plain {
-        println!("the plain driver needs no setup: nothing to do");
+    if config.driver != DriverKind::Btrfs {
+        println!("only the btrfs driver needs setup: nothing to do");
         return Ok(());
     }
     let _lock = lock_store(&config)?;
@@ -49,8 +49,16 @@ pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
 
 pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
     let config = g.load_config()?;
-    if config.driver == DriverKind::Plain {
-        println!("the plain driver has no setup to undo: nothing to do");
+    if config.driver != DriverKind::Btrfs {
+        let views = config.storedir.join("overlay/views");
+        if !views.is_dir() {
+            println!("only the btrfs driver has a setup to undo: nothing to do");
+            return Ok(());
+        }
+        let _lock = lock_store(&config)?;
+        let released = crate::driver::overlay::OverlayDriver::release_views(&config.storedir)
+            .with_context(|| format!("releasing the overlay views in {}", views.display()))?;
+        println!("unmounted {released} overlay views that `unpack` made");
         return Ok(());
     }
     let _lock = lock_store(&config)?;

@@ -4,14 +4,26 @@ use super::{GlobalArgs, Session};
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
     let c = &session.config;
-    println!("driver:    {}", session.driver.name());
+    println!(
+        "driver:    {} ({})",
+        session.driver.name(),
+        session.driver_reason
+    );
     println!(
         "layout:    {} ({} tags)",
         session.layout.root().display(),
         session.layout.tags()?.len()
     );
     match c.driver {
-        crate::config::DriverKind::Plain => println!("store:     {}", c.storedir.display()),
+        crate::config::DriverKind::Plain | crate::config::DriverKind::Auto => {
+            println!("store:     {}", c.storedir.display())
+        }
+        crate::config::DriverKind::Overlay => {
+            println!(
+                "store:     {} (overlay)",
+                c.storedir.join("overlay").display()
+            )
+        }
         crate::config::DriverKind::Btrfs => {
             println!(
                 "store:     {} (btrfs on {})",

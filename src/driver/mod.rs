@@ -6,6 +6,7 @@
 
 pub mod btrfs;
 pub mod diff;
+pub mod overlay;
 pub mod plain;
 
 use std::fmt;
@@ -297,8 +298,14 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 /// - [`remove`](Self::remove) of a snapshot another caller is checking out
 ///   from is not guarded here: gc must hold the store exclusively.
 pub trait SnapshotDriver: Send + Sync {
-    /// Short name for messages: `plain` or `btrfs`.
+    /// Short name for messages: `plain`, `overlay` or `btrfs`.
     fn name(&self) -> &'static str;
+
+    /// Whether a work tree's root is a mount of the driver's own (which
+    /// clearing what a hook left mounted in the tree must keep).
+    fn tree_is_mount(&self) -> bool {
+        false
+    }
 
     /// Whether snapshot `id` is committed in the store.
     fn exists(&self, id: &ChainId) -> Result<bool>;

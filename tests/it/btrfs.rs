@@ -1,5 +1,5 @@
-//! The btrfs store: setup and unsetup, builds that give the plain driver's
-//! bytes, changes found in O(change), and switching drivers on one layout.
+//! The btrfs store: setup and unsetup, builds that give the plain (and
+//! overlay) driver's bytes, changes found in O(change), and switching drivers on one layout.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -7,12 +7,12 @@ use std::process::Command;
 
 use crate::stores::{
     assert_released, build_reproducibly, layer_digests, loops_backing, require_btrfs, strip_ansi,
-    subvolumes, tag_digests, Btrfs,
+    subvolumes, tag_digests, Btrfs, Overlay,
 };
 use crate::util::{require_tool, run_ok, stderr, Env};
 
-/// A base from a tarball, a target whose `run` edits, deletes, renames,
-/// re-owns and adds, one that undoes part of it, and one with config only.
+/// A base from a tarball, a target whose `run` edits, deletes, renames
+/// (a file and a directory of the base), re-owns and adds, one that undoes part of it, and one with config only.
 pub const SPEC: &str = r#"bb:
   base: empty
   expand: ./busybox.tar.gz
@@ -27,6 +27,7 @@ edited:
     ln -s ../opt/app /usr/app
     ln /opt/app/data/one /opt/app/data/hard
     mv /etc/hostname /etc/hostname.old || true
+    mv /var /srv
     chmod 600 /etc/group
     chown 1:2 /opt/app/data/one
     rm -rf /usr/share
@@ -122,25 +123,34 @@ fn setup_and_unsetup_have_nothing_to_do_with_the_plain_driver() {
 }
 
 #[test]
-fn both_drivers_build_byte_identical_images() {
+fn every_driver_builds_byte_identical_images() {
     require_btrfs!();
     let plain = Env::new();
     write_spec(&plain);
     build_reproducibly(&plain, &["build", "spec.yaml"]);
 
     let store = Btrfs::new();
-    write_spec(&store);
-    build_reproducibly(&store, &["build", "spec.yaml"]);
+    let overlay = Overlay::new();
+    for env in [&*store, &*overlay] {
+        write_spec(env);
+        build_reproducibly(env, &["build", "spec.yaml"]);
+    }
 
-    let (p, b) = (tag_digests(&plain.layout()), tag_digests(&store.layout()));
+    let p = tag_digests(&plain.layout());
     assert_eq!(p.len(), 8, "{p:?}");
-    assert_eq!(p, b, "manifests differ between plain and btrfs");
-    for tag in ["bb", "edited", "undone", "configured"] {
+    for (driver, env) in [("btrfs", &*store), ("overlay", &*overlay)] {
         assert_eq!(
-            layer_digests(&plain.layout(), tag),
-            layer_digests(&store.layout(), tag),
-            "layers of {tag}"
+            p,
+            tag_digests(&env.layout()),
+            "manifests differ between plain and {driver}"
         );
+        for tag in ["bb", "edited", "undone", "configured"] {
+            assert_eq!(
+                layer_digests(&plain.layout(), tag),
+                layer_digests(&env.layout(), tag),
+                "layers of {tag} on {driver}"
+            );
+        }
     }
     // The layer holds what the run did.
     let rootfs = store.unpack("undone");

@@ -1,10 +1,10 @@
-//! The lpack workflow on both drivers: unpack, checkout, edit by hand,
+//! The lpack workflow on every driver: unpack, checkout, edit by hand,
 //! checkin, abort, status.
 
 use std::fs;
 use std::path::PathBuf;
 
-use crate::stores::{require_btrfs, unpack_snapshots, work_entries, Btrfs};
+use crate::stores::{require_btrfs, unpack_snapshots, work_entries, Btrfs, Overlay};
 use crate::util::{require_root, require_tool, stderr, Env};
 
 fn today() -> String {
@@ -109,6 +109,14 @@ fn lpack_workflow_on_btrfs() {
     let store = Btrfs::new();
     lpack_workflow(&store, &store.mountpoint());
     store.finish();
+}
+
+#[test]
+fn lpack_workflow_on_overlay() {
+    require_root!();
+    require_tool!("umoci");
+    let store = Overlay::new();
+    lpack_workflow(&store, &store.root());
 }
 
 #[test]

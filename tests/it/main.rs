@@ -22,6 +22,7 @@ mod identical;
 mod interop;
 mod lpack;
 mod oci;
+mod overlay;
 mod platform;
 mod robust;
 mod safety;

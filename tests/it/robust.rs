@@ -7,9 +7,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::stores::{
-    assert_layout_valid, require_btrfs, subvolumes, unpack_snapshots, work_entries, Btrfs,
+    assert_layout_valid, require_btrfs, subvolumes, unpack_snapshots, work_entries, Btrfs, Overlay,
 };
-use crate::util::{require_root, require_tool, Env};
+use crate::util::{mounts_under, require_root, require_tool, Env};
 
 const BASE: &str = "bb:\n  base: empty\n  expand: ./busybox.tar.gz\n";
 
@@ -26,9 +26,11 @@ fn prepare(env: &Env) {
 /// Start a build of `slow.yaml` and wait until its run step has begun.
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
-    let started = store_root.join(format!("work/build-{}-slow/started", child.id()));
+    let tree = store_root.join(format!("work/build-{}-slow", child.id()));
+    // The overlay driver mounts the tree at `root` inside its work dir.
+    let started = [tree.join("started"), tree.join("root/started")];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.exists() {
+    while !started.iter().any(|s| s.exists()) {
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!("the run step never started");
@@ -311,4 +313,48 @@ fn gc_removes_snapshots_no_tag_reaches_btrfs() {
     gc_removes_unreachable_snapshots(&store);
     assert_no_leaked_subvolumes(&store);
     store.finish();
+}
+
+/// No work tree of the overlay store is still mounted.
+fn assert_no_work_mounts(store: &Overlay) {
+    assert_eq!(
+        mounts_under(&store.root().join("work")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn sigkill_during_a_run_leaves_a_valid_layout_overlay() {
+    require_root!();
+    require_tool!("umoci");
+    let store = Overlay::new();
+    sigkill_during_run(&store, &store.root());
+    assert_no_work_mounts(&store);
+}
+
+#[test]
+fn sigint_during_a_run_exits_130_and_cleans_up_overlay() {
+    require_root!();
+    require_tool!("umoci");
+    let store = Overlay::new();
+    sigint_during_run(&store, &store.root());
+    assert_no_work_mounts(&store);
+}
+
+#[test]
+fn sigkill_at_any_point_of_a_build_overlay() {
+    require_root!();
+    require_tool!("umoci");
+    let store = Overlay::new();
+    sigkill_at_any_point(&store, &store.root());
+    assert_no_work_mounts(&store);
+}
+
+#[test]
+fn gc_removes_snapshots_no_tag_reaches_overlay() {
+    require_root!();
+    require_tool!("umoci");
+    let store = Overlay::new();
+    gc_removes_unreachable_snapshots(&store);
+    assert_no_work_mounts(&store);
 }

@@ -1,5 +1,6 @@
 //! Harness for the store tests: a btrfs loopback store set up through
-//! `genoci setup` and always released, and checks that a layout is valid and
+//! `genoci setup` and always released, an overlay store whose mounts are
+//! always released, and checks that a layout is valid and
 //! that nothing is left mounted or attached.
 
 use std::collections::BTreeMap;
@@ -91,6 +92,45 @@ impl Drop for Btrfs {
         if !clean {
             eprintln!("unsetup left the store behind: releasing it by hand");
             self.release_by_hand();
+        }
+    }
+}
+
+/// A test dir whose config is `config` (by default `driver: overlay`).
+/// Dropping it unmounts whatever is still mounted below it (the work trees
+/// of a killed build, `unpack` views): a failing test leaves no mount behind.
+pub struct Overlay {
+    env: Env,
+}
+
+impl Overlay {
+    pub fn new() -> Overlay {
+        Overlay::with_config("driver: overlay\nlayoutdir: ./oci\nstoredir: ./.genoci\n")
+    }
+
+    pub fn with_config(config: &str) -> Overlay {
+        let env = Env::new();
+        env.write("atom_config.yaml", config);
+        Overlay { env }
+    }
+
+    /// Where the overlay driver keeps `snapshots/` and `work/`.
+    pub fn root(&self) -> PathBuf {
+        self.path().join(".genoci/overlay")
+    }
+}
+
+impl Deref for Overlay {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        for mount in mounts_under(self.path()).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
         }
     }
 }

@@ -1,0 +1,503 @@
+//! The overlay driver: each snapshot holds only its own layer's changes, and
+//! a tree is a kernel overlay mount of the chain of them.
+//!
+//! ```text
+//! storedir/overlay/snapshots/<chain>/diff     the layer's entries, whiteouts and opaque dirs
+//! storedir/overlay/snapshots/<chain>/parent   the store name of the chain below
+//! storedir/overlay/work/<name>.json           a work tree's base and owner, written first
+//! storedir/overlay/work/<name>/{upper,work}   its overlay upper and work dirs
+//! storedir/overlay/work/<name>/root           the mounted tree
+//! storedir/overlay/work/<name>/base           the base, mounted while `changes` runs
+//! storedir/overlay/views/<chain>              read-only trees handed out by `snapshot_path`
+//! ```
+//!
+//! Checking out mounts `diff` dirs of the chain as lower dirs and a fresh
+//! upper; checking in unmounts and renames the upper into place as the new
+//! snapshot's `diff`. `changes` reads only the upper dir (the entries the
+//! build touched) and hands them to the shared comparison against a
+//! read-only mount of the base, so copied-up but equal entries drop out and
+//! the list equals the other drivers'.
+//!
+//! A file with several names in the base loses that link when one name is
+//! written (overlay copies up one name), where plain and btrfs write through
+//! every name. A renamed base directory is an upper dir with a redirect to
+//! its old path; mounts of later layers follow it.
+
+mod mount;
+mod upper;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use mount::Overlay;
+
+pub use mount::supported as kernel_supported;
+
+/// The name prefix under which a checkin assembles a snapshot.
+const STAGING: &str = "new-";
+
+/// Far more layers than any image has: a `parent` loop cannot hang a command.
+const MAX_CHAIN: usize = 4096;
+
+pub struct OverlayDriver {
+    root: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    base: String,
+    #[serde(default)]
+    owner: Owner,
+}
+
+impl OverlayDriver {
+    /// Open (creating if needed) the store in `storedir`'s `overlay` dir.
+    pub fn open(storedir: &Path) -> Result<OverlayDriver> {
+        let root = storedir.join("overlay");
+        for sub in ["snapshots", "work", "views"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(DriverError::io("create directory", &dir))?;
+        }
+        let root = root
+            .canonicalize()
+            .map_err(DriverError::io("resolve", &root))?;
+        let driver = OverlayDriver { root };
+        let empty = driver.diff_dir(&ChainId::empty());
+        if !empty.exists() {
+            fs::create_dir_all(&empty).map_err(DriverError::io("create directory", &empty))?;
+        }
+        driver.remove_unfinished_checkins()?;
+        Ok(driver)
+    }
+
+    /// A snapshot assembled by a checkin that was killed before its final
+    /// rename is not one: the store is opened under its lock, so no
+    /// checkin is under way.
+    fn remove_unfinished_checkins(&self) -> Result<()> {
+        let dir = self.root.join("snapshots");
+        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
+            if entry.file_name().to_string_lossy().starts_with(STAGING) {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mount a work tree whose mount is gone (a checkout kept across a
+    /// reboot), so that it shows its base and the changes in its upper dir
+    /// again. A root that is not empty is left alone: mounting over it
+    /// would hide what was written there.
+    fn remount(&self, tree: &WorkTree) -> Result<()> {
+        let dir = self.tree_dir(&tree.name)?;
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        let empty = fs::read_dir(&tree.path).is_ok_and(|mut d| d.next().is_none());
+        if !empty || !upper.is_dir() || !work.is_dir() {
+            return Ok(());
+        }
+        tracing::info!(tree = %tree.name, "mounting the work tree again");
+        let lowers = self.lowers(&tree.base)?;
+        let overlay = Overlay {
+            lowers: &lowers,
+            upper: Some((&upper, &work)),
+        };
+        overlay
+            .mount(&tree.path)
+            .map_err(DriverError::io("mount overlay at", &tree.path))
+    }
+
+    /// Whether an overlay mount with an upper dir in `storedir` works: the
+    /// kernel has overlayfs and the store's filesystem can hold an upper
+    /// dir (xattrs, whiteouts). Mounts and unmounts a scratch overlay there.
+    pub fn probe(storedir: &Path) -> std::result::Result<(), String> {
+        mount::supported()?;
+        let probe = storedir.join("overlay").join("probe");
+        let _ = remove_tree(&probe);
+        let result = probe_in(&probe);
+        let _ = remove_tree(&probe);
+        result.map_err(|e| format!("an overlay mount in {} fails: {e}", storedir.display()))
+    }
+
+    /// Unmount and remove the read-only trees `snapshot_path` left mounted
+    /// in the store of `storedir`; how many there were.
+    pub fn release_views(storedir: &Path) -> Result<usize> {
+        let dir = storedir.join("overlay").join("views");
+        let dir = dir
+            .canonicalize()
+            .map_err(DriverError::io("resolve", &dir))?;
+        let mut released = 0;
+        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+            let view = entry
+                .map_err(DriverError::io("read directory", &dir))?
+                .path();
+            if mount::is_mounted(&view).map_err(DriverError::io("read", crate::mountinfo::PATH))? {
+                mount::unmount(&view).map_err(DriverError::io("unmount", &view))?;
+                released += 1;
+            }
+            // Only an empty directory: nothing below a view is ever removed.
+            fs::remove_dir(&view).map_err(DriverError::io("remove directory", &view))?;
+        }
+        Ok(released)
+    }
+
+    fn snapshot_dir(&self, id: &ChainId) -> PathBuf {
+        self.root.join("snapshots").join(id.store_name())
+    }
+
+    fn diff_dir(&self, id: &ChainId) -> PathBuf {
+        self.snapshot_dir(id).join("diff")
+    }
+
+    fn tree_dir(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join("work").join(name))
+    }
+
+    fn record_path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join("work").join(format!("{name}.json")))
+    }
+
+    fn parent(&self, id: &ChainId) -> Result<Option<ChainId>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let path = self.snapshot_dir(id).join("parent");
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => DriverError::NoSnapshot(id.clone()),
+            _ => DriverError::Io {
+                op: "read",
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        ChainId::from_store_name(text.trim())
+            .map(Some)
+            .ok_or_else(|| DriverError::Io {
+                op: "parse",
+                path,
+                source: io::Error::new(io::ErrorKind::InvalidData, "not a snapshot name"),
+            })
+    }
+
+    /// The `diff` dirs that make up snapshot `id`, top first.
+    fn lowers(&self, id: &ChainId) -> Result<Vec<PathBuf>> {
+        let mut lowers = Vec::new();
+        let mut next = Some(id.clone());
+        while let Some(id) = next {
+            if !self.snapshot_dir(&id).join("diff").is_dir() || lowers.len() > MAX_CHAIN {
+                return Err(DriverError::NoSnapshot(id));
+            }
+            lowers.push(self.diff_dir(&id));
+            next = self.parent(&id)?;
+        }
+        Ok(lowers)
+    }
+
+    /// Mount snapshot `id` read-only at `target` (the empty one needs no mount).
+    fn mount_view(&self, id: &ChainId, target: &Path) -> Result<PathBuf> {
+        if id.is_empty() {
+            return Ok(self.diff_dir(id));
+        }
+        let lowers = self.lowers(id)?;
+        if !mount::is_mounted(target).map_err(DriverError::io("read", crate::mountinfo::PATH))? {
+            fs::create_dir_all(target).map_err(DriverError::io("create directory", target))?;
+            let overlay = Overlay {
+                lowers: &lowers,
+                upper: None,
+            };
+            overlay
+                .mount(target)
+                .map_err(DriverError::io("mount overlay at", target))?;
+        }
+        Ok(target.to_path_buf())
+    }
+
+    /// Unmount and delete a work tree's dirs and its record.
+    fn remove_work(&self, name: &str) -> Result<()> {
+        let dir = self.tree_dir(name)?;
+        for sub in ["root", "base"] {
+            unmount_if_mounted(&dir.join(sub))?;
+        }
+        remove_tree(&dir)?;
+        let record = self.record_path(name)?;
+        match fs::remove_file(&record) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
+                op: "remove",
+                path: record,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every snapshot with the one it sits on.
+    fn parents(&self) -> Result<Vec<(ChainId, Option<ChainId>)>> {
+        super::list_snapshots(&self.root.join("snapshots"))?
+            .into_iter()
+            .map(|id| Ok((id.clone(), self.parent(&id)?)))
+            .collect()
+    }
+}
+
+impl SnapshotDriver for OverlayDriver {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn tree_is_mount(&self) -> bool {
+        true
+    }
+
+    fn exists(&self, id: &ChainId) -> Result<bool> {
+        Ok(self.diff_dir(id).is_dir() && (id.is_empty() || self.lowers(id).is_ok()))
+    }
+
+    /// A read-only overlay mount under `views/`, kept until the snapshot is
+    /// removed, so the path stays good after the command (`unpack`).
+    fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf> {
+        self.mount_view(id, &self.root.join("views").join(id.store_name()))
+    }
+
+    fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
+        let dir = self.tree_dir(name)?;
+        let record = self.record_path(name)?;
+        if dir.exists() || record.exists() {
+            return Err(DriverError::Busy(name.to_string()));
+        }
+        let lowers = self.lowers(base)?;
+        tracing::debug!(name, base = %base, layers = lowers.len(), "mounting an overlay work tree");
+        let body = serde_json::to_vec(&Record {
+            base: base.store_name(),
+            owner: owner.clone(),
+        })
+        .expect("record serializes");
+        fs::write(&record, body).map_err(DriverError::io("write", &record))?;
+        let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        let mounted = [&upper, &work, &root]
+            .iter()
+            .try_for_each(|d| {
+                fs::create_dir_all(d).map_err(DriverError::io("create directory", *d))
+            })
+            .and_then(|()| {
+                let overlay = Overlay {
+                    lowers: &lowers,
+                    upper: Some((&upper, &work)),
+                };
+                overlay
+                    .mount(&root)
+                    .map_err(DriverError::io("mount overlay at", &root))
+            });
+        if let Err(e) = mounted {
+            let _ = self.remove_work(name);
+            return Err(e);
+        }
+        Ok(WorkTree {
+            name: name.to_string(),
+            base: base.clone(),
+            path: root,
+            owner: owner.clone(),
+        })
+    }
+
+    fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>> {
+        let dir = self.tree_dir(&tree.name)?;
+        // Unmounted, the root is an empty directory and the upper dir alone
+        // says nothing of what was written there since.
+        if !mount::is_mounted(&tree.path)
+            .map_err(DriverError::io("read", crate::mountinfo::PATH))?
+        {
+            return Err(DriverError::Io {
+                op: "read the work tree",
+                path: tree.path.clone(),
+                source: io::Error::other("its overlay is not mounted"),
+            });
+        }
+        let base_mount = dir.join("base");
+        let base = self.mount_view(&tree.base, &base_mount)?;
+        let result =
+            upper::candidates(&dir.join("upper"), &base, &tree.path).and_then(|candidates| {
+                let changes = diff::compare(&base, &tree.path, &candidates)?;
+                tracing::debug!(
+                    tree = %tree.name,
+                    candidates = candidates.len(),
+                    changes = changes.len(),
+                    "changes from the upper dir"
+                );
+                Ok(changes)
+            });
+        unmount_if_mounted(&base_mount)?;
+        result
+    }
+
+    fn checkin(&self, tree: WorkTree, id: &ChainId) -> Result<()> {
+        let dir = self.tree_dir(&tree.name)?;
+        for sub in ["root", "base"] {
+            unmount_if_mounted(&dir.join(sub))?;
+        }
+        let dest = self.snapshot_dir(id);
+        if dest.exists() {
+            return self.remove_work(&tree.name);
+        }
+        // Assembled beside the snapshots under a name that is not one, then
+        // renamed: a snapshot is either whole or absent.
+        let staging = self
+            .root
+            .join("snapshots")
+            .join(format!("new-{}", tree.name));
+        remove_tree(&staging)?;
+        fs::create_dir(&staging).map_err(DriverError::io("create directory", &staging))?;
+        let parent = staging.join("parent");
+        fs::write(&parent, tree.base.store_name()).map_err(DriverError::io("write", &parent))?;
+        let upper = dir.join("upper");
+        fs::rename(&upper, staging.join("diff")).map_err(DriverError::io("rename", &upper))?;
+        fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging))?;
+        self.remove_work(&tree.name)
+    }
+
+    fn discard(&self, tree: WorkTree) -> Result<()> {
+        self.remove_work(&tree.name)
+    }
+
+    /// Upper snapshots before the ones they sit on, so that removing them
+    /// in this order never takes a layer from under a kept one.
+    fn snapshots(&self) -> Result<Vec<ChainId>> {
+        let parents = self.parents()?;
+        let depth = |id: &ChainId| {
+            let mut n = 0;
+            let mut next = Some(id.clone());
+            while let Some(p) = next.and_then(|i| parents.iter().find(|(c, _)| *c == i)) {
+                n += 1;
+                next = p.1.clone();
+                if n > MAX_CHAIN {
+                    break;
+                }
+            }
+            n
+        };
+        let mut ids: Vec<(usize, ChainId)> = parents
+            .iter()
+            .map(|(id, _)| (depth(id), id.clone()))
+            .collect();
+        ids.sort_by(|a, b| b.cmp(a));
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// A snapshot another one sits on stays: its layer is part of that tree.
+    fn remove(&self, id: &ChainId) -> Result<()> {
+        if id.is_empty() {
+            return Ok(());
+        }
+        if let Some((child, _)) = self
+            .parents()?
+            .into_iter()
+            .find(|(_, p)| p.as_ref() == Some(id))
+        {
+            tracing::debug!(snapshot = %id, child = %child, "kept: another snapshot sits on it");
+            return Ok(());
+        }
+        let view = self.root.join("views").join(id.store_name());
+        unmount_if_mounted(&view)?;
+        remove_tree(&view)?;
+        remove_tree(&self.snapshot_dir(id))
+    }
+
+    fn work_trees(&self) -> Result<Vec<WorkTree>> {
+        let dir = self.root.join("work");
+        let mut trees = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
+            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
+            if trees.iter().any(|t: &WorkTree| t.name == name) || check_name(&name).is_err() {
+                continue;
+            }
+            // Dirs without a record are a checkout that failed half-way:
+            // owned by no one, only good for discarding.
+            let record = fs::read(self.record_path(&name)?)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            let base = record
+                .as_ref()
+                .and_then(|r| ChainId::from_store_name(&r.base))
+                .unwrap_or_else(ChainId::empty);
+            trees.push(WorkTree {
+                path: self.tree_dir(&name)?.join("root"),
+                name,
+                base,
+                owner: record.map(|r| r.owner).unwrap_or_default(),
+            });
+        }
+        trees.sort_by(|a, b| a.name.cmp(&b.name));
+        let mounts = crate::mountinfo::mount_points()
+            .map_err(DriverError::io("read", crate::mountinfo::PATH))?;
+        // Only a checkout kept for a layout outlives its process: a tree a
+        // running process owns may be between its record and its mount.
+        for tree in &trees {
+            let kept = tree.owner.process.is_none() && tree.owner.layout.is_some();
+            if kept && !mounts.contains(&tree.path) {
+                self.remount(tree)?;
+            }
+        }
+        Ok(trees)
+    }
+}
+
+fn probe_in(probe: &Path) -> io::Result<()> {
+    let dirs = ["lower", "upper", "work", "root"].map(|d| probe.join(d));
+    for d in &dirs {
+        fs::create_dir_all(d)?;
+    }
+    let overlay = Overlay {
+        lowers: &[dirs[0].clone()],
+        upper: Some((&dirs[1], &dirs[2])),
+    };
+    overlay.mount(&dirs[3])?;
+    mount::unmount(&dirs[3])
+}
+
+fn unmount_if_mounted(path: &Path) -> Result<()> {
+    if mount::is_mounted(path).map_err(DriverError::io("read", crate::mountinfo::PATH))? {
+        mount::unmount(path).map_err(DriverError::io("unmount", path))?;
+    }
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
+            op: "remove",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Work tree names become file names: keep them to one plain component.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.ends_with(".json")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::UnsafePath(
+            PathBuf::from(name),
+            "not a valid work tree name".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

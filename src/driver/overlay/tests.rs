@@ -1,0 +1,380 @@
+//! These run for real as root (overlay mounts); elsewhere they print a
+//! notice and pass.
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use filetime::FileTime;
+
+use super::*;
+
+fn can_run() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && mount::supported().is_ok();
+    if !ok {
+        eprintln!("notice: skipping overlay test (needs root and overlayfs)");
+    }
+    ok
+}
+
+/// A store in a temp dir; every mount below it is detached on drop, even
+/// when the test panics.
+struct TestStore {
+    dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    fn new() -> TestStore {
+        TestStore {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn driver(&self) -> OverlayDriver {
+        OverlayDriver::open(self.dir.path()).unwrap()
+    }
+
+    fn mounts(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().canonicalize().unwrap();
+        crate::mountinfo::mount_points()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        for m in self.mounts().iter().rev() {
+            let _ = mount::unmount(m);
+        }
+    }
+}
+
+fn chain(n: u32) -> ChainId {
+    ChainId::of(&[format!("sha256:{}", format!("{n:08x}").repeat(8))])
+}
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+fn populate(t: &Path) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    write(t, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    write(t, "etc/hostname", "box\n");
+    write(t, "etc/perm", "mode me\n");
+    write(t, "etc/xattrs", "x\n");
+    write(t, "usr/bin/tool", "#!/bin/sh\necho tool\n");
+    write(t, "usr/share/doc/a", "a");
+    write(t, "usr/share/doc/b", "b");
+    write(t, "usr/share/doc/sub/c", "c");
+    write(t, "var/old/one", "1");
+    write(t, "var/old/two", "2");
+    write(t, "same/file", "opened, left alone");
+    symlink("../usr/bin/tool", t.join("etc/tool")).unwrap();
+    symlink("/etc/passwd", t.join("abs-link")).unwrap();
+    fs::create_dir_all(t.join("dev")).unwrap();
+    let mode = Mode::from_bits_truncate(0o644);
+    mknod(&t.join("dev/null"), SFlag::S_IFCHR, mode, makedev(1, 3)).unwrap();
+    mknod(&t.join("dev/fifo"), SFlag::S_IFIFO, mode, 0).unwrap();
+    crate::xattr::set(&t.join("etc/xattrs"), b"user.one", b"1").unwrap();
+    crate::xattr::set(&t.join("etc"), b"user.dir", b"on a dir").unwrap();
+}
+
+fn modify(t: &Path) {
+    // Same size, same mtime: only the content says it changed.
+    let passwd = t.join("etc/passwd");
+    let mtime = FileTime::from_last_modification_time(&fs::metadata(&passwd).unwrap());
+    fs::write(&passwd, "ROOT:x:0:0:root:/root:/bin/sh\n").unwrap();
+    filetime::set_file_mtime(&passwd, mtime).unwrap();
+    fs::set_permissions(t.join("etc/perm"), fs::Permissions::from_mode(0o600)).unwrap();
+    crate::xattr::set(&t.join("etc/xattrs"), b"user.two", b"2").unwrap();
+    fs::remove_dir_all(t.join("var/old")).unwrap();
+    fs::remove_file(t.join("usr/share/doc/a")).unwrap();
+    fs::remove_file(t.join("usr/share/doc/b")).unwrap();
+    fs::rename(t.join("etc/hostname"), t.join("etc/hostname.new")).unwrap();
+    write(t, "opt/app/lib/deep/x.so", "so");
+    // A deleted dir made again: overlay marks the new one opaque.
+    fs::remove_dir_all(t.join("usr/share/doc/sub")).unwrap();
+    write(t, "usr/share/doc/sub/d", "d");
+    // A file replaced by a directory, a symlink retargeted.
+    fs::remove_file(t.join("usr/bin/tool")).unwrap();
+    write(t, "usr/bin/tool/inside", "now a dir");
+    fs::remove_file(t.join("abs-link")).unwrap();
+    symlink("/etc/shadow", t.join("abs-link")).unwrap();
+}
+
+#[test]
+fn changes_equal_a_full_comparison() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    populate(&tree.path);
+    let empty = driver.snapshot_path(&ChainId::empty()).unwrap();
+    assert_eq!(
+        driver.changes(&tree).unwrap(),
+        diff::full_compare(&empty, &tree.path)
+    );
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    modify(&tree.path);
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let expected = diff::full_compare(&base, &tree.path);
+    let got = driver.changes(&tree).unwrap();
+    assert_eq!(got, expected);
+    for change in [
+        Change::Write("etc/passwd".into()),
+        Change::Write("etc/perm".into()),
+        Change::Write("etc/xattrs".into()),
+        Change::Delete("var/old".into()),
+        Change::Delete("etc/hostname".into()),
+        Change::Write("usr/share/doc/sub/d".into()),
+        Change::Write("usr/bin/tool/inside".into()),
+        Change::Write("opt/app/lib/deep/x.so".into()),
+    ] {
+        assert!(got.contains(&change), "{change:?} missing from {got:#?}");
+    }
+    assert!(
+        got.contains(&Change::Opaque("usr/share/doc/sub".into()))
+            || got.contains(&Change::Delete("usr/share/doc/sub/c".into())),
+        "the old entry below the remade dir is gone: {got:#?}"
+    );
+    driver.checkin(tree, &chain(2)).unwrap();
+    // The committed layers give the same tree as the work tree had.
+    let top = driver.snapshot_path(&chain(2)).unwrap();
+    assert!(top.join("usr/bin/tool/inside").is_file());
+    assert!(!top.join("var/old").exists());
+    assert!(!top.join("usr/share/doc/sub/c").exists());
+    assert_eq!(driver.work_trees().unwrap(), vec![]);
+}
+
+#[test]
+fn copied_up_but_equal_entries_are_no_changes() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    populate(&tree.path);
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "same").unwrap();
+    let t = &tree.path;
+    fs::set_permissions(t.join("etc/perm"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(t.join("same/file"))
+        .unwrap();
+    let passwd = t.join("etc/passwd");
+    let meta = fs::metadata(&passwd).unwrap();
+    nix::unistd::chown(&passwd, Some(meta.uid().into()), Some(meta.gid().into())).unwrap();
+    let upper = store.dir.path().join("overlay/work/same/upper");
+    for copied in ["etc/perm", "same/file", "etc/passwd"] {
+        assert!(upper.join(copied).exists(), "{copied} was copied up");
+    }
+    assert_eq!(driver.changes(&tree).unwrap(), vec![]);
+    driver.discard(tree).unwrap();
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_chain_deeper_than_a_mount_option_string_holds_mounts() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let mut base = ChainId::empty();
+    let started = std::time::Instant::now();
+    for n in 1..=150 {
+        let tree = driver.checkout(&base, "layer").unwrap();
+        write(&tree.path, &format!("layers/{n}"), &n.to_string());
+        if n > 1 {
+            fs::remove_file(tree.path.join(format!("layers/{}", n - 1))).unwrap();
+        }
+        let id = base.push(&chain(n).to_string());
+        driver.checkin(tree, &id).unwrap();
+        base = id;
+    }
+    eprintln!("150 layers checked out and in: {:?}", started.elapsed());
+    assert_eq!(driver.lowers(&base).unwrap().len(), 151);
+    let tree = driver.checkout(&base, "top").unwrap();
+    let names: Vec<_> = fs::read_dir(tree.path.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("150")]);
+    driver.discard(tree).unwrap();
+}
+
+#[test]
+fn a_snapshot_another_sits_on_is_removed_only_after_it() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let one = chain(1);
+    let two = one.push(&chain(2).to_string());
+    for (base, id) in [(ChainId::empty(), &one), (one.clone(), &two)] {
+        let tree = driver.checkout(&base, "t").unwrap();
+        write(&tree.path, &id.store_name(), "x");
+        driver.checkin(tree, id).unwrap();
+    }
+    assert_eq!(
+        driver.snapshots().unwrap(),
+        vec![two.clone(), one.clone(), ChainId::empty()]
+    );
+    let view = driver.snapshot_path(&two).unwrap();
+    driver.remove(&one).unwrap();
+    assert!(driver.exists(&one).unwrap(), "kept under {two}");
+    driver.remove(&two).unwrap();
+    assert!(!view.exists(), "its view is unmounted and gone");
+    driver.remove(&one).unwrap();
+    assert_eq!(driver.snapshots().unwrap(), vec![ChainId::empty()]);
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_tree_left_mounted_is_discarded_with_its_mounts() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "left").unwrap();
+    write(&tree.path, "f", "x");
+    // As if the process had been killed: the tree stays mounted.
+    std::mem::forget(tree);
+    let again = OverlayDriver::open(store.dir.path()).unwrap();
+    let trees = again.work_trees().unwrap();
+    assert_eq!(trees.len(), 1);
+    assert_eq!(store.mounts().len(), 1);
+    again.discard(trees.into_iter().next().unwrap()).unwrap();
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+    assert!(again.work_trees().unwrap().is_empty());
+}
+
+#[test]
+fn the_probe_mounts_and_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    OverlayDriver::probe(store.dir.path()).unwrap();
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+    assert!(!store.dir.path().join("overlay/probe").exists());
+}
+
+#[test]
+fn a_checkout_whose_mount_is_gone_is_mounted_again() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver
+        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
+        .unwrap();
+    write(&tree.path, "edited", "by hand");
+    // As after a reboot: the mount is gone, the dirs and record stay.
+    mount::unmount(&tree.path).unwrap();
+    assert!(
+        driver.changes(&tree).is_err(),
+        "an unmounted tree has no changes to give"
+    );
+    let again = OverlayDriver::open(store.dir.path()).unwrap();
+    let trees = again.work_trees().unwrap();
+    assert_eq!(trees.len(), 1);
+    assert_eq!(
+        fs::read_to_string(trees[0].path.join("edited")).unwrap(),
+        "by hand"
+    );
+    assert_eq!(
+        again.changes(&trees[0]).unwrap(),
+        vec![Change::Write("edited".into())]
+    );
+}
+
+#[test]
+fn a_checkin_killed_half_way_leaves_no_snapshot() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let staging = store.dir.path().join("overlay/snapshots/new-build-1-x");
+    fs::create_dir_all(staging.join("diff")).unwrap();
+    drop(driver);
+    let driver = store.driver();
+    assert!(!staging.exists());
+    assert_eq!(driver.snapshots().unwrap(), vec![ChainId::empty()]);
+}
+
+#[test]
+fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    let t = &tree.path;
+    write(t, "left/f", "left");
+    write(t, "right/f", "right");
+    write(t, "right/g", "only right");
+    write(t, "usr/share/doc/sub/c", "c");
+    write(t, "p/q/f", "f");
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    let t = &tree.path;
+    // Swap two directories: the entries below them did not change themselves.
+    fs::rename(t.join("left"), t.join("tmp-swap")).unwrap();
+    fs::rename(t.join("right"), t.join("left")).unwrap();
+    fs::rename(t.join("tmp-swap"), t.join("right")).unwrap();
+    // A directory moved under a directory created after it, then edited.
+    fs::create_dir(t.join("newparent")).unwrap();
+    fs::rename(t.join("usr/share/doc/sub"), t.join("newparent/sub")).unwrap();
+    write(t, "newparent/sub/c", "c changed");
+    // Turn p/q inside out.
+    fs::rename(t.join("p/q"), t.join("q")).unwrap();
+    fs::rename(t.join("p"), t.join("q/p")).unwrap();
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let expected = diff::full_compare(&base, t);
+    assert_eq!(driver.changes(&tree).unwrap(), expected);
+    assert!(expected.contains(&Change::Write("left/g".into())));
+    assert!(expected.contains(&Change::Delete("right/g".into())));
+    let two = chain(1).push(&chain(2).to_string());
+    driver.checkin(tree, &two).unwrap();
+
+    // A later layer sees the renamed dirs where they went.
+    let tree = driver.checkout(&two, "later").unwrap();
+    let t = &tree.path;
+    let read = |rel: &str| fs::read_to_string(t.join(rel)).unwrap();
+    assert_eq!(read("left/f"), "right");
+    assert_eq!(read("left/g"), "only right");
+    assert_eq!(read("right/f"), "left");
+    assert!(!t.join("right/g").exists());
+    assert_eq!(read("newparent/sub/c"), "c changed");
+    assert!(!t.join("usr/share/doc/sub").exists());
+    assert_eq!(read("q/f"), "f");
+    assert!(t.join("q/p").is_dir() && !t.join("p").exists());
+    fs::rename(t.join("left"), t.join("third")).unwrap();
+    let base = driver.snapshot_path(&two).unwrap();
+    assert_eq!(driver.changes(&tree).unwrap(), diff::full_compare(&base, t));
+    driver.discard(tree).unwrap();
+}
