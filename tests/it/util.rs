@@ -200,6 +200,28 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Whatever is still mounted below a test's directories when it ends (the
+/// work trees of a killed build, `unpack` views of the overlay store, the
+/// default driver) is unmounted before they are removed, even when the test
+/// failed.
+impl Drop for Env {
+    fn drop(&mut self) {
+        for dir in [self.dir.path(), self.verify.path()] {
+            unmount_all(&mounts_under(dir));
+        }
+    }
+}
+
+/// Lazily unmount `mounts`, the deepest (last mounted) first.
+pub fn unmount_all(mounts: &[String]) {
+    for mount in mounts.iter().rev() {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(mount)
+            .status();
+    }
+}
+
 /// The mounts below `dir` in this mount namespace.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -12,7 +12,7 @@ use super::*;
 fn can_run() -> bool {
     let ok = nix::unistd::geteuid().is_root() && mount::supported().is_ok();
     if !ok {
-        eprintln!("notice: skipping overlay test (needs root and overlayfs)");
+        crate::test_support::skip("overlay tests need root and overlayfs");
     }
     ok
 }
