@@ -35,16 +35,25 @@ pub struct CopyOptions {
 /// the copy. `dst` must not exist. Directories get their metadata after their
 /// contents, so their mtimes survive.
 pub fn copy_tree(src: &Path, dst: &Path, opts: CopyOptions) -> io::Result<()> {
-    let mut links = HashMap::new();
-    copy_entry(src, dst, opts, &mut links)
+    copy_tree_linked(src, dst, opts, &mut HardLinks::new())
 }
 
-fn copy_entry(
+/// The first copy of each multiply-linked source inode, by (device, inode).
+pub type HardLinks = HashMap<(u64, u64), PathBuf>;
+
+/// [`copy_tree`] as one of several copies that together make one copy of a
+/// source (a directory merged entry by entry into an existing one): a name
+/// linked to one copied earlier with the same `links` becomes a link to it.
+pub fn copy_tree_linked(
     src: &Path,
     dst: &Path,
     opts: CopyOptions,
-    links: &mut HashMap<(u64, u64), PathBuf>,
+    links: &mut HardLinks,
 ) -> io::Result<()> {
+    copy_entry(src, dst, opts, links)
+}
+
+fn copy_entry(src: &Path, dst: &Path, opts: CopyOptions, links: &mut HardLinks) -> io::Result<()> {
     crate::signals::check().map_err(|e| io::Error::new(io::ErrorKind::Interrupted, e))?;
     let meta = fs::symlink_metadata(src).map_err(|e| annotate(e, "stat", src))?;
     let ft = meta.file_type();

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{copy_tree, resolve_in, CopyOptions};
+use crate::fsutil::{copy_tree_linked, resolve_in, CopyOptions, HardLinks};
 use crate::spec::CopyItem;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +38,11 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
     let dest = Path::new(&item.dest);
     // Symlinks on the way to DEST are followed inside the tree, never out of it.
     let followed = resolve_in(tree, dest, true)?;
+    // One map for the whole item: names of one inode anywhere in SRC stay
+    // one inode, though a directory is merged entry by entry.
+    let mut links = HardLinks::new();
     if src.is_dir() {
-        merge_dir(tree, &src, &followed)
+        merge_dir(tree, &src, &followed, &mut links)
     } else {
         let target = if item.dest.ends_with('/') || followed.is_dir() {
             let name = item
@@ -53,7 +56,7 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
         }
-        replace_with_copy(&src, &target)
+        replace_with_copy(&src, &target, &mut links)
     }
 }
 
@@ -61,7 +64,7 @@ fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
 /// directories already there and replacing anything else. As docker's COPY,
 /// a directory merges through a symlink to a directory (an image's
 /// `/bin -> usr/bin`), resolved inside `tree`.
-fn merge_dir(tree: &Path, src: &Path, dest: &Path) -> io::Result<()> {
+fn merge_dir(tree: &Path, src: &Path, dest: &Path, links: &mut HardLinks) -> io::Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -76,8 +79,8 @@ fn merge_dir(tree: &Path, src: &Path, dest: &Path) -> io::Result<()> {
         let from = entry.path();
         let to = dest.join(entry.file_name());
         match entry.file_type()?.is_dir().then(|| dir_at(tree, &to)) {
-            Some(Some(dir)) => merge_dir(tree, &from, &dir)?,
-            _ => replace_with_copy(&from, &to)?,
+            Some(Some(dir)) => merge_dir(tree, &from, &dir, links)?,
+            _ => replace_with_copy(&from, &to, links)?,
         }
     }
     Ok(())
@@ -100,13 +103,13 @@ fn dir_at(tree: &Path, path: &Path) -> Option<PathBuf> {
         .then_some(resolved)
 }
 
-fn replace_with_copy(src: &Path, dest: &Path) -> io::Result<()> {
+fn replace_with_copy(src: &Path, dest: &Path, links: &mut HardLinks) -> io::Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(dest)?,
         Ok(_) => fs::remove_file(dest)?,
         Err(_) => {}
     }
-    copy_tree(src, dest, ROOT_OWNED)
+    copy_tree_linked(src, dest, ROOT_OWNED, links)
 }
 
 #[cfg(test)]
@@ -151,6 +154,23 @@ mod tests {
         copy(&tree, &item(&host.join("dir"), "/app")).unwrap();
         assert_eq!(fs::read(tree.join("app/sub/x")).unwrap(), b"x");
         assert_eq!(fs::read(tree.join("app/sub/keep")).unwrap(), b"k");
+    }
+
+    /// A directory is merged entry by entry; its hard links, between
+    /// top-level entries and into subdirectories, were once lost that way.
+    #[test]
+    fn hard_links_anywhere_in_a_copied_directory_stay_links() {
+        use std::os::unix::fs::MetadataExt;
+        let (_t, tree, host) = setup();
+        fs::write(host.join("dir/a"), "linked").unwrap();
+        fs::hard_link(host.join("dir/a"), host.join("dir/b")).unwrap();
+        fs::hard_link(host.join("dir/a"), host.join("dir/sub/c")).unwrap();
+        fs::create_dir_all(tree.join("app")).unwrap();
+        copy(&tree, &item(&host.join("dir"), "/app")).unwrap();
+        let ino = |p: &str| fs::metadata(tree.join(p)).unwrap().ino();
+        assert_eq!(ino("app/a"), ino("app/b"));
+        assert_eq!(ino("app/a"), ino("app/sub/c"));
+        assert_eq!(fs::metadata(tree.join("app/a")).unwrap().nlink(), 3);
     }
 
     #[test]
