@@ -30,9 +30,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use super::{
+    check_tree_name, diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
+    WorkTree,
+};
 use mount::Overlay;
 
 pub use mount::supported as kernel_supported;
@@ -45,13 +46,6 @@ const MAX_CHAIN: usize = 4096;
 
 pub struct OverlayDriver {
     root: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Record {
-    base: String,
-    #[serde(default)]
-    owner: Owner,
 }
 
 impl OverlayDriver {
@@ -153,12 +147,12 @@ impl OverlayDriver {
     }
 
     fn tree_dir(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
+        check_tree_name(name)?;
         Ok(self.root.join("work").join(name))
     }
 
     fn record_path(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
+        check_tree_name(name)?;
         Ok(self.root.join("work").join(format!("{name}.json")))
     }
 
@@ -271,12 +265,8 @@ impl SnapshotDriver for OverlayDriver {
         }
         let lowers = self.lowers(base)?;
         tracing::debug!(name, base = %base, layers = lowers.len(), "mounting an overlay work tree");
-        let body = serde_json::to_vec(&Record {
-            base: base.store_name(),
-            owner: owner.clone(),
-        })
-        .expect("record serializes");
-        fs::write(&record, body).map_err(DriverError::io("write", &record))?;
+        fs::write(&record, TreeRecord::to_bytes(base, owner))
+            .map_err(DriverError::io("write", &record))?;
         let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         let mounted = [&upper, &work, &root]
             .iter()
@@ -407,34 +397,8 @@ impl SnapshotDriver for OverlayDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        let dir = self.root.join("work");
-        let mut trees = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
-            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
-            if trees.iter().any(|t: &WorkTree| t.name == name) || check_name(&name).is_err() {
-                continue;
-            }
-            // Dirs without a record are a checkout that failed half-way:
-            // owned by no one, only good for discarding.
-            let record = fs::read(self.record_path(&name)?)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-            let base = record
-                .as_ref()
-                .and_then(|r| ChainId::from_store_name(&r.base))
-                .unwrap_or_else(ChainId::empty);
-            trees.push(WorkTree {
-                path: self.tree_dir(&name)?.join("root"),
-                name,
-                base,
-                owner: record.map(|r| r.owner).unwrap_or_default(),
-            });
-        }
-        trees.sort_by(|a, b| a.name.cmp(&b.name));
+        let work = self.root.join("work");
+        let trees = super::list_work_trees(&work, |name| work.join(name).join("root"))?;
         let mounts = crate::mountinfo::mount_points()
             .map_err(DriverError::io("read", crate::mountinfo::PATH))?;
         // Only a checkout kept for a layout outlives its process: a tree a
@@ -477,25 +441,6 @@ fn remove_tree(path: &Path) -> Result<()> {
             source: e,
         }),
         _ => Ok(()),
-    }
-}
-
-/// Work tree names become file names: keep them to one plain component.
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.ends_with(".json")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::UnsafePath(
-            PathBuf::from(name),
-            "not a valid work tree name".into(),
-        ))
     }
 }
 

@@ -26,20 +26,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use super::{
+    check_tree_name, diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
+    WorkTree,
+};
 use crate::fsutil::{copy_tree, CopyOptions};
 
 pub struct PlainDriver {
     root: PathBuf,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    base: String,
-    #[serde(default)]
-    owner: Owner,
 }
 
 impl PlainDriver {
@@ -71,17 +65,17 @@ impl PlainDriver {
     }
 
     fn work_dir(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
+        check_tree_name(name)?;
         Ok(self.root.join("work").join(name))
     }
 
     fn marker_path(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
+        check_tree_name(name)?;
         Ok(self.root.join("work").join(format!("{name}.json")))
     }
 
     fn inodes_path(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
+        check_tree_name(name)?;
         Ok(self.root.join("inodes").join(name))
     }
 
@@ -107,25 +101,6 @@ impl PlainDriver {
                 source: e,
             }),
         }
-    }
-}
-
-/// Work tree names become file names: keep them to one plain component.
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.ends_with(".json")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::UnsafePath(
-            PathBuf::from(name),
-            "not a valid work tree name".into(),
-        ))
     }
 }
 
@@ -176,12 +151,7 @@ impl SnapshotDriver for PlainDriver {
             let _ = Self::remove_tree(&path);
             return Err(e);
         }
-        let body = serde_json::to_vec(&Marker {
-            base: base.store_name(),
-            owner: owner.clone(),
-        })
-        .expect("marker serializes");
-        if let Err(e) = fs::write(&marker, body) {
+        if let Err(e) = fs::write(&marker, TreeRecord::to_bytes(base, owner)) {
             // A full disk: neither the tree nor a partial record may stay.
             let _ = fs::remove_file(&marker);
             let _ = self.remove_inodes(name);
@@ -265,35 +235,8 @@ impl SnapshotDriver for PlainDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        let dir = self.root.join("work");
-        let mut trees = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
-            let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
-            if trees.iter().any(|t: &WorkTree| t.name == name) || check_name(&name).is_err() {
-                continue;
-            }
-            // A tree without its marker is a copy that never finished: its
-            // base and owner are unknown, and it is only good for discarding.
-            let marker = fs::read(self.marker_path(&name)?)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Marker>(&b).ok());
-            let base = marker
-                .as_ref()
-                .and_then(|m| ChainId::from_store_name(&m.base))
-                .unwrap_or_else(ChainId::empty);
-            trees.push(WorkTree {
-                path: self.work_dir(&name)?,
-                name,
-                base,
-                owner: marker.map(|m| m.owner).unwrap_or_default(),
-            });
-        }
-        trees.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(trees)
+        let work = self.root.join("work");
+        super::list_work_trees(&work, |name| work.join(name))
     }
 }
 
