@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod build;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod driver;

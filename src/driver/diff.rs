@@ -10,7 +10,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::{Change, DriverError, Result};
+use super::{DriverError, Result};
+use crate::change::Change;
 
 /// The changes that turn `base` into `tree`, looking only at `candidates`.
 ///

@@ -13,6 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
 use sha2::{Digest, Sha256};
 
 /// The OCI ChainID of a stack of layers, or the empty stack.
@@ -74,28 +76,6 @@ impl fmt::Display for ChainId {
         match &self.0 {
             None => f.write_str("empty"),
             Some(d) => f.write_str(d),
-        }
-    }
-}
-
-/// One entry of a layer, relative to the root of the tree (no leading `/`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Change {
-    /// The entry at this path is new or differs from the base; the layer carries
-    /// it as it is in the work tree (a directory entry alone, not its children).
-    Write(PathBuf),
-    /// The base had an entry here and the work tree has none: a `.wh.NAME` whiteout.
-    Delete(PathBuf),
-    /// Every entry the base had below this directory is gone: a `.wh..wh..opq`
-    /// marker. The directory itself and whatever it now holds are listed as
-    /// `Write`s of their own.
-    Opaque(PathBuf),
-}
-
-impl Change {
-    pub fn path(&self) -> &Path {
-        match self {
-            Change::Write(p) | Change::Delete(p) | Change::Opaque(p) => p,
         }
     }
 }

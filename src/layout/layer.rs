@@ -21,7 +21,7 @@ use tar::{EntryType, Header};
 use super::blobs::BlobWriter;
 use super::pgzip::ParallelGz;
 use super::{Layout, LayoutError, Result};
-use crate::driver::Change;
+use crate::change::{self, Change, LayerName};
 
 /// How a layer's tar stream is compressed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,8 +49,6 @@ pub struct WrittenLayer {
     pub uncompressed_size: u64,
 }
 
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Longest name (and link name) a ustar header holds without a PAX record.
 const USTAR_NAME_MAX: usize = 100;
 /// Largest number the 7-digit octal uid/gid fields hold.
@@ -164,10 +162,8 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
         let rel_bytes = rel.as_os_str().as_bytes();
         match change {
             Change::Write(_) => {
-                if rel
-                    .file_name()
-                    .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX))
-                {
+                let name = rel.file_name().map_or(&[][..], |n| n.as_bytes());
+                if LayerName::of(name) != LayerName::Entry {
                     // Any reader (genoci's own included) would take it for a
                     // whiteout and delete lower files: refuse, as umoci does.
                     return Err(LayoutError::Invalid {
@@ -194,10 +190,7 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
                 });
             }
             Change::Delete(_) => {
-                let name = rel.file_name().expect("a normal path has a file name");
-                let mut path = parent_prefix(rel);
-                path.extend_from_slice(WHITEOUT_PREFIX);
-                path.extend_from_slice(name.as_bytes());
+                let path = change::whiteout_path(rel);
                 plan.push(Planned {
                     key: path.clone(),
                     path,
@@ -207,12 +200,9 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
             Change::Opaque(_) => {
                 let mut key = rel_bytes.to_vec();
                 key.extend_from_slice(b"/\0");
-                let mut path = rel_bytes.to_vec();
-                path.push(b'/');
-                path.extend_from_slice(OPAQUE_MARKER);
                 plan.push(Planned {
                     key,
-                    path,
+                    path: change::opaque_path(rel),
                     what: What::Whiteout,
                 });
             }
@@ -220,18 +210,6 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
     }
     plan.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(plan)
-}
-
-/// `dir/` for `dir/name`, empty for a top-level name.
-fn parent_prefix(rel: &Path) -> Vec<u8> {
-    match rel.parent() {
-        Some(p) if !p.as_os_str().is_empty() => {
-            let mut v = p.as_os_str().as_bytes().to_vec();
-            v.push(b'/');
-            v
-        }
-        _ => Vec::new(),
-    }
 }
 
 struct TarWriter {

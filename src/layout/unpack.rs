@@ -28,9 +28,8 @@ use tar::EntryType;
 
 use super::blobs::read_error;
 use super::{Layout, LayoutError, Result};
+use crate::change::LayerName;
 
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const CHECK_SIGNALS_EVERY: usize = 256;
 /// Decompressed bytes are handed from the decompressing thread to the
 /// unpacking one in chunks of this size, at most `PIPE_DEPTH` waiting.
@@ -292,8 +291,14 @@ impl<'a> Unpacker<'a> {
         };
         let parent = self.resolve_dir(parent.to_vec(), &raw)?;
         self.keep_times(&parent)?;
-        if self.whiteouts && name.as_bytes().starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&parent, name);
+        if self.whiteouts {
+            match LayerName::of(name.as_bytes()) {
+                LayerName::Entry => {}
+                LayerName::Opaque => return self.prune_lower(&self.root.join(&parent), &parent),
+                // aufs bookkeeping (.wh..wh.plnk and the like), not a whiteout.
+                LayerName::Meta => return Ok(()),
+                LayerName::Whiteout(target) => return self.whiteout(&parent, target, &raw),
+            }
         }
         self.make_dirs(&parent)?;
         let rel = parent.join(name);
@@ -393,22 +398,12 @@ impl<'a> Unpacker<'a> {
         Ok(())
     }
 
-    /// `.wh.NAME` removes NAME; `.wh..wh..opq` empties its directory of what
-    /// lower layers put there.
-    fn whiteout(&mut self, parent: &Path, name: &OsStr) -> Result<()> {
-        let name = name.as_bytes();
-        if name == OPAQUE_MARKER {
-            let full = self.root.join(parent);
-            return self.prune_lower(&full, parent);
+    /// The whiteout of `target` in `parent` removes what lower layers put there.
+    fn whiteout(&mut self, parent: &Path, target: &[u8], entry: &[u8]) -> Result<()> {
+        if matches!(target, b"" | b"." | b"..") {
+            return Err(self.unsafe_entry(entry, "whiteout of no name"));
         }
-        if name.starts_with(b".wh..wh.") {
-            // aufs bookkeeping (.wh..wh.plnk and the like), not a whiteout.
-            return Ok(());
-        }
-        let target = OsStr::from_bytes(&name[WHITEOUT_PREFIX.len()..]);
-        if target.is_empty() || target == "." || target == ".." {
-            return Err(self.unsafe_entry(name, "whiteout of no name"));
-        }
+        let target = OsStr::from_bytes(target);
         let rel = parent.join(target);
         if self.written.contains(&rel) {
             return Ok(());

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 pub use store::{setup_store, unsetup_store, SetupOutcome, UnsetupOutcome};
 pub use sys::{Kernel, System};
 
-use super::{diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use crate::change::Change;
 
 const SNAPSHOTS: &str = "snapshots";
 const WORK: &str = "work";

@@ -31,9 +31,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    check_tree_name, diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
+    check_tree_name, diff, ChainId, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
     WorkTree,
 };
+use crate::change::Change;
 use mount::Overlay;
 
 pub use mount::supported as kernel_supported;

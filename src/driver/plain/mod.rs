@@ -27,9 +27,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    check_tree_name, diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
+    check_tree_name, diff, ChainId, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
     WorkTree,
 };
+use crate::change::Change;
 use crate::fsutil::{copy_tree, CopyOptions};
 
 pub struct PlainDriver {
