@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::layout::Compression;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DriverKind {
     /// No `driver` given: `overlay` where the kernel and the store's
@@ -12,13 +14,6 @@ pub enum DriverKind {
     Plain,
     Overlay,
     Btrfs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,11 +193,9 @@ impl Config {
                 }
             }
             "compression" => {
-                self.compression = match text()? {
-                    "gzip" => Compression::Gzip,
-                    "zstd" => Compression::Zstd,
-                    other => return Err(format!("expected gzip or zstd, got {other:?}")),
-                }
+                let text = text()?;
+                self.compression = clap::ValueEnum::from_str(text, false)
+                    .map_err(|_| format!("expected gzip or zstd, got {text:?}"))?;
             }
             "losize" => {
                 self.losize = match value {

@@ -4,10 +4,10 @@
 use oci_spec::image::{Descriptor, MediaType};
 
 use super::{discard_after, image_config, BuildError};
-use crate::config::Compression;
 use crate::driver::{SnapshotDriver, WorkTree};
 use crate::layout::image::Image;
-use crate::layout::layer::{self, LayerOptions, WrittenLayer};
+use crate::layout::layer::{LayerOptions, WrittenLayer};
+use crate::layout::Compression;
 use crate::layout::Layout;
 use crate::spec::ConfigKeys;
 
@@ -84,10 +84,7 @@ pub fn created(source_date_epoch: Option<i64>) -> String {
 
 pub fn layer_options(compression: Compression, source_date_epoch: Option<i64>) -> LayerOptions {
     LayerOptions {
-        compression: match compression {
-            Compression::Gzip => layer::Compression::Gzip,
-            Compression::Zstd => layer::Compression::Zstd,
-        },
+        compression,
         source_date_epoch,
     }
 }

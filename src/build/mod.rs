@@ -17,10 +17,10 @@ use std::time::Instant;
 use oci_spec::image::Descriptor;
 
 use crate::actions;
-use crate::config::Compression;
 use crate::driver::{ChainId, DriverError, SnapshotDriver, WorkTree};
 use crate::layout::image::Image;
 use crate::layout::layer::LayerOptions;
+use crate::layout::Compression;
 use crate::layout::{Layout, LayoutError};
 use crate::spec::{Base, BuildPlan, ConfigKeys, Target};
 

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Compression, Config, DriverKind, Overrides};
+use crate::config::{Config, DriverKind, Overrides};
+use crate::layout::Compression;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,7 +47,7 @@ pub struct GlobalArgs {
     pub store: Option<PathBuf>,
     /// Layer compression, over the config's `compression`
     #[arg(long, global = true, value_enum)]
-    pub compression: Option<CompressionArg>,
+    pub compression: Option<Compression>,
     /// More output (-v: debug, -vv: trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -60,12 +61,6 @@ pub enum DriverArg {
     Plain,
     Overlay,
     Btrfs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,10 +105,7 @@ impl GlobalArgs {
             }),
             layoutdir: self.layout.clone(),
             storedir: self.store.clone(),
-            compression: self.compression.map(|c| match c {
-                CompressionArg::Gzip => Compression::Gzip,
-                CompressionArg::Zstd => Compression::Zstd,
-            }),
+            compression: self.compression,
         }
     }
 

@@ -14,22 +14,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::image::{Descriptor, MediaType};
-use sha2::{Digest as _, Sha256};
+use oci_spec::image::Descriptor;
 use tar::{EntryType, Header};
 
 use super::blobs::BlobWriter;
-use super::pgzip::ParallelGz;
+use super::compress::{Compression, Compressor, Hashing};
 use super::{Layout, LayoutError, Result};
 use crate::change::{self, Change, LayerName};
-
-/// How a layer's tar stream is compressed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct LayerOptions {
@@ -56,7 +47,6 @@ const USTAR_ID_MAX: u64 = 0o7_777_777;
 /// Largest size the 11-digit octal size field holds.
 const USTAR_SIZE_MAX: u64 = 0o77_777_777_777;
 const CHECK_SIGNALS_EVERY: usize = 256;
-const ZSTD_LEVEL: i32 = 3;
 
 /// One entry to write, before sorting.
 struct Planned {
@@ -82,30 +72,17 @@ impl Layout {
         opts: &LayerOptions,
     ) -> Result<WrittenLayer> {
         let plan = plan(tree, changes)?;
-        let blob = self.blob_writer()?;
-        let compressor = match opts.compression {
-            Compression::Gzip => Compressor::Gzip(
-                ParallelGz::new(blob, flate2::Compression::default())
-                    .map_err(LayoutError::io("write layer", self.root()))?,
-            ),
-            Compression::Zstd => {
-                let mut enc = zstd::Encoder::new(blob, ZSTD_LEVEL)
-                    .map_err(LayoutError::io("start zstd", self.root()))?;
-                enc.include_checksum(true)
-                    .map_err(LayoutError::io("start zstd", self.root()))?;
-                Compressor::Zstd(enc)
-            }
-        };
+        let root = self.root();
+        let compressor = opts
+            .compression
+            .writer(self.blob_writer()?)
+            .map_err(LayoutError::io("write layer into", root))?;
         let mut tar = TarWriter {
-            out: Hashing {
-                inner: compressor,
-                hasher: Sha256::new(),
-                bytes: 0,
-            },
+            out: Hashing::new(compressor),
             clamp: opts.source_date_epoch,
             links: HashMap::new(),
             entries: 0,
-            layout: self.root().to_path_buf(),
+            layout: root.to_path_buf(),
         };
         for item in &plan {
             if tar.entries.is_multiple_of(CHECK_SIGNALS_EVERY) {
@@ -115,21 +92,14 @@ impl Layout {
         }
         let entries = tar.entries;
         let mut out = tar.out;
-        let root = self.root();
         // Two zero blocks end a tar archive.
         out.write_all(&[0u8; 1024])
-            .map_err(LayoutError::io("write layer", root))?;
-        let diff_id = format!("sha256:{}", hex::encode(out.hasher.finalize()));
-        let uncompressed_size = out.bytes;
-        let blob = out
-            .inner
+            .map_err(LayoutError::io("write layer into", root))?;
+        let (compressor, diff_id, uncompressed_size) = out.finish();
+        let blob = compressor
             .finish()
-            .map_err(LayoutError::io("compress layer", root))?;
-        let media_type = match opts.compression {
-            Compression::Gzip => MediaType::ImageLayerGzip,
-            Compression::Zstd => MediaType::ImageLayerZstd,
-        };
-        let descriptor = blob.finish(media_type)?;
+            .map_err(LayoutError::io("compress layer into", root))?;
+        let descriptor = blob.finish(opts.compression.media_type())?;
         tracing::debug!(
             layer = %descriptor.digest(),
             diff_id = %diff_id,
@@ -213,7 +183,7 @@ fn plan(tree: &Path, changes: &[Change]) -> Result<Vec<Planned>> {
 }
 
 struct TarWriter {
-    out: Hashing<Compressor>,
+    out: Hashing<Compressor<BlobWriter>>,
     clamp: Option<i64>,
     /// First tar path written for each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -435,60 +405,11 @@ fn pad(w: &mut impl Write, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts and hashes what passes through: the uncompressed tar gives the diff_id.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-enum Compressor {
-    Gzip(ParallelGz<BlobWriter>),
-    Zstd(zstd::Encoder<'static, BlobWriter>),
-}
-
-impl Compressor {
-    fn finish(self) -> io::Result<BlobWriter> {
-        match self {
-            Compressor::Gzip(e) => e.finish(),
-            Compressor::Zstd(e) => e.finish(),
-        }
-    }
-}
-
-impl Write for Compressor {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::Gzip(e) => e.write(buf),
-            Compressor::Zstd(e) => e.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::Gzip(e) => e.flush(),
-            Compressor::Zstd(e) => e.flush(),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::driver::diff;
+    use sha2::{Digest as _, Sha256};
     use std::collections::BTreeSet;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::path::PathBuf;

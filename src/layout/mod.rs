@@ -5,12 +5,12 @@
 //! a reader (or a crash) only ever sees whole blobs and a whole index.
 
 pub mod blobs;
+pub mod compress;
 pub mod gc;
 pub mod image;
 pub mod index;
 pub mod layer;
 pub mod lock;
-mod pgzip;
 pub mod platform;
 pub mod unpack;
 
@@ -23,9 +23,10 @@ use oci_spec::image::{ImageIndex, OciLayout, OciLayoutBuilder};
 use serde::Serialize;
 
 pub use blobs::{BlobReader, BlobWriter};
+pub use compress::Compression;
 pub use gc::GcStats;
 pub use image::Image;
-pub use layer::{Compression, LayerOptions, WrittenLayer};
+pub use layer::{LayerOptions, WrittenLayer};
 pub use lock::{lock, Lock};
 pub use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 pub use platform::Platform;
