@@ -1,11 +1,6 @@
 //! Writing a layer from a tree and its change set: deterministic tar
 //! (sorted, numeric owners, PAX for long names and xattrs, whiteouts),
-//! compressed with gzip (no name, no time) or zstd, hashed while written.
-//!
-//! API: `pub enum Compression { Gzip, Zstd }`,
-//! `pub struct LayerOptions { pub compression: Compression, pub source_date_epoch: Option<i64> }`,
-//! `pub struct WrittenLayer { pub descriptor: Descriptor, pub diff_id: String, pub entries: usize, pub uncompressed_size: u64 }`,
-//! `Layout::write_layer(&self, tree: &Path, changes: &[crate::driver::Change], opts: &LayerOptions) -> Result<WrittenLayer>`.
+//! hashed for its diff_id and compressed while written (`compress`).
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata, OpenOptions};
@@ -216,7 +211,6 @@ impl TarWriter {
             item.path.strip_suffix(b"/").unwrap_or(&item.path),
         ));
         let full = tree.join(rel);
-        let ft = meta.file_type();
         let mut h = Header::new_ustar();
         h.set_mode(meta.mode() & 0o7777);
         h.set_uid(meta.uid().into());
@@ -226,9 +220,7 @@ impl TarWriter {
         // record (the header says 0 for readers that ignore it).
         h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
-        let mut link_name = None;
-        let mut data = None;
-        if !ft.is_dir() && meta.nlink() > 1 {
+        if !meta.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key) {
                 h.set_entry_type(EntryType::Link);
@@ -237,44 +229,10 @@ impl TarWriter {
             }
             self.links.insert(key, item.path.clone());
         }
-        if ft.is_dir() {
-            h.set_entry_type(EntryType::Directory);
-        } else if ft.is_file() {
-            h.set_entry_type(EntryType::Regular);
-            h.set_size(meta.len());
-            data = Some(meta.len());
-        } else if ft.is_symlink() {
-            h.set_entry_type(EntryType::Symlink);
-            let target = fs::read_link(&full).map_err(LayoutError::io("read link", &full))?;
-            link_name = Some(target.as_os_str().as_bytes().to_vec());
-        } else if ft.is_char_device() || ft.is_block_device() {
-            h.set_entry_type(if ft.is_char_device() {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            });
-            let rdev = meta.rdev();
-            let io_err = LayoutError::io("encode device", &full);
-            h.set_device_major(libc::major(rdev)).map_err(io_err)?;
-            let io_err = LayoutError::io("encode device", &full);
-            h.set_device_minor(libc::minor(rdev)).map_err(io_err)?;
-        } else if ft.is_fifo() {
-            h.set_entry_type(EntryType::Fifo);
-        }
+        let link_name = set_type(&mut h, meta, &full)?;
+        let data = meta.is_file().then_some(meta.len());
+        let mut pax = pax_overflow(meta, mtime, data);
         let xattrs = crate::xattr::list(&full).map_err(LayoutError::io("read xattrs", &full))?;
-        let mut pax = Vec::new();
-        if mtime < 0 {
-            pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
-        }
-        if u64::from(meta.uid()) > USTAR_ID_MAX {
-            pax.push((b"uid".to_vec(), meta.uid().to_string().into_bytes()));
-        }
-        if u64::from(meta.gid()) > USTAR_ID_MAX {
-            pax.push((b"gid".to_vec(), meta.gid().to_string().into_bytes()));
-        }
-        if data.is_some_and(|size| size > USTAR_SIZE_MAX) {
-            pax.push((b"size".to_vec(), meta.len().to_string().into_bytes()));
-        }
         for (name, value) in xattrs {
             let mut key = b"SCHILY.xattr.".to_vec();
             key.extend_from_slice(&name);
@@ -350,6 +308,54 @@ impl TarWriter {
         self.entries += 1;
         Ok(())
     }
+}
+
+/// The entry type (and size, link target or device numbers) of the file
+/// at `full`; the link target is returned for [`TarWriter::append`].
+fn set_type(h: &mut Header, meta: &Metadata, full: &Path) -> Result<Option<Vec<u8>>> {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        h.set_entry_type(EntryType::Directory);
+    } else if ft.is_file() {
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(meta.len());
+    } else if ft.is_symlink() {
+        h.set_entry_type(EntryType::Symlink);
+        let target = fs::read_link(full).map_err(LayoutError::io("read link", full))?;
+        return Ok(Some(target.as_os_str().as_bytes().to_vec()));
+    } else if ft.is_char_device() || ft.is_block_device() {
+        h.set_entry_type(if ft.is_char_device() {
+            EntryType::Char
+        } else {
+            EntryType::Block
+        });
+        let rdev = meta.rdev();
+        let encode = |set: io::Result<()>| set.map_err(LayoutError::io("encode device", full));
+        encode(h.set_device_major(libc::major(rdev)))?;
+        encode(h.set_device_minor(libc::minor(rdev)))?;
+    } else if ft.is_fifo() {
+        h.set_entry_type(EntryType::Fifo);
+    }
+    Ok(None)
+}
+
+/// PAX records for the values the ustar header cannot hold: a date before
+/// 1970, ids over 7 octal digits, a size over 11.
+fn pax_overflow(meta: &Metadata, mtime: i64, data: Option<u64>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut pax = Vec::new();
+    if mtime < 0 {
+        pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
+    }
+    if u64::from(meta.uid()) > USTAR_ID_MAX {
+        pax.push((b"uid".to_vec(), meta.uid().to_string().into_bytes()));
+    }
+    if u64::from(meta.gid()) > USTAR_ID_MAX {
+        pax.push((b"gid".to_vec(), meta.gid().to_string().into_bytes()));
+    }
+    if data.is_some_and(|size| size > USTAR_SIZE_MAX) {
+        pax.push((b"size".to_vec(), meta.len().to_string().into_bytes()));
+    }
+    pax
 }
 
 /// Copy a file's data into the layer, telling a failed read of the file

@@ -1,10 +1,9 @@
 //! Unpacking tar streams into a tree without ever writing outside it:
-//! layers (whiteouts and opaque markers applied) and plain tarballs for `expand`.
-//!
-//! API: `Layout::apply_layer(&self, layer: &Descriptor, tree: &Path) -> Result<()>` (gzip/zstd/plain,
-//! found by magic bytes), `pub fn extract_tarball(path: &Path, tree: &Path) -> Result<()>` (gzip, xz,
-//! bzip2, zstd or plain by magic bytes; no whiteout handling), both keeping owners, modes, xattrs,
-//! hard links, symlinks and device nodes.
+//! layers (whiteouts and opaque markers applied) and plain tarballs for
+//! `expand` (no whiteout handling). Either may be plain tar or gzip, zstd,
+//! xz or bzip2, found by magic bytes (`compress`); owners, modes, xattrs,
+//! hard links, symlinks and device nodes are kept. The per-entry code is in
+//! `entries`, metadata in `meta`.
 //!
 //! Paths are resolved as if the tree were `/`: a leading `/` is dropped, `..`
 //! stops at the root, and a symlink met on the way to an entry's parent is
@@ -15,20 +14,23 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 use oci_spec::image::Descriptor;
-use tar::EntryType;
+
+mod entries;
+mod meta;
+
+use meta::Meta;
 
 use super::blobs::read_error;
 use super::compress::{decompressed, sniff};
 use super::{Layout, LayoutError, Result};
-use crate::change::LayerName;
 
 const CHECK_SIGNALS_EVERY: usize = 256;
 
@@ -66,16 +68,6 @@ impl Layout {
         tracing::debug!(layer = %name, tree = %tree.display(), "applied layer");
         Ok(())
     }
-}
-
-/// An entry's metadata as the archive gives it (PAX records win).
-#[derive(Debug, Clone)]
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: FileTime,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Unpacker<'a> {
@@ -136,132 +128,9 @@ impl<'a> Unpacker<'a> {
         for (full, meta) in std::mem::take(&mut self.dirs) {
             // Replaced by a later entry of the same archive: nothing to set.
             if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
-                self.set_meta(&full, &meta, false)?;
+                meta::set_meta(&full, &meta, false)?;
             }
         }
-        Ok(())
-    }
-
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, source: &Path) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            return Ok(());
-        }
-        let meta = read_meta(entry).map_err(|e| read_error(source, e))?;
-        let comps = clean(&raw);
-        let Some((name, parent)) = comps.split_last() else {
-            // The root of a tree is the snapshot's, 0755 as image tools
-            // make a rootfs: a tarball's `./` (often a 0700 temp dir) does
-            // not change it, and layers never carry it.
-            return Ok(());
-        };
-        let parent = self.resolve_dir(parent.to_vec(), &raw)?;
-        self.keep_times(&parent)?;
-        if self.whiteouts {
-            match LayerName::of(name.as_bytes()) {
-                LayerName::Entry => {}
-                LayerName::Opaque => return self.prune_lower(&self.root.join(&parent), &parent),
-                // aufs bookkeeping (.wh..wh.plnk and the like), not a whiteout.
-                LayerName::Meta => return Ok(()),
-                LayerName::Whiteout(target) => return self.whiteout(&parent, target, &raw),
-            }
-        }
-        self.make_dirs(&parent)?;
-        let rel = parent.join(name);
-        let full = self.root.join(&rel);
-
-        let existing = fs::symlink_metadata(&full).ok();
-        match kind {
-            EntryType::Directory => {
-                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    remove(&full, existing.as_ref())?;
-                    fs::create_dir(&full).map_err(LayoutError::io("create directory", &full))?;
-                }
-                self.dirs.push((full, meta));
-            }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                remove(&full, existing.as_ref())?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&full)
-                    .map_err(LayoutError::io("create", &full))?;
-                io::copy(entry, &mut file).map_err(|e| read_error(source, e))?;
-                drop(file);
-                self.set_meta(&full, &meta, false)?;
-            }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&raw, "symlink without a target"))?
-                    .into_owned();
-                remove(&full, existing.as_ref())?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
-                    .map_err(LayoutError::io("create symlink", &full))?;
-                self.set_meta(&full, &meta, true)?;
-            }
-            EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&raw, "hard link without a target"))?
-                    .into_owned();
-                let target_comps = clean(&target_raw);
-                let Some((target_name, target_parent)) = target_comps.split_last() else {
-                    return Err(self.unsafe_entry(&raw, "hard link to the root"));
-                };
-                let target_parent = self.resolve_dir(target_parent.to_vec(), &target_raw)?;
-                let target = self.root.join(target_parent.join(target_name));
-                let target_meta = fs::symlink_metadata(&target)
-                    .map_err(LayoutError::io("stat hard link target", &target))?;
-                if target_meta.is_dir() {
-                    return Err(self.unsafe_entry(&raw, "hard link to a directory"));
-                }
-                if existing
-                    .as_ref()
-                    .is_some_and(|m| m.dev() == target_meta.dev() && m.ino() == target_meta.ino())
-                {
-                    self.written.insert(rel);
-                    return Ok(());
-                }
-                remove(&full, existing.as_ref())?;
-                // linkat without AT_SYMLINK_FOLLOW: a symlink target is linked, not followed.
-                fs::hard_link(&target, &full)
-                    .map_err(LayoutError::io("create hard link", &full))?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                remove(&full, existing.as_ref())?;
-                let header = entry.header();
-                let (sflag, dev) = match kind {
-                    EntryType::Fifo => (nix::sys::stat::SFlag::S_IFIFO, 0),
-                    _ => {
-                        let major = header.device_major().ok().flatten().unwrap_or(0);
-                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                        let sflag = if kind == EntryType::Char {
-                            nix::sys::stat::SFlag::S_IFCHR
-                        } else {
-                            nix::sys::stat::SFlag::S_IFBLK
-                        };
-                        (sflag, libc::makedev(major, minor))
-                    }
-                };
-                nix::sys::stat::mknod(
-                    &full,
-                    sflag,
-                    nix::sys::stat::Mode::from_bits_truncate(0o600),
-                    dev,
-                )
-                .map_err(|e| LayoutError::io("create device node", &full)(e.into()))?;
-                self.set_meta(&full, &meta, false)?;
-            }
-            other => {
-                tracing::warn!(archive = %self.archive, entry = %String::from_utf8_lossy(&raw), kind = ?other, "skipped entry of unsupported type");
-                return Ok(());
-            }
-        }
-        self.written.insert(rel);
         Ok(())
     }
 
@@ -355,43 +224,6 @@ impl<'a> Unpacker<'a> {
         }
         Ok(())
     }
-
-    /// Owner, then the xattrs the entry does not carry go (a directory a
-    /// lower layer made keeps its own; a new file inherits a default ACL),
-    /// then mode (a chown clears setuid bits), then xattrs (a chown clears
-    /// `security.capability`), then times.
-    fn set_meta(&self, full: &Path, meta: &Meta, symlink: bool) -> Result<()> {
-        std::os::unix::fs::lchown(full, Some(meta.uid), Some(meta.gid))
-            .map_err(LayoutError::io("chown", full))?;
-        let present = crate::xattr::list(full).map_err(LayoutError::io("read xattrs", full))?;
-        for (name, _) in present {
-            if meta.xattrs.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
-            if let Err(e) = crate::xattr::remove(full, &name) {
-                if !matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::EPERM)) {
-                    return Err(LayoutError::io("remove xattr", full)(e));
-                }
-                tracing::warn!(path = %full.display(), xattr = %String::from_utf8_lossy(&name), error = %e, "xattr not removed");
-            }
-        }
-        if !symlink {
-            fs::set_permissions(full, fs::Permissions::from_mode(meta.mode & 0o7777))
-                .map_err(LayoutError::io("chmod", full))?;
-        }
-        for (name, value) in &meta.xattrs {
-            if let Err(e) = crate::xattr::set(full, name, value) {
-                let unsupported = matches!(e.raw_os_error(), Some(libc::ENOTSUP))
-                    || (symlink && e.raw_os_error() == Some(libc::EPERM));
-                if !unsupported {
-                    return Err(LayoutError::io("set xattr", full)(e));
-                }
-                tracing::warn!(path = %full.display(), xattr = %String::from_utf8_lossy(name), error = %e, "xattr not kept");
-            }
-        }
-        filetime::set_symlink_file_times(full, meta.mtime, meta.mtime)
-            .map_err(LayoutError::io("set times", full))
-    }
 }
 
 /// Remove whatever is at `full` (a whole directory tree included), never
@@ -422,78 +254,14 @@ fn clean(raw: &[u8]) -> Vec<OsString> {
     out
 }
 
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-    let header = entry.header();
-    let old = header.as_old();
-    let mut uid = blank_is_zero(&old.uid, header.uid())?;
-    let mut gid = blank_is_zero(&old.gid, header.gid())?;
-    let mut mtime = FileTime::from_unix_time(blank_is_zero(&old.mtime, header.mtime())? as i64, 0);
-    let mode = header.mode()?;
-    let mut xattrs = Vec::new();
-    if let Some(pax) = entry.pax_extensions()? {
-        for ext in pax {
-            let ext = ext?;
-            let key = ext.key_bytes();
-            let value = ext.value_bytes();
-            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                xattrs.push((name.to_vec(), value.to_vec()));
-                continue;
-            }
-            let text = std::str::from_utf8(value).unwrap_or("");
-            match key {
-                b"uid" => uid = text.parse().unwrap_or(uid),
-                b"gid" => gid = text.parse().unwrap_or(gid),
-                b"mtime" => mtime = parse_pax_time(text).unwrap_or(mtime),
-                _ => {}
-            }
-        }
-    }
-    let id = |v: u64| {
-        u32::try_from(v)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "owner id out of range"))
-    };
-    Ok(Meta {
-        mode,
-        uid: id(uid)?,
-        gid: id(gid)?,
-        mtime,
-        xattrs,
-    })
-}
-
-/// Some writers leave numeric fields they do not care about empty; GNU tar
-/// and Go read those as 0.
-fn blank_is_zero(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
-    if field.iter().all(|&b| b == 0 || b == b' ') {
-        Ok(0)
-    } else {
-        parsed
-    }
-}
-
-/// A PAX time: seconds, optionally with a fraction; negative before 1970
-/// (`-1.25` is a quarter second after `-2`).
-fn parse_pax_time(text: &str) -> Option<FileTime> {
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let mut secs: i64 = secs.parse().ok()?;
-    let digits: String = frac.chars().take(9).collect();
-    let mut nanos: u32 = if digits.is_empty() {
-        0
-    } else {
-        format!("{digits:0<9}").parse().ok()?
-    };
-    if text.starts_with('-') && nanos > 0 {
-        secs -= 1;
-        nanos = 1_000_000_000 - nanos;
-    }
-    Some(FileTime::from_unix_time(secs, nanos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use filetime::FileTime;
     use oci_spec::image::MediaType;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use tar::EntryType;
 
     /// A tar entry with its name and link name set byte for byte, as a
     /// hostile archive would (the tar crate refuses `..` when asked nicely).
@@ -770,23 +538,5 @@ mod tests {
         let e = fs::metadata(s.tree.join("e")).unwrap();
         assert_eq!(e.mtime(), 1_000_000_000);
         assert_eq!(fs::read(s.tree.join("e/f")).unwrap(), b"new");
-    }
-
-    #[test]
-    fn pax_times_parse() {
-        assert_eq!(
-            parse_pax_time("1700000000.5"),
-            Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
-        );
-        assert_eq!(parse_pax_time("12"), Some(FileTime::from_unix_time(12, 0)));
-        assert_eq!(
-            parse_pax_time("-86400"),
-            Some(FileTime::from_unix_time(-86400, 0))
-        );
-        assert_eq!(
-            parse_pax_time("-1.25"),
-            Some(FileTime::from_unix_time(-2, 750_000_000))
-        );
-        assert_eq!(parse_pax_time("x"), None);
     }
 }
