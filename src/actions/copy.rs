@@ -10,28 +10,12 @@ use std::path::{Path, PathBuf};
 use crate::fsutil::{copy_tree_linked, resolve_in, CopyOptions, HardLinks};
 use crate::spec::CopyItem;
 
-#[derive(Debug, thiserror::Error)]
-#[error("copy {} to {dest}", src.display())]
-pub struct CopyError {
-    pub src: PathBuf,
-    pub dest: String,
-    #[source]
-    pub source: io::Error,
-}
-
 const ROOT_OWNED: CopyOptions = CopyOptions {
     owner: Some((0, 0)),
 };
 
-pub fn copy(tree: &Path, item: &CopyItem) -> Result<(), CopyError> {
-    copy_item(tree, item).map_err(|source| CopyError {
-        src: item.src.clone(),
-        dest: item.dest.clone(),
-        source,
-    })
-}
-
-fn copy_item(tree: &Path, item: &CopyItem) -> io::Result<()> {
+/// The builder names the step (`copy SRC DEST`) and the target.
+pub fn copy(tree: &Path, item: &CopyItem) -> io::Result<()> {
     // As docker's COPY: a SRC that is a symlink is followed (what it names is
     // copied, under SRC's own name); symlinks inside a directory stay links.
     let src = fs::canonicalize(&item.src)?;

@@ -27,22 +27,16 @@ use crate::sandbox::{self, output::Prefixer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("target {target}: {stage} hook `{command}` failed: {status}")]
+    #[error("{stage} hook `{command}` failed: {status}")]
     Failed {
-        target: String,
         stage: String,
         command: String,
         status: String,
     },
-    #[error("target {target}: {stage} hook `{command}`: interrupted")]
-    Interrupted {
-        target: String,
-        stage: String,
-        command: String,
-    },
-    #[error("target {target}: {stage} hook `{command}`: cannot run /bin/sh")]
+    #[error("{stage} hook `{command}`: interrupted")]
+    Interrupted { stage: String, command: String },
+    #[error("{stage} hook `{command}`: cannot run /bin/sh")]
     Spawn {
-        target: String,
         stage: String,
         command: String,
         #[source]
@@ -79,7 +73,6 @@ pub fn run_hooks(
     for command in commands {
         tracing::info!(target = %target, stage, command = %command, "hook");
         let spawn_error = |source| HookError::Spawn {
-            target: target.to_string(),
             stage: stage.to_string(),
             command: sandbox::describe(std::slice::from_ref(command)),
             source,
@@ -105,7 +98,6 @@ pub fn run_hooks(
             Some(status) => status,
             None => {
                 return Err(HookError::Interrupted {
-                    target: target.to_string(),
                     stage: stage.to_string(),
                     command: describe(),
                 })
@@ -113,7 +105,6 @@ pub fn run_hooks(
         };
         if !status.success() {
             return Err(HookError::Failed {
-                target: target.to_string(),
                 stage: stage.to_string(),
                 command: describe(),
                 status: sandbox::describe_status(status),
@@ -280,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_hook_names_target_stage_command_and_status() {
+    fn a_failing_hook_names_stage_command_and_status() {
         let tmp = tempfile::tempdir().unwrap();
         let err = run_hooks(
             "post",
@@ -292,7 +283,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "target web: post hook `echo going; exit 4` failed: exit status 4"
+            "post hook `echo going; exit 4` failed: exit status 4"
         );
         assert!(!tmp.path().join("never").exists());
     }

@@ -15,70 +15,54 @@ use crate::spec::Package;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("target {target}: {package}: not a .deb or .rpm file")]
-    UnknownKind { target: String, package: String },
-    #[error("target {target}: cannot create a download directory")]
+    #[error("{package}: not a .deb or .rpm file")]
+    UnknownKind { package: String },
+    #[error("cannot create a download directory")]
     TempDir {
-        target: String,
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: downloading {url}")]
+    #[error("downloading {url}")]
     Download {
-        target: String,
         url: String,
         #[source]
         source: Box<ureq::Error>,
     },
-    #[error("target {target}: {url} gave {got}, not a .deb or .rpm package")]
-    NotAPackage {
-        target: String,
-        url: String,
-        got: String,
-    },
-    #[error("target {target}: downloading {url}: interrupted")]
-    Interrupted { target: String, url: String },
-    #[error("target {target}: downloading {url} to {}", .path.display())]
+    #[error("{url} gave {got}, not a .deb or .rpm package")]
+    NotAPackage { url: String, got: String },
+    #[error("downloading {url}: interrupted")]
+    Interrupted { url: String },
+    #[error("downloading {url} to {}", .path.display())]
     Transfer {
-        target: String,
         url: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: cannot copy {} into the tree", .path.display())]
+    #[error("cannot copy {} into the tree", .path.display())]
     CopyIn {
-        target: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("target {target}: install")]
+    #[error("install")]
     Scratch {
-        target: String,
         #[source]
         source: ScratchError,
     },
-    #[error("target {target}: install: the image is {platform} and this machine cannot run its programs ({message})")]
-    Foreign {
-        target: String,
-        platform: String,
-        message: String,
-    },
-    #[error("target {target}: install needs {program}, which the image does not have")]
-    NoManager { target: String, program: String },
-    #[error("target {target}: install")]
+    #[error(
+        "install: the image is {platform} and this machine cannot run its programs ({message})"
+    )]
+    Foreign { platform: String, message: String },
+    #[error("install needs {program}, which the image does not have")]
+    NoManager { program: String },
+    #[error("install")]
     Sandbox {
-        target: String,
         #[source]
         source: SandboxError,
     },
-    #[error("target {target}: `{command}` failed: {status}")]
-    Failed {
-        target: String,
-        command: String,
-        status: String,
-    },
+    #[error("`{command}` failed: {status}")]
+    Failed { command: String, status: String },
     #[error("{error}; cleaning up afterwards failed too: {cleanup}")]
     AndCleanup {
         error: Box<InstallError>,
@@ -152,10 +136,7 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
     let downloads = tempfile::Builder::new()
         .prefix("genoci-download-")
         .tempdir()
-        .map_err(|source| InstallError::TempDir {
-            target: target.clone(),
-            source,
-        })?;
+        .map_err(|source| InstallError::TempDir { source })?;
     let mut locals = Vec::new();
     for (index, package) in packages.iter().enumerate() {
         let local = match package {
@@ -165,7 +146,6 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let kind = Kind::of(&name).ok_or_else(|| InstallError::UnknownKind {
-                    target: target.clone(),
                     package: path.display().to_string(),
                 })?;
                 Local {
@@ -182,15 +162,12 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
         locals.push(local);
     }
 
-    let mut scratch =
-        Scratch::new(&scratch::scratch_dir(tree)).map_err(|source| InstallError::Scratch {
-            target: target.clone(),
-            source,
-        })?;
+    let mut scratch = Scratch::new(&scratch::scratch_dir(tree))
+        .map_err(|source| InstallError::Scratch { source })?;
     let result = install_copies(tree, &mut scratch, &locals, ctx);
     match (result, scratch.remove()) {
         (Ok(()), Ok(())) => Ok(()),
-        (Ok(()), Err(source)) => Err(InstallError::Scratch { target, source }),
+        (Ok(()), Err(source)) => Err(InstallError::Scratch { source }),
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(cleanup)) => Err(InstallError::AndCleanup {
             error: Box::new(e),
@@ -204,13 +181,11 @@ pub fn install(tree: &Path, packages: &[Package], ctx: &RunContext) -> Result<()
 fn download(target: &str, url: &str, path: &Path, index: usize) -> Result<Local, InstallError> {
     let content_type = fetch(target, url, path, Timeouts::DEFAULT)?;
     let head = file_head(path).map_err(|source| InstallError::Transfer {
-        target: target.to_string(),
         url: url.to_string(),
         path: path.to_path_buf(),
         source,
     })?;
     let kind = Kind::of_content(&head).ok_or_else(|| InstallError::NotAPackage {
-        target: target.to_string(),
         url: url.to_string(),
         got: describe_content(content_type.as_deref(), &head),
     })?;
@@ -273,7 +248,6 @@ fn fetch(
 ) -> Result<Option<String>, InstallError> {
     tracing::info!(target = %target, url = %url, "download");
     let transfer_error = |source| InstallError::Transfer {
-        target: target.to_string(),
         url: url.to_string(),
         path: path.to_path_buf(),
         source,
@@ -287,7 +261,6 @@ fn fetch(
     while !transfer.is_finished() {
         if crate::signals::interrupted() {
             return Err(InstallError::Interrupted {
-                target: target.to_string(),
                 url: url.to_string(),
             });
         }
@@ -296,7 +269,6 @@ fn fetch(
     match transfer.join() {
         Ok(Ok(content_type)) => Ok(content_type),
         Ok(Err(Failure::Http(source))) => Err(InstallError::Download {
-            target: target.to_string(),
             url: url.to_string(),
             source: Box::new(source),
         }),
@@ -340,18 +312,13 @@ fn install_copies(
     locals: &[Local],
     ctx: &RunContext,
 ) -> Result<(), InstallError> {
-    let target = ctx.target.to_string();
     let dir = scratch
         .add_tree(&scratch::unique_name("install"))
-        .map_err(|source| InstallError::Scratch {
-            target: target.clone(),
-            source,
-        })?;
+        .map_err(|source| InstallError::Scratch { source })?;
     let mut copies = Vec::new();
     for local in locals {
         let dest = dir.join(&local.name);
         copy_new(&local.host, &dest).map_err(|source| InstallError::CopyIn {
-            target: target.clone(),
             path: local.host.clone(),
             source,
         })?;
@@ -382,23 +349,15 @@ fn install_copies(
             user: None,
         })
         .map_err(|source| match source {
-            SandboxError::NotFound { program, .. } => InstallError::NoManager {
-                target: target.clone(),
-                program,
-            },
+            SandboxError::NotFound { program, .. } => InstallError::NoManager { program },
             SandboxError::Exec { message, .. } if ctx.foreign.is_some() => InstallError::Foreign {
-                target: target.clone(),
                 platform: ctx.foreign.clone().unwrap_or_default(),
                 message,
             },
-            source => InstallError::Sandbox {
-                target: target.clone(),
-                source,
-            },
+            source => InstallError::Sandbox { source },
         })?;
         if !status.success() {
             return Err(InstallError::Failed {
-                target,
                 command,
                 status: sandbox::describe_status(status),
             });
@@ -548,7 +507,7 @@ mod tests {
         let err = install(&tree, &[Package::Url(url.clone())], &ctx()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("target pkgs: {url} gave no Content-Type starting `<html>login</html>`, not a .deb or .rpm package")
+            format!("{url} gave no Content-Type starting `<html>login</html>`, not a .deb or .rpm package")
         );
     }
 

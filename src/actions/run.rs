@@ -28,53 +28,43 @@ pub struct RunContext<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("target {target}: run step {step} ({what}) failed: {status}")]
+    #[error("run step {step} ({what}) failed: {status}")]
     Failed {
-        target: String,
         step: usize,
         what: String,
         status: String,
     },
-    #[error("target {target}: run step {step} ({what}): the image has no /bin/sh to run it")]
-    NoShell {
-        target: String,
-        step: usize,
-        what: String,
-    },
-    #[error("target {target}: run step {step} ({what}): its interpreter {interpreter} does not exist in the image")]
+    #[error("run step {step} ({what}): the image has no /bin/sh to run it")]
+    NoShell { step: usize, what: String },
+    #[error("run step {step} ({what}): its interpreter {interpreter} does not exist in the image")]
     NoInterpreter {
-        target: String,
         step: usize,
         what: String,
         interpreter: String,
     },
-    #[error("target {target}: run step {step} ({what}): the image is {platform} and this machine cannot run its programs ({message})")]
+    #[error("run step {step} ({what}): the image is {platform} and this machine cannot run its programs ({message})")]
     Foreign {
-        target: String,
         step: usize,
         what: String,
         platform: String,
         message: String,
     },
-    #[error("target {target}: run step {step} ({what})")]
+    #[error("run step {step} ({what})")]
     Sandbox {
-        target: String,
         step: usize,
         what: String,
         #[source]
         source: Box<SandboxError>,
     },
-    #[error("target {target}: run step {step} ({what})")]
+    #[error("run step {step} ({what})")]
     Scratch {
-        target: String,
         step: usize,
         what: String,
         #[source]
         source: ScratchError,
     },
-    #[error("target {target}: run step {step}: cannot copy {} into the tree", .path.display())]
+    #[error("run step {step}: cannot copy {} into the tree", .path.display())]
     CopyIn {
-        target: String,
         step: usize,
         path: PathBuf,
         #[source]
@@ -131,10 +121,8 @@ pub fn run_steps(tree: &Path, items: &[RunItem], ctx: &RunContext) -> Result<(),
 
 fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Result<(), RunError> {
     let what = describe(item);
-    let target = ctx.target.to_string();
     tracing::info!(target = %ctx.target, step, what = %what, "run");
     let scratch_error = |source| RunError::Scratch {
-        target: target.clone(),
         step,
         what: what.clone(),
         source,
@@ -149,7 +137,6 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         RunItem::File(host) => {
             let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
             let copied = copy_in(&mut scratch, host).map_err(|source| RunError::CopyIn {
-                target: target.clone(),
                 step,
                 path: host.clone(),
                 source,
@@ -186,7 +173,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
     let status = match result {
         Ok(status) => status,
         Err(SandboxError::NotFound { program, .. }) if program == "/bin/sh" => {
-            return Err(RunError::NoShell { target, step, what })
+            return Err(RunError::NoShell { step, what })
         }
         // The file itself was just copied in: what is missing is what it
         // names to run it.
@@ -198,7 +185,6 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
                 _ => "(the dynamic loader the binary names)".to_string(),
             };
             return Err(RunError::NoInterpreter {
-                target,
                 step,
                 what,
                 interpreter,
@@ -207,7 +193,6 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         Err(SandboxError::Exec { message, .. }) if ctx.foreign.is_some() => {
             let platform = ctx.foreign.clone().unwrap_or_default();
             return Err(RunError::Foreign {
-                target,
                 step,
                 what,
                 platform,
@@ -216,7 +201,6 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         }
         Err(source) => {
             return Err(RunError::Sandbox {
-                target,
                 step,
                 what,
                 source: Box::new(source),
@@ -226,7 +210,6 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
     cleanup.map_err(scratch_error)?;
     if !status.success() {
         return Err(RunError::Failed {
-            target,
             step,
             what,
             status: sandbox::describe_status(status),
@@ -289,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_step_names_target_step_and_status() {
+    fn a_failing_step_names_step_and_status() {
         let Some((_tmp, tree)) = busybox_tree() else {
             return;
         };
@@ -301,7 +284,7 @@ mod tests {
         let err = run_steps(&tree, &items, &ctx()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "target web: run step 2 (`echo start ...`) failed: exit status 3"
+            "run step 2 (`echo start ...`) failed: exit status 3"
         );
         assert!(!tree.join("never").exists());
     }

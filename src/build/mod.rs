@@ -35,9 +35,13 @@ pub enum BuildError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// An action whose errors already name the target and the step.
-    #[error(transparent)]
-    Action(Box<dyn std::error::Error + Send + Sync>),
+    /// An action whose errors name the step themselves.
+    #[error("target {target}")]
+    Action {
+        target: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -73,6 +77,16 @@ impl BuildError {
             target,
             step,
             source,
+        }
+    }
+
+    fn action<E: std::error::Error + Send + Sync + 'static>(
+        target: &str,
+    ) -> impl FnOnce(E) -> Self {
+        let target = target.to_string();
+        move |source| BuildError::Action {
+            target,
+            source: Box::new(source),
         }
     }
 }
@@ -380,7 +394,7 @@ impl<'a> Builder<'a> {
         }
 
         actions::hooks::run_hooks("pre", &t.pre, root, name, spec_dir)
-            .map_err(|e| BuildError::Action(e.into()))?;
+            .map_err(BuildError::action(name))?;
         for tarball in &t.expand {
             interrupted()?;
             actions::expand::expand(root, tarball).map_err(|e| {
@@ -397,16 +411,14 @@ impl<'a> Builder<'a> {
         }
         if !t.install.is_empty() {
             interrupted()?;
-            actions::install::install(root, &t.install, &ctx)
-                .map_err(|e| BuildError::Action(e.into()))?;
+            actions::install::install(root, &t.install, &ctx).map_err(BuildError::action(name))?;
         }
         if !t.run.is_empty() {
             interrupted()?;
-            actions::run::run_steps(root, &t.run, &ctx)
-                .map_err(|e| BuildError::Action(e.into()))?;
+            actions::run::run_steps(root, &t.run, &ctx).map_err(BuildError::action(name))?;
         }
         actions::hooks::run_hooks("post", &t.post, root, name, spec_dir)
-            .map_err(|e| BuildError::Action(e.into()))?;
+            .map_err(BuildError::action(name))?;
         // As docker's WORKDIR: the directory exists in the image that names it.
         if let Some(workdir) = &keys.workdir {
             crate::fsutil::resolve_in(root, Path::new(workdir), true)

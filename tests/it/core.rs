@@ -377,6 +377,41 @@ newentry:
     assert!(newentry["Cmd"].is_null(), "{newentry}");
 }
 
+/// Regression: a truncated tarball said its step twice
+/// (`expand X: expand X: read X: incomplete deflate stream`). The target is
+/// named once, by the builder; the step once; the failed read once.
+#[test]
+fn a_truncated_tarball_is_reported_with_each_part_once() {
+    require_root!();
+    let env = Env::new();
+    // Bytes that do not repeat, so that half the gzip is half the data.
+    let data: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut t = Tarball::new();
+    t.add("big", Kind::File(&data));
+    let gz = tarball::gzip(&t.finish());
+    let cut = env.path().join("cut.tar.gz");
+    fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+    env.write(
+        "spec.yaml",
+        "half:\n  base: empty\n  expand: ./cut.tar.gz\n",
+    );
+    let out = env.genoci(&["build", "spec.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let cut = cut.display();
+    let expected = format!(
+        "genoci: error: 1 of 1 targets failed:\n  \
+         target half: expand {cut}: read {cut}: incomplete deflate stream"
+    );
+    assert!(err.contains(&expected), "{err}");
+    let line = err.lines().find(|l| l.contains("target half:")).unwrap();
+    let parts: Vec<&str> = line.split(": ").collect();
+    let once: std::collections::BTreeSet<&str> = parts.iter().copied().collect();
+    assert_eq!(once.len(), parts.len(), "a part is said twice: {line}");
+}
+
 // ---- 5. run in a sandbox ----
 
 #[test]
