@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::io_error::IoError;
 use crate::layout::Compression;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,12 +57,8 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{path}: key {key}: {message}")]
     Key {
         path: PathBuf,
@@ -76,10 +73,8 @@ impl Config {
     /// Find and read the config file (`explicit` first), apply `overrides`,
     /// and make relative paths absolute against the current directory.
     pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let cwd = std::env::current_dir().map_err(|source| ConfigError::Io {
-            path: PathBuf::from("."),
-            source,
-        })?;
+        let cwd =
+            std::env::current_dir().map_err(IoError::at("find the current directory", "."))?;
         let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
         Config::load_in(explicit, overrides, &cwd, home.as_deref())
     }
@@ -107,10 +102,7 @@ impl Config {
 
         let mut config = Config::default();
         if let Some(path) = &source {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path).map_err(IoError::at("read", path))?;
             config.apply_file(path, &text)?;
         }
 
@@ -431,10 +423,14 @@ mod tests {
             .unwrap_err();
         let missing = dirs.cwd.path().join("nope.yaml");
         assert!(
-            matches!(&e, ConfigError::Io { path, .. } if *path == missing),
+            matches!(&e, ConfigError::Io(IoError { path, .. }) if *path == missing),
             "{e:?}"
         );
-        assert!(crate::error_chain(&e).starts_with(&format!("{}: ", missing.display())));
+        let chain = crate::error_chain(&e);
+        assert!(
+            chain.starts_with(&format!("read {}: ", missing.display())),
+            "{chain}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod fsutil;
+pub mod io_error;
 pub mod layout;
 pub mod mountinfo;
 pub mod sandbox;

@@ -293,11 +293,7 @@ impl<'a> TreeView<'a> {
         match fs::symlink_metadata(&full) {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DriverError::Io {
-                op: "stat",
-                path: full,
-                source: e,
-            }),
+            Err(e) => Err(DriverError::io("stat", full)(e)),
         }
     }
 }

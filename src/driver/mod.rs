@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
+use crate::io_error::IoError;
 use sha2::{Digest, Sha256};
 
 /// The OCI ChainID of a stack of layers, or the empty stack.
@@ -181,13 +182,8 @@ impl Owner {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("snapshot {0} is not in the store")]
     NoSnapshot(ChainId),
     #[error("a work tree named {0} is already checked out")]
@@ -203,16 +199,17 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// [`IoError::at`], as a driver error.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| DriverError::Io { op, path, source }
+        let at = IoError::at(op, path);
+        move |source| at(source).into()
     }
 
     /// Whether committing a snapshot at `dest` failed only because another
     /// build committed the same ChainID there meanwhile: a success, since
     /// equal ChainIDs mean equal content.
     fn lost_commit_race(&self, dest: &Path) -> bool {
-        let taken = matches!(self, DriverError::Io { source, .. }
+        let taken = matches!(self, DriverError::Io(IoError { source, .. })
             if matches!(source.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::DirectoryNotEmpty));
         taken && dest.exists()
     }

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use oci_spec::image::{ImageIndex, OciLayout, OciLayoutBuilder};
 use serde::Serialize;
 
+use crate::io_error::IoError;
+
 pub use blobs::{BlobReader, BlobWriter};
 pub use compress::Compression;
 pub use gc::GcStats;
@@ -34,13 +36,8 @@ pub use unpack::extract_tarball;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{0} is not an OCI image layout (no oci-layout file)")]
     NotALayout(PathBuf),
     #[error("blob {digest}: expected {expected}, found {found}")]
@@ -68,9 +65,10 @@ pub enum LayoutError {
 }
 
 impl LayoutError {
+    /// [`IoError::at`], as a layout error.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| LayoutError::Io { op, path, source }
+        let at = IoError::at(op, path);
+        move |source| at(source).into()
     }
 }
 

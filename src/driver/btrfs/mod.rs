@@ -28,6 +28,7 @@ pub use sys::{Kernel, System};
 
 use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
+use crate::io_error::IoError;
 
 const SNAPSHOTS: &str = "snapshots";
 const WORK: &str = "work";
@@ -160,7 +161,8 @@ fn work_trees_in(root: &Path) -> Result<Vec<WorkTree>> {
         match read_record(root, name) {
             Ok(tree) => trees.push(tree),
             // Discarded by another process sharing the store since the listing.
-            Err(DriverError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(DriverError::Io(IoError { source, .. }))
+                if source.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }

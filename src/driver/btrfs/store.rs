@@ -160,7 +160,7 @@ pub fn unsetup_store_with(
         for device in sys.loops_backing(lofile)? {
             match sys.detach_loop(&device) {
                 Ok(()) => {}
-                Err(DriverError::Io { source, .. })
+                Err(DriverError::Io(crate::io_error::IoError { source, .. }))
                     if source.raw_os_error() == Some(libc::ENXIO) => {}
                 Err(e) => return Err(e),
             }

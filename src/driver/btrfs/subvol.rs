@@ -12,11 +12,7 @@ use crate::driver::{DriverError, Result};
 
 fn wrap(op: &'static str, path: &Path) -> impl FnOnce(libbtrfsutil::Error) -> DriverError {
     let path = path.to_path_buf();
-    move |e| DriverError::Io {
-        op,
-        path,
-        source: e.os_error(),
-    }
+    move |e| DriverError::io(op, path)(e.os_error())
 }
 
 pub fn create(path: &Path) -> Result<()> {

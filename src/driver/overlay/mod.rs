@@ -164,18 +164,13 @@ impl OverlayDriver {
         let path = self.snapshot_dir(id).join("parent");
         let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => DriverError::NoSnapshot(id.clone()),
-            _ => DriverError::Io {
-                op: "read",
-                path: path.clone(),
-                source: e,
-            },
+            _ => DriverError::io("read", path.clone())(e),
         })?;
         ChainId::from_store_name(text.trim())
             .map(Some)
-            .ok_or_else(|| DriverError::Io {
-                op: "parse",
-                path,
-                source: io::Error::new(io::ErrorKind::InvalidData, "not a snapshot name"),
+            .ok_or_else(|| {
+                let bad = io::Error::new(io::ErrorKind::InvalidData, "not a snapshot name");
+                DriverError::io("parse", path)(bad)
             })
     }
 
@@ -221,11 +216,9 @@ impl OverlayDriver {
         remove_tree(&dir)?;
         let record = self.record_path(name)?;
         match fs::remove_file(&record) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
-                op: "remove",
-                path: record,
-                source: e,
-            }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(DriverError::io("remove", record)(e))
+            }
             _ => Ok(()),
         }
     }
@@ -302,11 +295,9 @@ impl SnapshotDriver for OverlayDriver {
         if !mount::is_mounted(&tree.path)
             .map_err(DriverError::io("read", crate::mountinfo::PATH))?
         {
-            return Err(DriverError::Io {
-                op: "read the work tree",
-                path: tree.path.clone(),
-                source: io::Error::other("its overlay is not mounted"),
-            });
+            return Err(DriverError::io("read the work tree", tree.path.clone())(
+                io::Error::other("its overlay is not mounted"),
+            ));
         }
         let base_mount = dir.join("base");
         let base = self.mount_view(&tree.base, &base_mount)?;
@@ -436,11 +427,9 @@ fn unmount_if_mounted(path: &Path) -> Result<()> {
 
 fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
-            op: "remove",
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(DriverError::io("remove", path.to_path_buf())(e))
+        }
         _ => Ok(()),
     }
 }

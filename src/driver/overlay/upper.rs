@@ -88,11 +88,7 @@ fn has_xattr(path: &Path, names: [&str; 2]) -> Result<bool> {
             return Ok(true);
         }
         if n < 0 && !matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
-            return Err(DriverError::Io {
-                op: "read xattr",
-                path: path.to_path_buf(),
-                source: err,
-            });
+            return Err(DriverError::io("read xattr", path.to_path_buf())(err));
         }
     }
     Ok(false)

@@ -83,11 +83,9 @@ impl PlainDriver {
     fn remove_inodes(&self, name: &str) -> Result<()> {
         let path = self.inodes_path(name)?;
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
-                op: "remove",
-                path,
-                source: e,
-            }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(DriverError::io("remove", path)(e))
+            }
             _ => Ok(()),
         }
     }
@@ -96,11 +94,7 @@ impl PlainDriver {
         match fs::remove_dir_all(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::Io {
-                op: "remove",
-                path: path.to_path_buf(),
-                source: e,
-            }),
+            Err(e) => Err(DriverError::io("remove", path.to_path_buf())(e)),
         }
     }
 }
@@ -138,11 +132,7 @@ impl SnapshotDriver for PlainDriver {
             if crate::signals::interrupted() {
                 return Err(DriverError::Interrupted);
             }
-            return Err(DriverError::Io {
-                op: "copy snapshot to",
-                path,
-                source: e,
-            });
+            return Err(DriverError::io("copy snapshot to", path)(e));
         }
         let inodes = self.inodes_path(name)?;
         let record = DirInodes::of_tree(&path).and_then(|r| {
@@ -215,11 +205,9 @@ impl SnapshotDriver for PlainDriver {
         self.remove_inodes(&tree.name)?;
         let marker = self.marker_path(&tree.name)?;
         match fs::remove_file(&marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::Io {
-                op: "remove",
-                path: marker,
-                source: e,
-            }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(DriverError::io("remove", marker)(e))
+            }
             _ => Ok(()),
         }
     }
@@ -413,13 +401,7 @@ fn list(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
         }
         Err(e)
             if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {}
-        Err(e) => {
-            return Err(DriverError::Io {
-                op: "read directory",
-                path: dir.to_path_buf(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(DriverError::io("read directory", dir.to_path_buf())(e)),
     }
     Ok(names)
 }

@@ -207,11 +207,8 @@ impl<'a> Unpacker<'a> {
             match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return Err(LayoutError::Io {
-                        op: "create directory",
-                        path: full,
-                        source: io::Error::from_raw_os_error(libc::ENOTDIR),
-                    })
+                    let not_dir = io::Error::from_raw_os_error(libc::ENOTDIR);
+                    return Err(LayoutError::io("create directory", full)(not_dir));
                 }
                 Err(_) => {
                     self.keep_times(cur.parent().unwrap_or(Path::new("")))?;
