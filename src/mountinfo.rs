@@ -1,8 +1,13 @@
-//! The mount table of this mount namespace (`/proc/self/mountinfo`).
+//! The mount table of this mount namespace (`/proc/self/mountinfo`), and
+//! taking away the mounts found below a tree.
 
 use std::io;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+
+use crate::io_error::IoError;
 
 pub const PATH: &str = "/proc/self/mountinfo";
 
@@ -45,6 +50,45 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
+/// Mount points of `mountinfo` at or below `dir`, deepest first (and, for
+/// mounts stacked on one point, the top one first). With `keep_dir_mount`,
+/// the bottom mount at `dir` itself is the tree (an overlay work tree) and
+/// is left out.
+fn mounts_at_or_below(mountinfo: &str, dir: &Path, keep_dir_mount: bool) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = parse(mountinfo)
+        .into_iter()
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    if keep_dir_mount {
+        if let Some(bottom) = found.iter().position(|p| p == dir) {
+            found.remove(bottom);
+        }
+    }
+    // mountinfo lists parents before children and lower mounts before the
+    // ones stacked on them: reversed, then stably sorted by depth.
+    found.reverse();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Lazily unmount every mount at or below `tree`, deepest first, and say
+/// which were there; with `tree_is_mount` (the driver's
+/// [`tree_is_mount`](crate::driver::SnapshotDriver::tree_is_mount)), all
+/// but the tree's own.
+pub fn release_mounts_under(tree: &Path, tree_is_mount: bool) -> Result<Vec<PathBuf>, IoError> {
+    let tree = std::fs::canonicalize(tree).map_err(IoError::at("resolve", tree))?;
+    let mountinfo = std::fs::read_to_string(PATH).map_err(IoError::at("read", PATH))?;
+    let points = mounts_at_or_below(&mountinfo, &tree, tree_is_mount);
+    for point in &points {
+        match umount2(point, MntFlags::MNT_DETACH) {
+            // Already gone with a parent detached through propagation.
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(errno) => return Err(IoError::at("unmount", point)(errno.into())),
+        }
+    }
+    Ok(points)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +107,45 @@ mod tests {
         assert_eq!(
             parse(table),
             vec![PathBuf::from("/proc"), PathBuf::from("/my dir")]
+        );
+    }
+
+    #[test]
+    fn mounts_are_found_deepest_first() {
+        let info = "\
+22 1 0:20 / / rw - ext4 /dev/sda rw
+30 22 0:21 / /t/tree rw - tmpfs t rw
+31 30 0:22 / /t/tree/a\\040b rw - tmpfs t rw
+32 31 0:23 / /t/tree/a\\040b/c rw - tmpfs t rw
+33 30 0:24 / /t/tree2 rw - tmpfs t rw
+34 31 0:25 / /t/tree/a\\040b rw - tmpfs t rw
+";
+        assert_eq!(
+            mounts_at_or_below(info, Path::new("/t/tree"), false),
+            [
+                PathBuf::from("/t/tree/a b/c"),
+                PathBuf::from("/t/tree/a b"),
+                PathBuf::from("/t/tree/a b"),
+                PathBuf::from("/t/tree"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tree_that_is_a_mount_keeps_it_but_not_what_is_stacked_on_it() {
+        let info = "\
+22 1 0:20 / / rw - ext4 /dev/sda rw
+30 22 0:21 / /t/tree rw - overlay none rw
+31 30 0:22 / /t/tree/proc rw - proc proc rw
+35 30 0:26 / /t/tree rw - tmpfs hook rw
+";
+        assert_eq!(
+            mounts_at_or_below(info, Path::new("/t/tree"), true),
+            [PathBuf::from("/t/tree/proc"), PathBuf::from("/t/tree")]
+        );
+        assert_eq!(
+            mounts_at_or_below(info, Path::new("/t/tree"), false).len(),
+            3
         );
     }
 }

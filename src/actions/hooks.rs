@@ -3,7 +3,7 @@
 //! folder as working directory.
 //!
 //! Hooks run on the host, so a hook may mount something into the tree and
-//! forget it; [`release_mounts_under`] takes such mounts away before the
+//! forget it; [`release_mounts_under`](crate::mountinfo::release_mounts_under) takes such mounts away before the
 //! layer is computed, so host files never land in it.
 //!
 //! A hook is done when its shell exits. It runs in a process group of its
@@ -14,12 +14,11 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -41,23 +40,6 @@ pub enum HookError {
         command: String,
         #[source]
         source: io::Error,
-    },
-    #[error("reading {path}", path = crate::mountinfo::PATH)]
-    MountInfo {
-        #[source]
-        source: io::Error,
-    },
-    #[error("{}", .path.display())]
-    Tree {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("unmounting {}", .path.display())]
-    Unmount {
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
     },
 }
 
@@ -187,59 +169,12 @@ fn finish_output(prefixer: Prefixer, target: &str, stage: &str) -> io::Result<()
     }
 }
 
-/// Mount points of `mountinfo` at or below `dir`, deepest first (and, for
-/// mounts stacked on one point, the top one first). With `keep_dir_mount`,
-/// the bottom mount at `dir` itself is the tree (an overlay work tree) and
-/// is left out.
-fn mounts_at_or_below(mountinfo: &str, dir: &Path, keep_dir_mount: bool) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = crate::mountinfo::parse(mountinfo)
-        .into_iter()
-        .filter(|point| point.starts_with(dir))
-        .collect();
-    if keep_dir_mount {
-        if let Some(bottom) = found.iter().position(|p| p == dir) {
-            found.remove(bottom);
-        }
-    }
-    // mountinfo lists parents before children and lower mounts before the
-    // ones stacked on them: reversed, then stably sorted by depth.
-    found.reverse();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-/// Lazily unmount every mount at or below `tree`, deepest first, and say
-/// which were there; with `tree_is_mount` (the driver's
-/// [`tree_is_mount`](crate::driver::SnapshotDriver::tree_is_mount)), all
-/// but the tree's own.
-pub fn release_mounts_under(tree: &Path, tree_is_mount: bool) -> Result<Vec<PathBuf>, HookError> {
-    let tree = std::fs::canonicalize(tree).map_err(|source| HookError::Tree {
-        path: tree.to_path_buf(),
-        source,
-    })?;
-    let mountinfo = std::fs::read_to_string(crate::mountinfo::PATH)
-        .map_err(|source| HookError::MountInfo { source })?;
-    let points = mounts_at_or_below(&mountinfo, &tree, tree_is_mount);
-    for point in &points {
-        match umount2(point, MntFlags::MNT_DETACH) {
-            // Already gone with a parent detached through propagation.
-            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(source) => {
-                return Err(HookError::Unmount {
-                    path: point.clone(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(points)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sandbox::tests::mounts_under;
     use std::fs;
+    use std::path::PathBuf;
 
     fn commands(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -343,51 +278,12 @@ mod tests {
         assert!(ended.is_empty() || ended.contains(") Z "), "{ended}");
     }
 
-    #[test]
-    fn mounts_are_found_deepest_first() {
-        let info = "\
-22 1 0:20 / / rw - ext4 /dev/sda rw
-30 22 0:21 / /t/tree rw - tmpfs t rw
-31 30 0:22 / /t/tree/a\\040b rw - tmpfs t rw
-32 31 0:23 / /t/tree/a\\040b/c rw - tmpfs t rw
-33 30 0:24 / /t/tree2 rw - tmpfs t rw
-34 31 0:25 / /t/tree/a\\040b rw - tmpfs t rw
-";
-        assert_eq!(
-            mounts_at_or_below(info, Path::new("/t/tree"), false),
-            [
-                PathBuf::from("/t/tree/a b/c"),
-                PathBuf::from("/t/tree/a b"),
-                PathBuf::from("/t/tree/a b"),
-                PathBuf::from("/t/tree"),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_tree_that_is_a_mount_keeps_it_but_not_what_is_stacked_on_it() {
-        let info = "\
-22 1 0:20 / / rw - ext4 /dev/sda rw
-30 22 0:21 / /t/tree rw - overlay none rw
-31 30 0:22 / /t/tree/proc rw - proc proc rw
-35 30 0:26 / /t/tree rw - tmpfs hook rw
-";
-        assert_eq!(
-            mounts_at_or_below(info, Path::new("/t/tree"), true),
-            [PathBuf::from("/t/tree/proc"), PathBuf::from("/t/tree")]
-        );
-        assert_eq!(
-            mounts_at_or_below(info, Path::new("/t/tree"), false).len(),
-            3
-        );
-    }
-
     /// Unmounts whatever a failed test left under its temp dir.
     struct MountGuard(PathBuf);
 
     impl Drop for MountGuard {
         fn drop(&mut self) {
-            let _ = release_mounts_under(&self.0, false);
+            let _ = crate::mountinfo::release_mounts_under(&self.0, false);
         }
     }
 
@@ -415,14 +311,16 @@ mod tests {
             fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
             "host\n"
         );
-        let released = release_mounts_under(&tree, false).unwrap();
+        let released = crate::mountinfo::release_mounts_under(&tree, false).unwrap();
         assert_eq!(released, [tree.join("etc/resolv.conf")]);
         assert_eq!(
             fs::read_to_string(tree.join("etc/resolv.conf")).unwrap(),
             "tree's own\n"
         );
         assert!(mounts_under(tmp.path()).is_empty());
-        assert!(release_mounts_under(&tree, false).unwrap().is_empty());
+        assert!(crate::mountinfo::release_mounts_under(&tree, false)
+            .unwrap()
+            .is_empty());
         drop(guard);
     }
 }

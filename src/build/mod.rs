@@ -328,7 +328,7 @@ impl<'a> Builder<'a> {
         // resolv.conf): it must not reach the diff, and discarding a failed
         // tree must not delete through it into the host.
         let released =
-            actions::hooks::release_mounts_under(&tree.path, self.driver.tree_is_mount());
+            crate::mountinfo::release_mounts_under(&tree.path, self.driver.tree_is_mount());
         if let Ok(points) = &released {
             for mount in points {
                 tracing::warn!(target = name, mount = %mount.display(), "unmounted what a hook left mounted in the tree");

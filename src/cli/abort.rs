@@ -9,7 +9,7 @@ pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
         .driver
         .work_tree(&super::checkout::tree_name(&session.layout))?
         .ok_or_else(|| anyhow!("no checkout in progress"))?;
-    crate::actions::hooks::release_mounts_under(&tree.path, session.driver.tree_is_mount())?;
+    crate::mountinfo::release_mounts_under(&tree.path, session.driver.tree_is_mount())?;
     let path = tree.path.clone();
     session.driver.discard(tree)?;
     println!("discarded {}", path.display());

@@ -30,8 +30,7 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
         }
         None => tags::next_checkin(&tags::today(), &existing),
     };
-    for mount in
-        crate::actions::hooks::release_mounts_under(&tree.path, session.driver.tree_is_mount())?
+    for mount in crate::mountinfo::release_mounts_under(&tree.path, session.driver.tree_is_mount())?
     {
         tracing::warn!(mount = %mount.display(), "unmounted what was left mounted in the checkout");
     }
