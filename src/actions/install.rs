@@ -378,7 +378,7 @@ fn copy_new(from: &Path, to: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::sandbox::tests::{busybox_tree, mounts_under};
-    use crate::spec::Network;
+    use crate::sandbox::Network;
     use std::fs;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;

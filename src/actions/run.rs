@@ -7,8 +7,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::sandbox::scratch::{self, Scratch, ScratchError};
+use crate::sandbox::Network;
 use crate::sandbox::{self, Output, RunOptions, SandboxError};
-use crate::spec::{Network, RunItem};
+use crate::spec::RunItem;
 
 /// What every step of a target runs with.
 #[derive(Debug, Clone)]

@@ -381,7 +381,10 @@ impl<'a> Builder<'a> {
                 .working_dir()
                 .clone()
                 .unwrap_or_else(|| "/".to_string()),
-            network: t.network,
+            network: match t.network {
+                crate::spec::Network::Host => crate::sandbox::Network::Host,
+                crate::spec::Network::None => crate::sandbox::Network::None,
+            },
             privileged: t.privileged,
             user: run_config.user().clone().unwrap_or_default(),
             foreign: (!platform.runs_here()).then(|| platform.to_string()),

@@ -74,7 +74,7 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
             .working_dir()
             .clone()
             .unwrap_or_else(|| "/".to_string()),
-        network: crate::spec::Network::Host,
+        network: crate::sandbox::Network::Host,
         output: Output::Inherit,
         privileged: false,
         user: None,

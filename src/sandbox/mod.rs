@@ -31,10 +31,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::spec::Network;
 use helper::{EtcBind, Failure, Request, REPORT_FD};
 use output::Prefixer;
 use scratch::{Scratch, ScratchError};
+
+/// The network a step sees: the host's (and its `/etc/resolv.conf`), or a
+/// namespace of its own with only a loopback device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    Host,
+    None,
+}
 
 /// How to run a command in a tree.
 #[derive(Debug, Clone)]
