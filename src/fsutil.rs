@@ -182,29 +182,6 @@ pub fn resolve_rel(root: &Path, path: &Path, follow_last: bool) -> io::Result<Pa
     Ok(parts.iter().collect())
 }
 
-/// Keeps a directory's times as they were, so that creating and removing a
-/// temporary entry in it leaves no trace in the layer diff.
-pub struct KeepTimes {
-    dir: PathBuf,
-    atime: FileTime,
-    mtime: FileTime,
-}
-
-impl KeepTimes {
-    pub fn new(dir: &Path) -> io::Result<KeepTimes> {
-        let m = fs::symlink_metadata(dir)?;
-        Ok(KeepTimes {
-            dir: dir.to_path_buf(),
-            atime: FileTime::from_last_access_time(&m),
-            mtime: FileTime::from_last_modification_time(&m),
-        })
-    }
-
-    pub fn restore(&self) -> io::Result<()> {
-        filetime::set_symlink_file_times(&self.dir, self.atime, self.mtime)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

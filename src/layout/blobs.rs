@@ -1,13 +1,6 @@
 //! Content-addressed blobs under `blobs/sha256/`, hashed while written.
-//!
-//! API (implemented here):
-//! - `Layout::blob_writer(&self) -> Result<BlobWriter>`; `BlobWriter: Write`;
-//!   `BlobWriter::finish(self, media_type: MediaType) -> Result<Descriptor>` (fsync + rename; an
-//!   existing identical blob is kept).
-//! - `Layout::put_json<T: Serialize>(&self, media_type, &T) -> Result<Descriptor>` canonical bytes.
-//! - `Layout::read_blob(&self, &Descriptor) -> Result<Vec<u8>>` verifying size and digest.
-//! - `Layout::open_blob(&self, &Descriptor) -> Result<BlobReader>` verifying the digest at EOF.
-//! - `Layout::blob_path(&self, digest: &str) -> PathBuf`, `Layout::has_blob(&self, digest) -> bool`.
+//! A blob is written to a temp file, fsynced and renamed (an identical blob
+//! already there is kept); read back, its size and digest are checked.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -224,14 +217,12 @@ impl Layout {
         })
     }
 
-    /// Where the blob `digest` (`algorithm:hex`) lives.
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-        self.root.join("blobs").join(algorithm).join(hex)
-    }
-
+    /// Whether the blob `digest` (`algorithm:hex`) is in the layout.
+    #[cfg(test)]
     pub fn has_blob(&self, digest: &str) -> bool {
-        Digest::from_str(digest).is_ok() && self.blob_path(digest).is_file()
+        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+        Digest::from_str(digest).is_ok()
+            && self.root.join("blobs").join(algorithm).join(hex).is_file()
     }
 
     /// The path of a sha256 blob; other algorithms are refused, and a digest

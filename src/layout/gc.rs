@@ -38,11 +38,6 @@ pub struct GcPlan {
 }
 
 impl Layout {
-    /// Digests (`sha256:...`) of every blob the index reaches.
-    pub fn reachable_blobs(&self) -> Result<BTreeSet<String>> {
-        self.reachable_from(self.index()?.manifests().clone())
-    }
-
     /// Every blob reachable from `roots`. Descriptors are found generically:
     /// any object with a media type, digest and size in a JSON blob (a
     /// manifest's config, layers and subject, an index's manifests, an
@@ -156,6 +151,7 @@ impl Layout {
     }
 
     /// Remove every blob the index does not reach, and temp files left by killed runs.
+    #[cfg(test)]
     pub fn gc(&self) -> Result<GcStats> {
         self.gc_apply(self.gc_plan(&[], &[])?)
     }

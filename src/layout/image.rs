@@ -1,10 +1,7 @@
 //! Manifests and configs, read (OCI or docker media types) and written with
 //! `oci-spec` types in canonical bytes.
-//!
-//! API: `pub struct Image { pub manifest_desc: Descriptor, pub manifest: ImageManifest, pub config: ImageConfiguration }`,
-//! `Layout::image(&self, manifest: &Descriptor) -> Result<Image>` (resolves an index/list to this machine's platform),
-//! `Layout::image_by_tag(&self, tag: &str) -> Result<Image>`,
-//! `Layout::write_image(&self, config: &ImageConfiguration, layers: Vec<Descriptor>, annotations: &BTreeMap<String,String>) -> Result<Descriptor>`.
+//! An image by tag or digest resolves an index (or a docker list) to the
+//! entry for this machine's platform.
 
 use std::collections::BTreeMap;
 

@@ -1,11 +1,6 @@
 //! `index.json`: one manifest descriptor per tag, named by
 //! `org.opencontainers.image.ref.name`.
-//!
-//! API: `Layout::tags(&self) -> Result<Vec<(String, Descriptor)>>` (sorted by name),
-//! `Layout::resolve(&self, tag) -> Result<Option<Descriptor>>`,
-//! `Layout::set_tags(&self, &[(String, Descriptor)]) -> Result<()>` (one atomic rewrite),
-//! `Layout::remove_tags(&self, &[String]) -> Result<()>`,
-//! `Layout::index(&self) -> Result<ImageIndex>`.
+//! Tags are listed sorted by name; setting several is one atomic rewrite.
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -32,7 +32,6 @@ pub struct WrittenLayer {
     pub diff_id: String,
     /// Tar entries, whiteouts included.
     pub entries: usize,
-    pub uncompressed_size: u64,
 }
 
 /// Longest name (and link name) a ustar header holds without a PAX record.
@@ -107,7 +106,6 @@ impl Layout {
             descriptor,
             diff_id,
             entries,
-            uncompressed_size,
         })
     }
 }
@@ -539,7 +537,6 @@ pub(crate) mod tests {
         flate2::read::GzDecoder::new(&blob[..])
             .read_to_end(&mut plain)
             .unwrap();
-        assert_eq!(plain.len() as u64, w.uncompressed_size);
         assert_eq!(
             w.diff_id,
             format!("sha256:{}", hex::encode(Sha256::digest(&plain)))

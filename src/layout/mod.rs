@@ -19,20 +19,14 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use oci_spec::image::{ImageIndex, OciLayout, OciLayoutBuilder};
+use oci_spec::image::{ImageIndex, MediaType, OciLayout, OciLayoutBuilder};
 use serde::Serialize;
 
 use crate::io_error::IoError;
 
-pub use blobs::{BlobReader, BlobWriter};
 pub use compress::Compression;
-pub use gc::GcStats;
-pub use image::Image;
-pub use layer::{LayerOptions, WrittenLayer};
 pub use lock::{lock, Lock};
-pub use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 pub use platform::Platform;
-pub use unpack::extract_tarball;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {

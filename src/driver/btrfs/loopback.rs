@@ -22,6 +22,7 @@ pub struct LoopAttachment {
 
 impl LoopAttachment {
     /// An attachment with no handle behind it (for fakes of the seam).
+    #[cfg(test)]
     pub fn detached(device: PathBuf) -> Self {
         LoopAttachment {
             device,

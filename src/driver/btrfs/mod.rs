@@ -66,11 +66,6 @@ impl BtrfsDriver {
         Ok(driver)
     }
 
-    /// The mounted filesystem's root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn init_layout(&self) -> Result<()> {
         for dir in [SNAPSHOTS, WORK] {
             let path = self.root.join(dir);

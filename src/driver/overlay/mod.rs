@@ -37,8 +37,6 @@ use super::{
 use crate::change::Change;
 use mount::Overlay;
 
-pub use mount::supported as kernel_supported;
-
 /// The name prefix under which a checkin assembles a snapshot.
 const STAGING: &str = "new-";
 
