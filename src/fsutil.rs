@@ -2,10 +2,8 @@
 //! and path resolution that never leaves a root.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{self, Metadata};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -89,14 +87,10 @@ fn copy_entry(src: &Path, dst: &Path, opts: CopyOptions, links: &mut HardLinks) 
 }
 
 fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid C string and plain integers.
-    if unsafe { libc::mknod(c.as_ptr(), mode, rdev) } == 0 {
-        Ok(())
-    } else {
-        Err(annotate(io::Error::last_os_error(), "create node", path))
-    }
+    use nix::sys::stat::{Mode, SFlag};
+    let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+    nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(mode & 0o7777), rdev)
+        .map_err(|e| annotate(e.into(), "create node", path))
 }
 
 /// Owner, then mode (chown clears setuid bits), then xattrs (chown drops

@@ -13,11 +13,15 @@ fn cpath(path: &Path) -> io::Result<CString> {
 /// Every `(name, value)` pair, sorted by name.
 pub fn list(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = cpath(path)?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, and the
+    // kernel writes at most `buf.len()` bytes into `buf`.
     let names =
         grow(|buf| unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name).expect("xattr names have no NUL");
+        // SAFETY: both names are NUL-terminated and outlive the call; the
+        // kernel writes at most `buf.len()` bytes into `buf`.
         match grow(|buf| unsafe {
             libc::lgetxattr(
                 c.as_ptr(),
@@ -40,6 +44,8 @@ pub fn list(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 pub fn set(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
     let c = cpath(path)?;
     let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both names are NUL-terminated, `value` is readable for
+    // `value.len()` bytes, and all outlive the call.
     let rc = unsafe {
         libc::lsetxattr(
             c.as_ptr(),

@@ -95,11 +95,7 @@ impl Overlay<'_> {
 /// Detach the mount at `target` (lazily: a shell still inside it keeps it
 /// alive until it leaves, but it is gone from the mount table at once).
 pub fn unmount(target: &Path) -> io::Result<()> {
-    let c = cstring(target)?;
-    // SAFETY: umount2 takes a NUL-terminated path and flags.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)?;
     Ok(())
 }
 
