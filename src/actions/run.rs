@@ -137,24 +137,14 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         ),
         RunItem::File(host) => {
             let mut scratch = Scratch::new(&scratch::scratch_dir(tree)).map_err(scratch_error)?;
-            let copied = copy_in(&mut scratch, host).map_err(|source| RunError::CopyIn {
-                step,
-                path: host.clone(),
-                source,
-            });
-            let (path, launch) = match copied {
-                Ok(copied) => copied,
-                Err(e) => {
+            match file_argv(tree, &mut scratch, host) {
+                Ok((argv, launch)) => (argv, Some(scratch), launch),
+                Err(source) => {
                     let _ = scratch.remove();
-                    return Err(e);
+                    let path = host.clone();
+                    return Err(RunError::CopyIn { step, path, source });
                 }
-            };
-            let path = scratch::path_in_tree(tree, &path);
-            let argv = match launch {
-                Launch::Shell => vec!["/bin/sh".to_string(), path],
-                Launch::Exec { .. } => vec![path],
-            };
-            (argv, Some(scratch), launch)
+            }
         }
     };
 
@@ -173,40 +163,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
 
     let status = match result {
         Ok(status) => status,
-        Err(SandboxError::NotFound { program, .. }) if program == "/bin/sh" => {
-            return Err(RunError::NoShell { step, what })
-        }
-        // The file itself was just copied in: what is missing is what it
-        // names to run it.
-        Err(SandboxError::NotFound { .. }) if copied_exists => {
-            let interpreter = match launch {
-                Launch::Exec {
-                    interpreter: Some(interpreter),
-                } => interpreter,
-                _ => "(the dynamic loader the binary names)".to_string(),
-            };
-            return Err(RunError::NoInterpreter {
-                step,
-                what,
-                interpreter,
-            });
-        }
-        Err(SandboxError::Exec { message, .. }) if ctx.foreign.is_some() => {
-            let platform = ctx.foreign.clone().unwrap_or_default();
-            return Err(RunError::Foreign {
-                step,
-                what,
-                platform,
-                message,
-            });
-        }
-        Err(source) => {
-            return Err(RunError::Sandbox {
-                step,
-                what,
-                source: Box::new(source),
-            })
-        }
+        Err(e) => return Err(explain(e, step, what, copied_exists.then_some(launch), ctx)),
     };
     cleanup.map_err(scratch_error)?;
     if !status.success() {
@@ -217,6 +174,60 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         });
     }
     Ok(())
+}
+
+/// Copy the host file `host` into the scratch directory; the command line
+/// that starts it there, and how.
+fn file_argv(tree: &Path, scratch: &mut Scratch, host: &Path) -> io::Result<(Vec<String>, Launch)> {
+    let (path, launch) = copy_in(scratch, host)?;
+    let path = scratch::path_in_tree(tree, &path);
+    let argv = match launch {
+        Launch::Shell => vec!["/bin/sh".to_string(), path],
+        Launch::Exec { .. } => vec![path],
+    };
+    Ok((argv, launch))
+}
+
+/// What a step that could not start lacked; `copied` is how a host file
+/// copied in was launched.
+fn explain(
+    e: SandboxError,
+    step: usize,
+    what: String,
+    copied: Option<Launch>,
+    ctx: &RunContext,
+) -> RunError {
+    match e {
+        SandboxError::NotFound { program, .. } if program == "/bin/sh" => {
+            RunError::NoShell { step, what }
+        }
+        // The file itself was just copied in: what is missing is what it
+        // names to run it.
+        SandboxError::NotFound { .. } if copied.is_some() => {
+            let interpreter = match copied {
+                Some(Launch::Exec {
+                    interpreter: Some(interpreter),
+                }) => interpreter,
+                _ => "(the dynamic loader the binary names)".to_string(),
+            };
+            RunError::NoInterpreter {
+                step,
+                what,
+                interpreter,
+            }
+        }
+        SandboxError::Exec { message, .. } if ctx.foreign.is_some() => RunError::Foreign {
+            step,
+            what,
+            platform: ctx.foreign.clone().unwrap_or_default(),
+            message,
+        },
+        source => RunError::Sandbox {
+            step,
+            what,
+            source: Box::new(source),
+        },
+    }
 }
 
 /// Copy the host file `host` into the scratch directory as an executable;

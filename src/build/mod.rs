@@ -163,26 +163,12 @@ impl<'a> Builder<'a> {
                     if state[t.name.as_str()] != State::Pending {
                         continue;
                     }
-                    let base_state = match &t.base {
-                        Base::Tag(b) if in_plan.contains_key(b.as_str()) => state[b.as_str()],
-                        _ => State::Done,
-                    };
-                    match base_state {
-                        State::Failed => {
+                    match ready(t, &state, &in_plan) {
+                        Err(e) => {
                             state.insert(&t.name, State::Failed);
-                            let Base::Tag(base) = &t.base else {
-                                unreachable!()
-                            };
-                            failures.push(BuildError::BaseFailed {
-                                target: t.name.clone(),
-                                base: base.clone(),
-                            });
+                            failures.push(e);
                         }
-                        State::Done if crate::signals::interrupted() => {
-                            state.insert(&t.name, State::Failed);
-                            failures.push(BuildError::Interrupted(t.name.clone()));
-                        }
-                        State::Done if running < jobs => {
+                        Ok(true) if running < jobs => {
                             state.insert(&t.name, State::Running);
                             running += 1;
                             let tx = tx.clone();
@@ -243,15 +229,8 @@ impl<'a> Builder<'a> {
             self.opts.source_date_epoch,
         )
         .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
-        if !self.opts.no_cache {
-            if let Some(current) = self.layout.resolve(name)? {
-                if cache::recorded_key(&current) == Some(key.as_str()) {
-                    tracing::info!(target = name, "unchanged, using the cached image");
-                    return Ok(Outcome::Cached {
-                        manifest: current.digest().to_string(),
-                    });
-                }
-            }
+        if let Some(cached) = self.cached(name, &key)? {
+            return Ok(cached);
         }
 
         // `$` references and a relative workdir mean something only against
@@ -310,6 +289,23 @@ impl<'a> Builder<'a> {
             tags,
             layer: layer.map(|l| l.descriptor.digest().to_string()),
         })
+    }
+
+    /// The image tagged `name`, if it was built from inputs with this `key`.
+    fn cached(&self, name: &str, key: &str) -> Result<Option<Outcome>, BuildError> {
+        if self.opts.no_cache {
+            return Ok(None);
+        }
+        let Some(current) = self.layout.resolve(name)? else {
+            return Ok(None);
+        };
+        if cache::recorded_key(&current) != Some(key) {
+            return Ok(None);
+        }
+        tracing::info!(target = name, "unchanged, using the cached image");
+        Ok(Some(Outcome::Cached {
+            manifest: current.digest().to_string(),
+        }))
     }
 
     /// Run the target's actions on `tree`, then take away whatever a hook
@@ -458,6 +454,30 @@ impl<'a> Builder<'a> {
             "{:?} {:?}",
             self.opts.compression, self.opts.source_date_epoch
         )
+    }
+}
+
+/// Whether `t` can start (its base is built, or not in this build), or
+/// why it never will.
+fn ready(
+    t: &Target,
+    state: &HashMap<&str, State>,
+    in_plan: &HashMap<&str, &Target>,
+) -> Result<bool, BuildError> {
+    let base_state = match &t.base {
+        Base::Tag(b) if in_plan.contains_key(b.as_str()) => state[b.as_str()],
+        _ => State::Done,
+    };
+    match (base_state, &t.base) {
+        (State::Failed, Base::Tag(base)) => Err(BuildError::BaseFailed {
+            target: t.name.clone(),
+            base: base.clone(),
+        }),
+        (State::Done, _) if crate::signals::interrupted() => {
+            Err(BuildError::Interrupted(t.name.clone()))
+        }
+        (State::Done, _) => Ok(true),
+        _ => Ok(false),
     }
 }
 

@@ -259,60 +259,11 @@ impl<'a> Checker<'a> {
             .filter_map(|item| self.package(name, item))
             .collect();
 
-        let run = raw
-            .run
-            .iter()
-            .map(|item| {
-                let path = host_path(self.dir, item);
-                if !item.contains('\n') && path.is_file() {
-                    RunItem::File(path)
-                } else {
-                    RunItem::Script(item.clone())
-                }
-            })
-            .collect::<Vec<_>>();
-
-        for volume in &raw.volumes {
-            if !volume.starts_with('/') {
-                self.report(
-                    Some(name),
-                    Some("volumes"),
-                    format!("volume {volume:?} must be an absolute path"),
-                );
-            }
-        }
-
+        let run = raw.run.iter().map(|item| self.run_item(item)).collect();
+        self.check_volumes(name, raw);
         self.check_references(name, raw);
-
-        let config = ConfigKeys {
-            entrypoint: raw.entrypoint.clone(),
-            cmd: raw.cmd.clone(),
-            env: raw.env.clone(),
-            workdir: raw.workdir.clone(),
-            user: raw.user.clone(),
-            labels: raw.labels.clone(),
-            volumes: raw.volumes.clone(),
-            ports: raw.ports.clone(),
-            annotations: raw.annotations.clone(),
-            author: raw.author.clone(),
-        };
-        let no_action = [
-            &raw.pre,
-            &raw.expand,
-            &raw.copy,
-            &raw.install,
-            &raw.run,
-            &raw.post,
-        ]
-        .iter()
-        .all(|items| items.is_empty());
-        if no_action && config == ConfigKeys::default() {
-            self.report(
-                Some(name),
-                None,
-                "nothing to do: give at least one action (pre, expand, copy, install, run, post) or image config key".into(),
-            );
-        }
+        let config = config_keys(raw);
+        self.check_something_to_do(name, raw, &config);
 
         let stanza = match serde_json::to_string(value) {
             Ok(s) => s,
@@ -341,6 +292,49 @@ impl<'a> Checker<'a> {
             config,
             stanza,
         })
+    }
+
+    /// A run item naming a host file runs that file; anything else is a script.
+    fn run_item(&self, item: &str) -> RunItem {
+        let path = host_path(self.dir, item);
+        if !item.contains('\n') && path.is_file() {
+            RunItem::File(path)
+        } else {
+            RunItem::Script(item.to_string())
+        }
+    }
+
+    fn check_volumes(&mut self, name: &str, raw: &RawTarget) {
+        for volume in &raw.volumes {
+            if !volume.starts_with('/') {
+                self.report(
+                    Some(name),
+                    Some("volumes"),
+                    format!("volume {volume:?} must be an absolute path"),
+                );
+            }
+        }
+    }
+
+    /// A target with no action and no config key would be a copy of its base.
+    fn check_something_to_do(&mut self, name: &str, raw: &RawTarget, config: &ConfigKeys) {
+        let no_action = [
+            &raw.pre,
+            &raw.expand,
+            &raw.copy,
+            &raw.install,
+            &raw.run,
+            &raw.post,
+        ]
+        .iter()
+        .all(|items| items.is_empty());
+        if no_action && *config == ConfigKeys::default() {
+            self.report(
+                Some(name),
+                None,
+                "nothing to do: give at least one action (pre, expand, copy, install, run, post) or image config key".into(),
+            );
+        }
     }
 
     /// The syntax of `$` references, checked before anything is built;
@@ -605,6 +599,22 @@ fn is_key(line: &str, key: &str) -> bool {
     rest.is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
 }
 
+/// The image config keys of a raw target, as the builder applies them.
+fn config_keys(raw: &RawTarget) -> ConfigKeys {
+    ConfigKeys {
+        entrypoint: raw.entrypoint.clone(),
+        cmd: raw.cmd.clone(),
+        env: raw.env.clone(),
+        workdir: raw.workdir.clone(),
+        user: raw.user.clone(),
+        labels: raw.labels.clone(),
+        volumes: raw.volumes.clone(),
+        ports: raw.ports.clone(),
+        annotations: raw.annotations.clone(),
+        author: raw.author.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rstest::rstest;
@@ -750,6 +760,7 @@ d:
         );
     }
 
+    // Long by design: one spec that uses every key, checked field by field.
     #[test]
     fn a_good_spec_is_ordered_and_resolved() {
         let spec = r#"
