@@ -113,8 +113,10 @@ fn apply_metadata(src: &Path, dst: &Path, meta: &Metadata, opts: CopyOptions) ->
     .map_err(|e| annotate(e, "set times on", dst))
 }
 
-fn annotate(e: io::Error, op: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+/// The shared I/O error shape inside an `io::Error`, for callers that
+/// handle `io::Result`s: it prints as `op path`, with the cause as its source.
+fn annotate(e: io::Error, op: &'static str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), crate::io_error::IoError::at(op, path)(e))
 }
 
 /// Resolve `path` as if `root` were `/`: `..` stops at the root and symlinks
