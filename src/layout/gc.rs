@@ -17,7 +17,7 @@ use super::image::{kind, Kind};
 use super::index::ref_name;
 use super::{sync_dir, Layout, LayoutError, Result, TEMP_PREFIX};
 
-/// What [`Layout::gc`] removed.
+/// What [`Layout::gc_apply`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcStats {
     pub tags: usize,
