@@ -22,6 +22,24 @@ fn skip_in(strict: bool, reason: &str) {
     eprintln!("skipped: {reason}");
 }
 
+/// Every path under `root`, relative, sorted.
+pub fn all_paths(root: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    fn walk(root: &Path, rel: &Path, out: &mut std::collections::BTreeSet<PathBuf>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            out.insert(child.clone());
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &child, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,20 +302,9 @@ impl<'a> TreeView<'a> {
 /// the drivers' own candidate finding is tested against.
 #[cfg(test)]
 pub(crate) fn full_compare(base: &Path, tree: &Path) -> Vec<Change> {
-    fn all_paths(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
-        for e in fs::read_dir(root.join(rel)).unwrap() {
-            let e = e.unwrap();
-            let child = rel.join(e.file_name());
-            out.insert(child.clone());
-            if e.file_type().unwrap().is_dir() {
-                all_paths(root, &child, out);
-            }
-        }
-    }
-    let mut c = BTreeSet::new();
-    all_paths(base, Path::new(""), &mut c);
-    all_paths(tree, Path::new(""), &mut c);
-    compare(base, tree, &c).unwrap()
+    use crate::test_support::all_paths;
+    let candidates = all_paths(base).union(&all_paths(tree)).cloned().collect();
+    compare(base, tree, &candidates).unwrap()
 }
 
 #[cfg(test)]

@@ -418,22 +418,7 @@ pub(crate) mod tests {
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::path::PathBuf;
 
-    /// Every path under `root`, relative, sorted.
-    pub(crate) fn all_paths(root: &Path) -> BTreeSet<PathBuf> {
-        fn walk(root: &Path, rel: &Path, out: &mut BTreeSet<PathBuf>) {
-            for e in fs::read_dir(root.join(rel)).unwrap() {
-                let e = e.unwrap();
-                let child = rel.join(e.file_name());
-                out.insert(child.clone());
-                if e.file_type().unwrap().is_dir() {
-                    walk(root, &child, out);
-                }
-            }
-        }
-        let mut out = BTreeSet::new();
-        walk(root, Path::new(""), &mut out);
-        out
-    }
+    use crate::test_support::all_paths;
 
     pub(crate) fn writes(root: &Path) -> Vec<Change> {
         all_paths(root).into_iter().map(Change::Write).collect()
