@@ -2,7 +2,7 @@
 //! snapshot store (btrfs subvolumes or plain directory copies).
 
 pub mod actions;
-pub mod build;
+pub mod builder;
 pub mod change;
 pub mod cli;
 pub mod config;

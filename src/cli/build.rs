@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{GlobalArgs, Session, UsageError};
-use crate::build::{commit, BuildError, BuildOptions, Builder, Outcome};
+use crate::builder::{commit, BuildError, BuildOptions, Builder, Outcome};
 use crate::layout::Layout;
 
 #[derive(Debug, Args)]

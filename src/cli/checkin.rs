@@ -3,7 +3,7 @@ use clap::Args;
 
 use super::checkout::open_checkout;
 use super::{GlobalArgs, Session};
-use crate::build::{commit, tags};
+use crate::builder::{commit, tags};
 use crate::spec::ConfigKeys;
 
 #[derive(Debug, Args)]

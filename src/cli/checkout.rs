@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{GlobalArgs, Session};
-use crate::build::ensure_snapshot;
+use crate::builder::ensure_snapshot;
 use crate::driver::{Owner, SnapshotDriver, WorkTree};
 use crate::layout::Layout;
 

@@ -3,7 +3,7 @@ use clap::Args;
 
 use super::checkout::open_checkout;
 use super::{CommandStatus, GlobalArgs, Session};
-use crate::build::ensure_snapshot;
+use crate::builder::ensure_snapshot;
 use crate::sandbox::{self, Output, RunOptions};
 
 #[derive(Debug, Args)]
@@ -63,7 +63,7 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         root: &tree.path,
         argv,
-        env: crate::build::image_config::env_pairs(&config)
+        env: crate::builder::image_config::env_pairs(&config)
             .into_iter()
             .chain([(
                 "TERM".to_string(),

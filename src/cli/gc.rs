@@ -4,7 +4,7 @@ use clap::Args;
 use oci_spec::image::Descriptor;
 
 use super::{GlobalArgs, Session};
-use crate::build::tags::{is_marked_dated, parse_dated};
+use crate::builder::tags::{is_marked_dated, parse_dated};
 use crate::driver::ChainId;
 
 #[derive(Debug, Args)]
@@ -91,7 +91,7 @@ fn older_dated(tags: &[(String, Descriptor)]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::tags::mark_dated;
+    use crate::builder::tags::mark_dated;
     use oci_spec::image::MediaType;
 
     #[test]

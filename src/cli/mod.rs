@@ -250,7 +250,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<crate::spec::SpecError>()
             || cause.is::<crate::config::ConfigError>()
-            || cause.is::<crate::build::commit::BadSourceDateEpoch>()
+            || cause.is::<crate::builder::commit::BadSourceDateEpoch>()
             || cause.is::<UsageError>()
             || cause
                 .downcast_ref::<crate::layout::LayoutError>()

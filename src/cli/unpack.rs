@@ -1,5 +1,5 @@
 use super::{GlobalArgs, Session};
-use crate::build::ensure_snapshot;
+use crate::builder::ensure_snapshot;
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
     let session = Session::open(g)?;
