@@ -8,6 +8,7 @@ pub mod btrfs;
 pub mod diff;
 pub mod overlay;
 pub mod plain;
+pub mod worktree;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -117,10 +118,9 @@ pub struct WorkTree {
 
 impl WorkTree {
     /// Whether the tree was left behind by a process that is gone, so the
-    /// next command on the store may discard it. The tree an older genoci
-    /// kept a checkout in (`checkout`, with no owner recorded) is kept.
+    /// next command on the store may discard it.
     pub fn is_abandoned(&self) -> bool {
-        self.owner.is_abandoned() && self.name != "checkout"
+        self.owner.is_abandoned()
     }
 }
 
@@ -216,6 +216,8 @@ pub enum DriverError {
     NotSetUp(PathBuf),
     #[error("refusing to use {0} as a store: {1}")]
     UnsafePath(PathBuf, String),
+    #[error("work tree record {0}: {1}")]
+    Record(PathBuf, String),
     #[error("btrfs: {0}")]
     Btrfs(String),
     #[error("interrupted")]
@@ -239,82 +241,6 @@ impl DriverError {
 }
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
-
-/// What a directory store (plain, overlay) keeps beside each work tree, in
-/// `work/NAME.json`: the tree's base and owner. Written once the tree is
-/// complete, so a tree without it is a half-made one.
-#[derive(Serialize, Deserialize)]
-struct TreeRecord {
-    base: String,
-    #[serde(default)]
-    owner: Owner,
-}
-
-impl TreeRecord {
-    fn to_bytes(base: &ChainId, owner: &Owner) -> Vec<u8> {
-        serde_json::to_vec(&TreeRecord {
-            base: base.store_name(),
-            owner: owner.clone(),
-        })
-        .expect("a tree record serializes")
-    }
-}
-
-/// Work tree names of a directory store become file names beside their
-/// `NAME.json` records: keep them to one plain component.
-fn check_tree_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.ends_with(".json")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::UnsafePath(
-            PathBuf::from(name),
-            "not a valid work tree name".into(),
-        ))
-    }
-}
-
-/// The work trees of a directory store: every valid name in `work` that is
-/// a tree (at `tree_path(name)`) or its record, sorted by name. A tree
-/// without a readable record never finished its checkout: its base and
-/// owner are unknown, and it is only good for discarding.
-fn list_work_trees(work: &Path, tree_path: impl Fn(&str) -> PathBuf) -> Result<Vec<WorkTree>> {
-    let mut names = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(work).map_err(DriverError::io("read directory", work))? {
-        let entry = entry.map_err(DriverError::io("read directory", work))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
-        if check_tree_name(&name).is_ok() {
-            names.insert(name);
-        }
-    }
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let record = std::fs::read(work.join(format!("{name}.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<TreeRecord>(&b).ok());
-            let base = record
-                .as_ref()
-                .and_then(|r| ChainId::from_store_name(&r.base))
-                .unwrap_or_else(ChainId::empty);
-            WorkTree {
-                path: tree_path(&name),
-                owner: record.map(|r| r.owner).unwrap_or_default(),
-                name,
-                base,
-            }
-        })
-        .collect())
-}
 
 /// The snapshots in a directory whose entries are named by
 /// [`ChainId::store_name`]; anything else there is not a snapshot.

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::stores::{require_btrfs, work_entries, Btrfs};
+use crate::stores::{require_btrfs, tree_dir, work_entries, work_tree_names, Btrfs};
 use crate::util::{require_root, require_tool, stderr, Env};
 
 /// Two one-file images, `t` and `u`.
@@ -195,7 +195,7 @@ fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
     let b = sharing(&a, true);
     let mut child = a.cmd(&["build", "slow.yaml"]).spawn().unwrap();
     let build_tree = || {
-        work_entries(&a.mountpoint())
+        work_tree_names(&a.mountpoint())
             .into_iter()
             .find(|n| n.starts_with("build-") && n.ends_with("slow"))
     };
@@ -204,10 +204,7 @@ fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
         assert!(child.try_wait().unwrap().is_none(), "the build ended early");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let tree = a
-        .mountpoint()
-        .join("work")
-        .join(build_tree().expect("the build's tree"));
+    let tree = tree_dir(&a.mountpoint(), &build_tree().expect("the build's tree"));
     b.ok(&["status"]);
     b.ok(&["gc"]);
     assert!(tree.exists(), "B removed A's running build's tree");

@@ -26,7 +26,7 @@ fn prepare(env: &Env) {
 /// Start a build of `slow.yaml` and wait until its run step has begun.
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
-    let tree = store_root.join(format!("work/build-{}-slow", child.id()));
+    let tree = crate::stores::tree_dir(store_root, &format!("build-{}-slow", child.id()));
     // The overlay driver mounts the tree at `root` inside its work dir.
     let started = [tree.join("started"), tree.join("root/started")];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -50,7 +50,7 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// No process of the killed build (genoci, its sandbox, the script) is
 /// left: none has its root, cwd or environment in the test dir.
-fn assert_no_sleepers(env: &Env) {
+pub fn assert_no_sleepers(env: &Env) {
     let dir = env.path().display().to_string();
     let of_the_test = |pid: &Path| {
         ["root", "cwd"].iter().any(|link| {

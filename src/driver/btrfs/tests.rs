@@ -315,10 +315,10 @@ fn trees_are_discarded_even_when_read_only() {
         driver.checkout(&chain(9), "x"),
         Err(DriverError::NoSnapshot(_))
     ));
-    assert!(matches!(
-        driver.checkout(&ChainId::empty(), "../escape"),
-        Err(DriverError::UnsafePath(..))
-    ));
+    // A name is never a path: the tree stays in the store's work dir.
+    let tree = driver.checkout(&ChainId::empty(), "../escape").unwrap();
+    assert_eq!(tree.path.parent(), Some(store.mnt.join("work").as_path()));
+    driver.discard(tree).unwrap();
 }
 
 #[test]
@@ -521,7 +521,13 @@ fn setup_formats_attaches_mounts_and_lays_out_the_store() {
     assert_eq!(again, SetupOutcome::AlreadySetUp);
     assert_eq!(sys.calls().len(), 6);
 
-    fs::write(mnt.join("work/checkout.json"), r#"{"base":"empty"}"#).unwrap();
+    let checkout = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    trees_in(&mnt)
+        .create("checkout-1", &ChainId::empty(), &checkout)
+        .unwrap();
     assert!(unsetup_store_with(sys.as_ref(), &lofile, &mnt, false).is_err());
     unsetup_store_with(sys.as_ref(), &lofile, &mnt, true).unwrap();
     assert_eq!(&sys.calls()[6..], ["unmount mnt", "detach loop98"]);

@@ -177,7 +177,12 @@ fn copied_up_but_equal_entries_are_no_changes() {
     let passwd = t.join("etc/passwd");
     let meta = fs::metadata(&passwd).unwrap();
     nix::unistd::chown(&passwd, Some(meta.uid().into()), Some(meta.gid().into())).unwrap();
-    let upper = store.dir.path().join("overlay/work/same/upper");
+    let upper = store
+        .dir
+        .path()
+        .join("overlay/work")
+        .join(crate::driver::worktree::store_name("same"))
+        .join("upper");
     for copied in ["etc/perm", "same/file", "etc/passwd"] {
         assert!(upper.join(copied).exists(), "{copied} was copied up");
     }
