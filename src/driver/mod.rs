@@ -106,7 +106,7 @@ impl Change {
 /// [`SnapshotDriver::checkin`] or [`SnapshotDriver::discard`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkTree {
-    /// The work tree's name in the store (unique among open work trees).
+    /// The name it was checked out as (unique among the store's open work trees).
     pub name: String,
     /// The snapshot it was checked out from.
     pub base: ChainId,
@@ -266,7 +266,9 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 /// - The empty snapshot ([`ChainId::empty`]) always exists.
 /// - [`checkout`](Self::checkout) needs a committed base and gives a new
 ///   writable tree whose content equals the base; checking out a `name` that
-///   is already open fails with [`DriverError::Busy`].
+///   is already open fails with [`DriverError::Busy`]. The bookkeeping of
+///   work trees (names, records, listing) is [`worktree`]'s, the same for
+///   every driver.
 /// - [`changes`](Self::changes) reports, sorted by path, exactly the entries
 ///   that differ between the base and the tree (content, type, mode, owner,
 ///   mtime, xattrs, link target, device number), as
@@ -316,9 +318,10 @@ pub trait SnapshotDriver: Send + Sync {
     fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf>;
 
     /// A new writable tree named `name`, equal to snapshot `base`, owned by
-    /// `owner`. The record of its base and owner is in the store as soon as
-    /// the tree is, so that no one takes a tree in the making for one left
-    /// behind.
+    /// `owner`. The name is any non-empty text (the store files the tree
+    /// under a name of its own, see [`worktree`]). The record of its base
+    /// and owner is in the store before the tree is, so that no one takes a
+    /// tree in the making for one left behind.
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree>;
 
     /// [`checkout_as`](Self::checkout_as) for this process, for as long as it runs.
@@ -350,50 +353,9 @@ pub trait SnapshotDriver: Send + Sync {
     }
 }
 
-/// Checks any driver against the concurrency rules of [`SnapshotDriver`].
+/// Checks and fixtures every driver's unit tests share.
 #[cfg(test)]
-pub(crate) mod contract {
-    use super::*;
-
-    /// `rounds` times, `threads` work trees with equal content are checked
-    /// in as one `id` at the same moment: every checkin succeeds, and one
-    /// snapshot with that content and no work tree remain.
-    pub fn equal_checkins_race(driver: &dyn SnapshotDriver, threads: usize, rounds: u8) {
-        for round in 0..rounds {
-            let id = ChainId::of(&[format!("sha256:{}", format!("{round:02x}").repeat(32))]);
-            let trees: Vec<WorkTree> = (0..threads)
-                .map(|t| {
-                    let tree = driver
-                        .checkout(&ChainId::empty(), &format!("r{round}-{t}"))
-                        .unwrap();
-                    std::fs::write(tree.path.join("round"), [round]).unwrap();
-                    tree
-                })
-                .collect();
-            let start = std::sync::Barrier::new(threads);
-            let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let start = &start;
-                let handles: Vec<_> = trees
-                    .into_iter()
-                    .map(|tree| {
-                        let id = &id;
-                        s.spawn(move || {
-                            start.wait();
-                            driver.checkin(tree, id)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            for r in &results {
-                assert!(r.is_ok(), "round {round}: {r:?}");
-            }
-            let root = driver.snapshot_path(&id).unwrap();
-            assert_eq!(std::fs::read(root.join("round")).unwrap(), [round]);
-            assert!(driver.work_trees().unwrap().is_empty());
-        }
-    }
-}
+pub(crate) mod contract;
 
 #[cfg(test)]
 mod tests {

@@ -129,14 +129,18 @@ impl Deref for Overlay {
 }
 
 /// The snapshot drivers. A driver-level test is written once, over a
-/// [`Store`], and [`driver_tests!`] runs it on each: a new driver is a line
-/// here, one in `driver_tests!` and its arm in [`Store`].
+/// [`Store`], and [`driver_tests!`] (or [`DRIVERS`]) runs it on each: a new
+/// driver is a line here, in `DRIVERS` and in `driver_tests!`, and its arm
+/// in [`Store`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
     Plain,
     Overlay,
     Btrfs,
 }
+
+/// Every driver, for tests that run one body on each in turn.
+pub const DRIVERS: [Driver; 3] = [Driver::Plain, Driver::Overlay, Driver::Btrfs];
 
 /// A test dir on one driver's store.
 pub enum Store {
@@ -166,12 +170,38 @@ impl Store {
         })
     }
 
+    pub fn driver(&self) -> Driver {
+        match self {
+            Store::Plain(_) => Driver::Plain,
+            Store::Overlay(_) => Driver::Overlay,
+            Store::Btrfs(_) => Driver::Btrfs,
+        }
+    }
+
     /// Where the driver keeps `snapshots/` and `work/`.
     pub fn root(&self) -> PathBuf {
         match self {
             Store::Plain(env) => env.path().join(".genoci"),
             Store::Overlay(o) => o.root(),
             Store::Btrfs(b) => b.mountpoint(),
+        }
+    }
+
+    /// The config of another project dir whose layout is its own but
+    /// whose store is this one.
+    pub fn sharing_config(&self) -> String {
+        let first = self.path();
+        match self.driver() {
+            Driver::Plain | Driver::Overlay => format!(
+                "driver: {}\nlayoutdir: ./oci\nstoredir: {}\n",
+                if self.driver() == Driver::Plain { "plain" } else { "overlay" },
+                first.join(".genoci").display()
+            ),
+            Driver::Btrfs => format!(
+                "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\nlofile: {}\nbtrfsmount: {}\n",
+                first.join("btrfs.img").display(),
+                first.join("btrfs").display()
+            ),
         }
     }
 

@@ -65,7 +65,11 @@ impl BtrfsDriver {
         driver.trees.retire_legacy(
             |from, to| fs::rename(from, to).map_err(DriverError::io("rename", from)),
             |tree| match exists(tree)? {
-                true => driver.delete_tree(tree),
+                // A directory that is not a subvolume (a copy made by hand)
+                // goes as a directory does.
+                true => driver
+                    .delete_tree(tree)
+                    .or_else(|e| fs::remove_dir_all(tree).map_err(|_| e)),
                 false => Ok(()),
             },
         )?;

@@ -459,6 +459,28 @@ mod tests {
     }
 
     #[test]
+    fn changes_equal_a_full_comparison() {
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_support::skip("needs root (device nodes, owners)");
+            return;
+        }
+        let (_t, d) = store();
+        let got = crate::driver::contract::changes_equal_a_full_comparison(
+            &d,
+            crate::driver::contract::modify_links_and_moves,
+        );
+        for change in [
+            Change::Write("etc/third".into()),
+            Change::Write("links/orig".into()),
+            Change::Write("left/g".into()),
+            Change::Delete("right/g".into()),
+            Change::Write("dev/loopish".into()),
+        ] {
+            assert!(got.contains(&change), "{change:?} missing from {got:#?}");
+        }
+    }
+
+    #[test]
     fn checking_out_a_name_twice_is_busy() {
         let (_t, d) = store();
         let _tree = d.checkout(&ChainId::empty(), "x").unwrap();
