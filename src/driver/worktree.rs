@@ -1,6 +1,7 @@
 //! Work-tree bookkeeping shared by every driver: where a tree and its record
-//! live in the store's `work` dir, what the record says, listing, and which
-//! trees were left behind.
+//! live in the store's `work` dir, what the record says (the name, the base,
+//! the [`Owner`]: a running process, or a layout's checkout with its note),
+//! listing, and which trees were left behind ([`Owner::is_abandoned`]).
 //!
 //! ```text
 //! work/wt-<hash>.json   the record: the tree's name, base and owner
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ChainId, DriverError, Owner, Result, WorkTree};
+use super::{ChainId, DriverError, Result, WorkTree};
 
 /// What every store name of a work tree starts with: no store file or
 /// snapshot name does.
@@ -44,6 +45,99 @@ pub fn store_name(name: &str) -> String {
 fn is_store_name(file: &str) -> bool {
     file.strip_prefix(PREFIX)
         .is_some_and(|h| h.len() == HASH_HEX && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Who a work tree belongs to, kept in its record in the store: several
+/// genoci processes, for several layouts, may share one store (two project
+/// directories naming the same btrfs filesystem).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The process working in the tree. A tree whose process is gone was
+    /// left by a killed run; one whose process lives is never removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The layout (its absolute path) a checkout kept between commands
+    /// belongs to; only commands on that layout touch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// What the owner keeps with the tree (a checkout's image), so that the
+    /// record and the tree cannot part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<serde_json::Value>,
+}
+
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat`: clock ticks after boot.
+    pub start: u64,
+}
+
+impl Process {
+    /// This process.
+    pub fn current() -> Process {
+        let pid = std::process::id();
+        Process {
+            pid,
+            start: process_start(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether this process still runs (a reused pid is another process).
+    pub fn is_alive(&self) -> bool {
+        process_start(self.pid) == Some(self.start)
+    }
+}
+
+/// The start time of `pid`, if it runs (a zombie has stopped for good).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields from the last `)`: the state is field 3, the start time 22.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+impl Owner {
+    /// The checkout `layout` (its absolute path) keeps between commands,
+    /// with the owner's `note` of what it holds.
+    pub fn layout_checkout(layout: String, note: serde_json::Value) -> Owner {
+        Owner {
+            process: None,
+            layout: Some(layout),
+            note: Some(note),
+        }
+    }
+
+    /// A tree worked in by this process for as long as it runs.
+    pub fn this_process() -> Owner {
+        Owner {
+            process: Some(Process::current()),
+            ..Owner::default()
+        }
+    }
+
+    /// Whether a tree so owned was left behind by a process that is gone
+    /// (or by a genoci that recorded no owner, which made trees for one
+    /// command only).
+    pub fn is_abandoned(&self) -> bool {
+        match &self.process {
+            Some(p) => !p.is_alive(),
+            None => self.layout.is_none(),
+        }
+    }
+}
+
+/// The name of the checkout a layout (its absolute path) keeps in a store
+/// between commands: one per layout, so that layouts sharing a store never
+/// meet in one tree.
+pub fn checkout_name(layout: &str) -> String {
+    let hash = Sha256::digest(layout.as_bytes());
+    format!("checkout-{}", &hex::encode(hash)[..16])
 }
 
 /// What the store keeps beside each work tree.
@@ -285,6 +379,50 @@ mod tests {
 
     fn hex_chain(byte: u8) -> ChainId {
         ChainId::of(&[format!("sha256:{}", format!("{byte:02x}").repeat(32))])
+    }
+
+    #[test]
+    fn a_process_is_alive_while_it_runs_and_not_after() {
+        let me = Process::current();
+        assert!(me.start > 0);
+        assert!(me.is_alive());
+        assert!(
+            !Process {
+                start: me.start + 1,
+                ..me
+            }
+            .is_alive(),
+            "a reused pid"
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = process_start(pid).expect("a running child has a start time");
+        assert!(Process { pid, start }.is_alive());
+        // Ended but not reaped yet: a zombie is not alive.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(!Process { pid, start }.is_alive());
+        child.wait().unwrap();
+        assert!(!Process { pid, start }.is_alive());
+        assert!(!Owner::this_process().is_abandoned());
+        assert!(Owner::default().is_abandoned());
+        let checkout = Owner {
+            layout: Some("/l".into()),
+            ..Owner::default()
+        };
+        assert!(!checkout.is_abandoned());
+    }
+
+    #[test]
+    fn each_layout_has_a_checkout_name_of_its_own() {
+        let a = checkout_name("/srv/a/oci");
+        assert_eq!(a, checkout_name("/srv/a/oci"));
+        assert_ne!(a, checkout_name("/srv/b/oci"));
+        assert!(a.starts_with("checkout-") && a.len() == "checkout-".len() + 16);
+        let owner = Owner::layout_checkout("/srv/a/oci".into(), serde_json::json!({"tag": "t"}));
+        assert!(!owner.is_abandoned());
     }
 
     #[test]
