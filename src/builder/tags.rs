@@ -1,6 +1,7 @@
 //! Tag names: `NAME` moves with every build, `NAME-YYYY-MM-DD_N` records it.
 
 use oci_spec::image::Descriptor;
+use sha2::Digest;
 
 /// The index annotation that marks a dated tag genoci made, the only tags
 /// `gc` prunes: a tag of the same shape copied in by another tool, or given
@@ -24,9 +25,30 @@ pub fn is_marked_dated(desc: &Descriptor) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// `NAME-DATE_N` with N one above the highest for that name and date among `existing`.
+/// The longest tag (distribution spec).
+const MAX_TAG: usize = 128;
+/// What a dated tag adds to its name: `-YYYY-MM-DD_NNN`.
+const DATED_SUFFIX: usize = "-YYYY-MM-DD_NNN".len();
+/// Hex digits of the name's hash in the dated tag of a long name.
+const STEM_HASH: usize = 8;
+
+/// What the dated tags of target `name` start with: the name, or, when
+/// the dated tag would be longer than a tag may be, its head and a hash
+/// of the whole (so two long names with one head never share dated tags,
+/// and `gc` tells their generations apart).
+pub fn dated_stem(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() + DATED_SUFFIX <= MAX_TAG {
+        return name.into();
+    }
+    let head = &name[..MAX_TAG - DATED_SUFFIX - STEM_HASH - 1];
+    let hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    format!("{head}-{}", &hash[..STEM_HASH]).into()
+}
+
+/// `NAME-DATE_N` with N one above the highest for that name and date among
+/// `existing` (NAME shortened by [`dated_stem`]).
 pub fn next_dated(name: &str, date: &str, existing: &[String]) -> String {
-    next_numbered(&format!("{name}-{date}_"), existing)
+    next_numbered(&format!("{}-{date}_", dated_stem(name)), existing)
 }
 
 /// The checkin default `YYYY-MM-DD_vN`.
@@ -71,6 +93,24 @@ pub fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dated_tags_of_long_names_are_tags_of_their_own() {
+        let a = format!("{}a", "n".repeat(127));
+        let b = format!("{}b", "n".repeat(127));
+        let (ta, tb) = (
+            next_dated(&a, "2026-01-02", &[]),
+            next_dated(&b, "2026-01-02", &[]),
+        );
+        assert!(ta.len() <= MAX_TAG && tb.len() <= MAX_TAG, "{ta} {tb}");
+        assert_ne!(parse_dated(&ta).unwrap().0, parse_dated(&tb).unwrap().0);
+        assert_eq!(
+            next_dated(&a, "2026-01-02", std::slice::from_ref(&ta)),
+            ta.replace("_1", "_2")
+        );
+        let short = "n".repeat(MAX_TAG - DATED_SUFFIX);
+        assert_eq!(dated_stem(&short), short);
+    }
 
     #[test]
     fn dated_tags_count_up_per_day() {

@@ -2,11 +2,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{GlobalArgs, Session};
 use crate::builder::ensure_snapshot;
-use crate::driver::{Owner, SnapshotDriver, WorkTree};
+use crate::driver::{worktree, Owner, SnapshotDriver, WorkTree};
 use crate::layout::Layout;
 
 #[derive(Debug, Args)]
@@ -41,11 +40,9 @@ pub fn layout_owner(layout: &Layout) -> String {
         .to_string()
 }
 
-/// The work tree name of `layout`'s checkout: one per layout in a store,
-/// so that layouts sharing a store never meet in one tree.
+/// The work tree name of `layout`'s checkout.
 pub fn tree_name(layout: &Layout) -> String {
-    let hash = Sha256::digest(layout_owner(layout).as_bytes());
-    format!("checkout-{}", &hex::encode(hash)[..16])
+    worktree::checkout_name(&layout_owner(layout))
 }
 
 impl Record {
@@ -133,11 +130,10 @@ pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
         tag: args.tag.clone(),
         manifest: image.manifest_desc.clone(),
     };
-    let owner = Owner {
-        process: None,
-        layout: Some(layout_owner(&session.layout)),
-        note: Some(serde_json::to_value(&record)?),
-    };
+    let owner = Owner::layout_checkout(
+        layout_owner(&session.layout),
+        serde_json::to_value(&record)?,
+    );
     let tree = session.driver.checkout_as(&chain, &name, &owner)?;
     println!("{}", tree.path.display());
     Ok(())

@@ -8,11 +8,12 @@ pub mod btrfs;
 pub mod diff;
 pub mod overlay;
 pub mod plain;
+pub mod worktree;
+
+pub use worktree::{Owner, Process};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
 use crate::io_error::IoError;
@@ -86,7 +87,7 @@ impl fmt::Display for ChainId {
 /// [`SnapshotDriver::checkin`] or [`SnapshotDriver::discard`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkTree {
-    /// The work tree's name in the store (unique among open work trees).
+    /// The name it was checked out as (unique among the store's open work trees).
     pub name: String,
     /// The snapshot it was checked out from.
     pub base: ChainId,
@@ -98,85 +99,9 @@ pub struct WorkTree {
 
 impl WorkTree {
     /// Whether the tree was left behind by a process that is gone, so the
-    /// next command on the store may discard it. The tree an older genoci
-    /// kept a checkout in (`checkout`, with no owner recorded) is kept.
+    /// next command on the store may discard it.
     pub fn is_abandoned(&self) -> bool {
-        self.owner.is_abandoned() && self.name != "checkout"
-    }
-}
-
-/// Who a work tree belongs to, kept in its record in the store: several
-/// genoci processes, for several layouts, may share one store (two project
-/// directories naming the same btrfs filesystem).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    /// The process working in the tree. A tree whose process is gone was
-    /// left by a killed run; one whose process lives is never removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<Process>,
-    /// The layout (its absolute path) a checkout kept between commands
-    /// belongs to; only commands on that layout touch it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layout: Option<String>,
-    /// What the owner keeps with the tree (a checkout's image), so that the
-    /// record and the tree cannot part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<serde_json::Value>,
-}
-
-/// A process, told apart from a later one with the same pid by its start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    /// Field 22 of `/proc/PID/stat`: clock ticks after boot.
-    pub start: u64,
-}
-
-impl Process {
-    /// This process.
-    pub fn current() -> Process {
-        let pid = std::process::id();
-        Process {
-            pid,
-            start: process_start(pid).unwrap_or(0),
-        }
-    }
-
-    /// Whether this process still runs (a reused pid is another process).
-    pub fn is_alive(&self) -> bool {
-        process_start(self.pid) == Some(self.start)
-    }
-}
-
-/// The start time of `pid`, if it runs (a zombie has stopped for good).
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count
-    // fields from the last `)`: the state is field 3, the start time 22.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if matches!(fields.next()?, "Z" | "X" | "x") {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
-}
-
-impl Owner {
-    /// A tree worked in by this process for as long as it runs.
-    pub fn this_process() -> Owner {
-        Owner {
-            process: Some(Process::current()),
-            ..Owner::default()
-        }
-    }
-
-    /// Whether a tree so owned was left behind by a process that is gone
-    /// (or by a genoci that recorded no owner, which made trees for one
-    /// command only).
-    pub fn is_abandoned(&self) -> bool {
-        match &self.process {
-            Some(p) => !p.is_alive(),
-            None => self.layout.is_none(),
-        }
+        self.owner.is_abandoned()
     }
 }
 
@@ -192,6 +117,8 @@ pub enum DriverError {
     NotSetUp(PathBuf),
     #[error("refusing to use {0} as a store: {1}")]
     UnsafePath(PathBuf, String),
+    #[error("work tree record {0}: {1}")]
+    Record(PathBuf, String),
     #[error("btrfs: {0}")]
     Btrfs(String),
     #[error("interrupted")]
@@ -217,82 +144,6 @@ impl DriverError {
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
-/// What a directory store (plain, overlay) keeps beside each work tree, in
-/// `work/NAME.json`: the tree's base and owner. Written once the tree is
-/// complete, so a tree without it is a half-made one.
-#[derive(Serialize, Deserialize)]
-struct TreeRecord {
-    base: String,
-    #[serde(default)]
-    owner: Owner,
-}
-
-impl TreeRecord {
-    fn to_bytes(base: &ChainId, owner: &Owner) -> Vec<u8> {
-        serde_json::to_vec(&TreeRecord {
-            base: base.store_name(),
-            owner: owner.clone(),
-        })
-        .expect("a tree record serializes")
-    }
-}
-
-/// Work tree names of a directory store become file names beside their
-/// `NAME.json` records: keep them to one plain component.
-fn check_tree_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.ends_with(".json")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::UnsafePath(
-            PathBuf::from(name),
-            "not a valid work tree name".into(),
-        ))
-    }
-}
-
-/// The work trees of a directory store: every valid name in `work` that is
-/// a tree (at `tree_path(name)`) or its record, sorted by name. A tree
-/// without a readable record never finished its checkout: its base and
-/// owner are unknown, and it is only good for discarding.
-fn list_work_trees(work: &Path, tree_path: impl Fn(&str) -> PathBuf) -> Result<Vec<WorkTree>> {
-    let mut names = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(work).map_err(DriverError::io("read directory", work))? {
-        let entry = entry.map_err(DriverError::io("read directory", work))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
-        if check_tree_name(&name).is_ok() {
-            names.insert(name);
-        }
-    }
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let record = std::fs::read(work.join(format!("{name}.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<TreeRecord>(&b).ok());
-            let base = record
-                .as_ref()
-                .and_then(|r| ChainId::from_store_name(&r.base))
-                .unwrap_or_else(ChainId::empty);
-            WorkTree {
-                path: tree_path(&name),
-                owner: record.map(|r| r.owner).unwrap_or_default(),
-                name,
-                base,
-            }
-        })
-        .collect())
-}
-
 /// The snapshots in a directory whose entries are named by
 /// [`ChainId::store_name`]; anything else there is not a snapshot.
 fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
@@ -317,7 +168,9 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 /// - The empty snapshot ([`ChainId::empty`]) always exists.
 /// - [`checkout`](Self::checkout) needs a committed base and gives a new
 ///   writable tree whose content equals the base; checking out a `name` that
-///   is already open fails with [`DriverError::Busy`].
+///   is already open fails with [`DriverError::Busy`]. The bookkeeping of
+///   work trees (names, records, listing) is [`worktree`]'s, the same for
+///   every driver.
 /// - [`changes`](Self::changes) reports, sorted by path, exactly the entries
 ///   that differ between the base and the tree (content, type, mode, owner,
 ///   mtime, xattrs, link target, device number), as
@@ -367,9 +220,10 @@ pub trait SnapshotDriver: Send + Sync {
     fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf>;
 
     /// A new writable tree named `name`, equal to snapshot `base`, owned by
-    /// `owner`. The record of its base and owner is in the store as soon as
-    /// the tree is, so that no one takes a tree in the making for one left
-    /// behind.
+    /// `owner`. The name is any non-empty text (the store files the tree
+    /// under a name of its own, see [`worktree`]). The record of its base
+    /// and owner is in the store before the tree is, so that no one takes a
+    /// tree in the making for one left behind.
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree>;
 
     /// [`checkout_as`](Self::checkout_as) for this process, for as long as it runs.
@@ -401,50 +255,9 @@ pub trait SnapshotDriver: Send + Sync {
     }
 }
 
-/// Checks any driver against the concurrency rules of [`SnapshotDriver`].
+/// Checks and fixtures every driver's unit tests share.
 #[cfg(test)]
-pub(crate) mod contract {
-    use super::*;
-
-    /// `rounds` times, `threads` work trees with equal content are checked
-    /// in as one `id` at the same moment: every checkin succeeds, and one
-    /// snapshot with that content and no work tree remain.
-    pub fn equal_checkins_race(driver: &dyn SnapshotDriver, threads: usize, rounds: u8) {
-        for round in 0..rounds {
-            let id = ChainId::of(&[format!("sha256:{}", format!("{round:02x}").repeat(32))]);
-            let trees: Vec<WorkTree> = (0..threads)
-                .map(|t| {
-                    let tree = driver
-                        .checkout(&ChainId::empty(), &format!("r{round}-{t}"))
-                        .unwrap();
-                    std::fs::write(tree.path.join("round"), [round]).unwrap();
-                    tree
-                })
-                .collect();
-            let start = std::sync::Barrier::new(threads);
-            let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let start = &start;
-                let handles: Vec<_> = trees
-                    .into_iter()
-                    .map(|tree| {
-                        let id = &id;
-                        s.spawn(move || {
-                            start.wait();
-                            driver.checkin(tree, id)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            for r in &results {
-                assert!(r.is_ok(), "round {round}: {r:?}");
-            }
-            let root = driver.snapshot_path(&id).unwrap();
-            assert_eq!(std::fs::read(root.join("round")).unwrap(), [round]);
-            assert!(driver.work_trees().unwrap().is_empty());
-        }
-    }
-}
+pub(crate) mod contract;
 
 #[cfg(test)]
 mod tests {
@@ -461,40 +274,6 @@ mod tests {
         );
         assert_eq!(ChainId::of(&[a, b]).to_string(), expected);
         assert!(ChainId::of::<&str>(&[]).is_empty());
-    }
-
-    #[test]
-    fn a_process_is_alive_while_it_runs_and_not_after() {
-        let me = Process::current();
-        assert!(me.start > 0);
-        assert!(me.is_alive());
-        assert!(
-            !Process {
-                start: me.start + 1,
-                ..me
-            }
-            .is_alive(),
-            "a reused pid"
-        );
-        let mut child = std::process::Command::new("sleep")
-            .arg("0.2")
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let start = process_start(pid).expect("a running child has a start time");
-        assert!(Process { pid, start }.is_alive());
-        // Ended but not reaped yet: a zombie is not alive.
-        std::thread::sleep(std::time::Duration::from_millis(400));
-        assert!(!Process { pid, start }.is_alive());
-        child.wait().unwrap();
-        assert!(!Process { pid, start }.is_alive());
-        assert!(!Owner::this_process().is_abandoned());
-        assert!(Owner::default().is_abandoned());
-        let checkout = Owner {
-            layout: Some("/l".into()),
-            ..Owner::default()
-        };
-        assert!(!checkout.is_abandoned());
     }
 
     #[test]

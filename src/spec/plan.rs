@@ -15,8 +15,6 @@ use super::{Base, BuildPlan, ConfigKeys, CopyItem, Package, Problem, RunItem, Sp
 
 /// The longest tag a registry accepts (distribution spec).
 const MAX_TAG: usize = 128;
-/// What a build appends to a target's name for its dated tag: `-YYYY-MM-DD_NNN`.
-const DATED_SUFFIX: usize = "-YYYY-MM-DD_NNN".len();
 
 /// Read and check the spec at `file`. `existing_tag` says whether a tag is
 /// already in the layout (a base not built by this spec must be).
@@ -426,23 +424,23 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// Why `name` cannot be a target (and so a tag), if it cannot.
+/// Why `name` cannot be a target (and so a tag), if it cannot: a target
+/// name is any OCI tag, `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`, but `empty`.
 pub fn tag_name_problem(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let well_formed = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    let longest = MAX_TAG - DATED_SUFFIX;
     if name == "empty" {
         Some("`empty` is reserved for the empty base and cannot be a target name".into())
     } else if !well_formed {
         Some(format!(
             "invalid target name {name:?}: a tag must match [A-Za-z0-9_][A-Za-z0-9._-]*"
         ))
-    } else if name.len() > longest {
+    } else if name.len() > MAX_TAG {
         Some(format!(
-            "target name is {} characters; at most {longest} leave room for the dated tag NAME-YYYY-MM-DD_NNN",
+            "target name is {} characters; a tag has at most {MAX_TAG}",
             name.len()
         ))
     } else {
@@ -708,14 +706,34 @@ mod tests {
     }
 
     #[test]
-    fn a_long_name_must_leave_room_for_the_dated_tag() {
-        let ok = "a".repeat(MAX_TAG - DATED_SUFFIX);
+    fn a_name_is_at_most_128_characters() {
+        let ok = "a".repeat(MAX_TAG);
         let spec = format!("{ok}:\n  base: empty\n  run: x\n{ok}b:\n  base: empty\n  run: x\n");
         let problems = problems(&spec, &[]);
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert_eq!(problems[0].target.as_deref(), Some(&*format!("{ok}b")));
         assert_eq!(problems[0].line, Some(4));
-        assert!(problems[0].message.contains("leave room for the dated tag"));
+        assert!(problems[0].message.contains("at most 128"));
+    }
+
+    /// The rule is exactly the OCI tag's, `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+    #[rstest]
+    #[case::json_name("x.json", true)]
+    #[case::version("v1.2.3", true)]
+    #[case::underscore_first("_x", true)]
+    #[case::dots("a..b", true)]
+    #[case::store_file("inodes", true)]
+    #[case::digit_first("1", true)]
+    #[case::longest(&"z".repeat(128), true)]
+    #[case::too_long(&"z".repeat(129), false)]
+    #[case::dot_first(".x", false)]
+    #[case::dash_first("-x", false)]
+    #[case::colon("a:b", false)]
+    #[case::plus("a+b", false)]
+    #[case::non_ascii("é", false)]
+    #[case::nothing("", false)]
+    fn target_names_are_oci_tags(#[case] name: &str, #[case] valid: bool) {
+        assert_eq!(tag_name_problem(name).is_none(), valid, "{name:?}");
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn tags_built_by_one_driver_are_bases_for_the_other() {
 }
 
 #[test]
-fn images_copied_in_by_skopeo_are_bases_for_both_drivers() {
+fn images_copied_in_by_skopeo_are_bases_for_every_driver() {
     require_btrfs!();
     require_tool!("skopeo");
     let store = Btrfs::new();
@@ -308,6 +308,27 @@ fn images_copied_in_by_skopeo_are_bases_for_both_drivers() {
     );
     let plain_digest = tag_digests(&dir.join("imported"))["imp"].clone();
     assert_eq!(btrfs_digest, plain_digest);
+
+    let on_overlay = build_reproducibly(
+        &store,
+        &[
+            "--driver",
+            "overlay",
+            "--store",
+            "fresh-overlay-store",
+            "--layout",
+            "imported",
+            "build",
+            "--no-cache",
+            "imp.yaml",
+        ],
+    );
+    assert!(
+        on_overlay.contains("materialising layer 1 of 3"),
+        "{on_overlay}"
+    );
+    let overlay_digest = tag_digests(&dir.join("imported"))["imp"].clone();
+    assert_eq!(btrfs_digest, overlay_digest);
 
     let bundle = dir.join("bundle-imp");
     run_ok(

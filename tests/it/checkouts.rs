@@ -6,8 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::stores::{require_btrfs, work_entries, Btrfs};
-use crate::util::{require_root, require_tool, stderr, Env};
+use crate::stores::{
+    driver_tests, require_btrfs, tree_dir, work_entries, work_tree_names, Btrfs, Driver, Store,
+};
+use crate::util::{require_tool, stderr, Env};
 
 /// Two one-file images, `t` and `u`.
 fn build_two(env: &Env) {
@@ -63,7 +65,11 @@ fn a_checkout_on_another_driver_never_changes_what_the_first_commits() {
 
 /// Check out `t`, rebuild it so its tag moves and the checked-out image is
 /// reached only by an older dated tag, and gc: the checkout still checks in.
-fn gc_keeps_an_open_checkout(env: &Env) {
+/// Bug: the checked-out image's blobs went with gc, and checkin said it
+/// was "no longer tagged": only abort was left.
+fn gc_keeps_an_open_checkout(store: &Store) {
+    require_tool!("umoci");
+    let env: &Env = store;
     build_two(env);
     let tree = checkout(env, &["checkout", "t"]);
     fs::write(tree.join("edit"), "by hand\n").unwrap();
@@ -85,40 +91,12 @@ fn gc_keeps_an_open_checkout(env: &Env) {
     env.unpack("edited");
 }
 
-/// Bug: the checked-out image's blobs went with gc, and checkin said it
-/// was "no longer tagged": only abort was left.
-#[test]
-fn gc_keeps_an_open_checkout_on_the_plain_driver() {
-    require_root!();
-    require_tool!("umoci");
-    gc_keeps_an_open_checkout(&Env::new());
-}
-
-#[test]
-fn gc_keeps_an_open_checkout_on_btrfs() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let store = Btrfs::new();
-    gc_keeps_an_open_checkout(&store);
-    store.finish();
-}
+driver_tests!(gc_keeps_an_open_checkout);
 
 /// A second project directory whose config names `first`'s store.
-fn sharing(first: &Env, btrfs: bool) -> Env {
+fn sharing(first: &Store) -> Env {
     let second = Env::new();
-    let config = if btrfs {
-        format!(
-            "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\nlofile: {}\nbtrfsmount: {}\n",
-            first.path().join("btrfs.img").display(),
-            first.path().join("btrfs").display()
-        )
-    } else {
-        format!(
-            "driver: plain\nlayoutdir: ./oci\nstoredir: {}\n",
-            first.path().join(".genoci").display()
-        )
-    };
-    second.write("atom_config.yaml", &config);
+    second.write("atom_config.yaml", &first.sharing_config());
     build_two(&second);
     second
 }
@@ -150,38 +128,25 @@ fn checkouts_of_two_layouts_in_one_store(a: &Env, b: &Env, store_root: &Path) {
 }
 
 /// Bug: directory B's `abort` discarded directory A's checkout.
-#[test]
-fn two_layouts_on_one_plain_store_keep_their_own_checkouts() {
-    require_root!();
+fn two_layouts_on_one_store_keep_their_own_checkouts(a: &Store) {
     require_tool!("umoci");
-    let a = Env::new();
-    build_two(&a);
-    let b = sharing(&a, false);
-    checkouts_of_two_layouts_in_one_store(&a, &b, &a.path().join(".genoci"));
+    build_two(a);
+    let b = sharing(a);
+    if a.driver() == Driver::Btrfs {
+        let tree = checkout(a, &["checkout", "t"]);
+        let out = b.genoci(&["unsetup"]);
+        assert_eq!(out.status.code(), Some(1), "unsetup under A's checkout");
+        a.ok(&["abort"]);
+        assert!(!tree.exists());
+    }
+    checkouts_of_two_layouts_in_one_store(a, &b, &a.root());
 }
 
-#[test]
-fn two_layouts_on_one_btrfs_store_keep_their_own_checkouts() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let a = Btrfs::new();
-    build_two(&a);
-    let b = sharing(&a, true);
-    let tree = checkout(&a, &["checkout", "t"]);
-    let out = b.genoci(&["unsetup"]);
-    assert_eq!(out.status.code(), Some(1), "unsetup under A's checkout");
-    a.ok(&["abort"]);
-    assert!(!tree.exists());
-    checkouts_of_two_layouts_in_one_store(&a, &b, &a.mountpoint());
-    a.finish();
-}
+driver_tests!(two_layouts_on_one_store_keep_their_own_checkouts);
 
 /// Bug: directory B's `genoci status` removed A's running build's work tree
 /// as "left by an interrupted run", failing A's build.
-#[test]
-fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
-    require_btrfs!();
-    let a = Btrfs::new();
+fn a_running_build_in_a_shared_store_keeps_its_tree(a: &Store) {
     a.busybox("busybox.tar.gz");
     a.write(
         "spec.yaml",
@@ -192,10 +157,10 @@ fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
         "slow.yaml",
         "slow:\n  base: bb\n  run: sleep 3; echo done > /done\n",
     );
-    let b = sharing(&a, true);
+    let b = sharing(a);
     let mut child = a.cmd(&["build", "slow.yaml"]).spawn().unwrap();
     let build_tree = || {
-        work_entries(&a.mountpoint())
+        work_tree_names(&a.root())
             .into_iter()
             .find(|n| n.starts_with("build-") && n.ends_with("slow"))
     };
@@ -204,16 +169,108 @@ fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
         assert!(child.try_wait().unwrap().is_none(), "the build ended early");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let tree = a
-        .mountpoint()
-        .join("work")
-        .join(build_tree().expect("the build's tree"));
+    let tree = tree_dir(&a.root(), &build_tree().expect("the build's tree"));
     b.ok(&["status"]);
     b.ok(&["gc"]);
     assert!(tree.exists(), "B removed A's running build's tree");
     assert!(child.wait().unwrap().success(), "A's build failed");
     assert!(a.tags().contains(&"slow".to_string()));
     // A tree whose process is gone is still cleared by the next command.
-    assert!(work_entries(&a.mountpoint()).is_empty());
-    a.finish();
+    assert!(work_entries(&a.root()).is_empty());
 }
+
+/// Only btrfs here: two project dirs sharing a plain or overlay store share
+/// its lock too, so B's commands cannot run during A's build.
+#[test]
+fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
+    crate::stores::run_on(
+        Driver::Btrfs,
+        a_running_build_in_a_shared_store_keeps_its_tree,
+    );
+}
+
+/// What the previous store format kept: `work/NAME` and `work/NAME.json`,
+/// the base as bare hex on the directory stores, no name in the record.
+fn to_previous_format(store: &Store, name: &str) {
+    let work = store.root().join("work");
+    let dir = tree_dir(&store.root(), name);
+    let record_path = dir.with_extension("json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    let record = record.as_object_mut().unwrap();
+    record.remove("name");
+    if store.driver() != Driver::Btrfs {
+        let base = record["base"].as_str().unwrap().replace("sha256:", "");
+        record.insert("base".into(), base.into());
+    }
+    fs::write(
+        work.join(format!("{name}.json")),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    fs::remove_file(&record_path).unwrap();
+    // As after a reboot: the overlay's mount is gone.
+    crate::util::unmount_all(&crate::util::mounts_under(&dir));
+    fs::rename(&dir, work.join(name)).unwrap();
+    let inodes = store.root().join("inodes");
+    if inodes.join(dir.file_name().unwrap()).exists() {
+        fs::rename(inodes.join(dir.file_name().unwrap()), inodes.join(name)).unwrap();
+    }
+}
+
+/// A tree an older genoci left by a process that is gone, in the previous format.
+fn previous_format_build_tree(store: &Store) {
+    let work = store.root().join("work");
+    let tree = work.join("build-1-x.json");
+    match store.driver() {
+        Driver::Btrfs => {
+            crate::util::run_ok(
+                std::process::Command::new("btrfs")
+                    .args(["subvolume", "create"])
+                    .arg(tree.with_extension("")),
+            );
+        }
+        _ => fs::create_dir_all(tree.with_extension("").join("upper")).unwrap(),
+    }
+    fs::write(
+        work.join("build-1-x.json.json"),
+        r#"{"base":"empty","owner":{"process":{"pid":1,"start":1}}}"#,
+    )
+    .unwrap();
+    fs::create_dir(work.join("half-made")).unwrap();
+}
+
+/// A store written by the previous format opens: its open checkout is
+/// kept (the edits made before and after the upgrade are checked in), and
+/// the trees of dead processes are removed.
+fn a_store_of_the_previous_format_opens(store: &Store) {
+    crate::util::require_tool!("umoci");
+    build_two(store);
+    let tree = checkout(store, &["checkout", "t"]);
+    fs::write(tree.join("before"), "edited before the upgrade\n").unwrap();
+    let name = work_tree_names(&store.root()).pop().unwrap();
+    assert!(name.starts_with("checkout-"), "{name}");
+    to_previous_format(store, &name);
+    previous_format_build_tree(store);
+
+    assert!(store.ok(&["status"]).contains("checkout:  t at"));
+    assert_eq!(work_tree_names(&store.root()), std::slice::from_ref(&name));
+    assert_eq!(
+        work_entries(&store.root()).len(),
+        2,
+        "{:?}",
+        work_entries(&store.root())
+    );
+    let tree = tree_dir(&store.root(), &name);
+    let tree = if store.driver() == Driver::Overlay {
+        tree.join("root")
+    } else {
+        tree
+    };
+    fs::write(tree.join("after"), "edited after\n").unwrap();
+    store.ok(&["checkin", "edited"]);
+    assert_eq!(names(&store.unpack("edited")), ["after", "before", "t"]);
+    assert!(work_entries(&store.root()).is_empty());
+}
+
+driver_tests!(a_store_of_the_previous_format_opens);

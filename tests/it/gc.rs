@@ -9,8 +9,8 @@ use std::process::Command;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::stores::{require_btrfs, tag_digests, Btrfs};
-use crate::util::{require_root, require_tool, run_ok, Env};
+use crate::stores::{driver_tests, tag_digests, Store};
+use crate::util::{require_tool, run_ok, Env};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -86,26 +86,12 @@ fn add_foreign_platform(layout: &Path) -> Vec<Value> {
     vec![config, layer, mdesc, desc]
 }
 
-#[test]
-fn gc_prunes_only_its_own_dated_tags_and_keeps_whatever_the_index_reaches() {
-    require_root!();
-    require_tool!("skopeo");
-    gc_prunes_only_what_it_owns(&Env::new());
-}
-
-#[test]
-fn gc_prunes_only_what_it_owns_on_btrfs() {
-    require_btrfs!();
-    require_tool!("skopeo");
-    let store = Btrfs::new();
-    gc_prunes_only_what_it_owns(&store);
-    store.finish();
-}
-
 /// Bugs: gc pruned dated-looking tags it did not make (copied in by skopeo,
 /// or given to checkin), and an artifact or a foreign-platform index in the
 /// index made it fail after it had already pruned tags.
-fn gc_prunes_only_what_it_owns(env: &Env) {
+fn gc_prunes_only_what_it_owns(store: &Store) {
+    require_tool!("skopeo");
+    let env: &Env = store;
     let layout = env.layout();
     env.write("a", "a\n");
     env.write("spec.yaml", "app:\n  base: empty\n  copy: ./a /a\n");
@@ -170,3 +156,5 @@ fn gc_prunes_only_what_it_owns(env: &Env) {
     let again = env.ok(&["gc"]);
     assert!(again.contains("removed 0 blobs"), "{again}");
 }
+
+driver_tests!(gc_prunes_only_what_it_owns);

@@ -2,10 +2,9 @@
 //! committed by whichever finishes first, and a success for all of them.
 
 use std::fs;
-use std::path::Path;
 
-use crate::stores::{genoci_env, layer_digests, require_btrfs, work_entries, Btrfs, EPOCH};
-use crate::util::{require_root, Env};
+use crate::stores::{driver_tests, genoci_env, layer_digests, work_entries, Store, EPOCH};
+use crate::util::Env;
 
 const TARGETS: usize = 16;
 const RUNS: usize = 20;
@@ -13,7 +12,9 @@ const RUNS: usize = 20;
 /// `RUNS` builds of `TARGETS` identical targets with `-j TARGETS`. Each run
 /// copies in a file of its own, so each makes one new ChainID that all its
 /// targets race to commit.
-fn identical_targets_race_to_one_snapshot(env: &Env, store_root: &Path) {
+fn identical_targets_built_at_once_all_succeed(store: &Store) {
+    let env: &Env = store;
+    let store_root = &store.root();
     fs::create_dir_all(env.path().join("files/etc")).unwrap();
     for n in 0..20 {
         env.write(&format!("files/etc/f{n}"), &format!("{n}\n"));
@@ -65,18 +66,4 @@ fn identical_targets_race_to_one_snapshot(env: &Env, store_root: &Path) {
     );
 }
 
-#[test]
-fn identical_targets_built_at_once_all_succeed_plain() {
-    require_root!();
-    let env = Env::new();
-    let store_root = env.path().join(".genoci");
-    identical_targets_race_to_one_snapshot(&env, &store_root);
-}
-
-#[test]
-fn identical_targets_built_at_once_all_succeed_btrfs() {
-    require_btrfs!();
-    let store = Btrfs::new();
-    identical_targets_race_to_one_snapshot(&store, &store.mountpoint());
-    store.finish();
-}
+driver_tests!(identical_targets_built_at_once_all_succeed);

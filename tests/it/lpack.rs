@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::PathBuf;
 
-use crate::stores::{require_btrfs, unpack_snapshots, work_entries, Btrfs, Overlay};
-use crate::util::{require_root, require_tool, stderr, Env};
+use crate::stores::{driver_tests, require_btrfs, unpack_snapshots, work_entries, Btrfs, Store};
+use crate::util::{require_tool, stderr, Env};
 
 fn today() -> String {
     chrono::Local::now().format("%Y-%m-%d").to_string()
@@ -29,8 +29,11 @@ fn checkout(env: &Env, tag: &str) -> PathBuf {
     path
 }
 
-/// The whole workflow; `store_root` is where the driver keeps `work/`.
-fn lpack_workflow(env: &Env, store_root: &std::path::Path) {
+/// The whole workflow.
+fn lpack_workflow(store: &Store) {
+    require_tool!("umoci");
+    let env: &Env = store;
+    let store_root = &store.root();
     build_base(env);
 
     let unpacked = unpack_snapshots(env);
@@ -94,30 +97,7 @@ fn lpack_workflow(env: &Env, store_root: &std::path::Path) {
     assert!(work_entries(store_root).is_empty());
 }
 
-#[test]
-fn lpack_workflow_on_the_plain_driver() {
-    require_root!();
-    require_tool!("umoci");
-    let env = Env::new();
-    lpack_workflow(&env, &env.path().join(".genoci"));
-}
-
-#[test]
-fn lpack_workflow_on_btrfs() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let store = Btrfs::new();
-    lpack_workflow(&store, &store.mountpoint());
-    store.finish();
-}
-
-#[test]
-fn lpack_workflow_on_overlay() {
-    require_root!();
-    require_tool!("umoci");
-    let store = Overlay::new();
-    lpack_workflow(&store, &store.root());
-}
+driver_tests!(lpack_workflow);
 
 #[test]
 fn unsetup_refuses_during_a_checkout_unless_forced() {

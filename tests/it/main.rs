@@ -21,6 +21,7 @@ mod honesty;
 mod identical;
 mod interop;
 mod lpack;
+mod names;
 mod oci;
 mod overlay;
 mod platform;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::btrfs::SPEC;
 use crate::stores::{
     assert_layout_valid, build_reproducibly, genoci_env, require_btrfs, strip_ansi, tag_digests,
-    unpack_snapshots, work_entries, Btrfs, Overlay,
+    tree_dir, unpack_snapshots, work_entries, Btrfs, Overlay,
 };
 use crate::util::{mounts_under, require_root, require_tool, run_ok, stderr, Env};
 
@@ -208,9 +208,7 @@ fn a_kill_9_leaves_mounts_the_next_command_removes() {
     );
     env.ok(&["base.yaml"]);
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().unwrap();
-    let started = env
-        .root()
-        .join(format!("work/build-{}-slow/root/started", child.id()));
+    let started = tree_dir(&env.root(), &format!("build-{}-slow", child.id())).join("root/started");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started.exists() {
         assert!(Instant::now() < deadline, "the run step never started");

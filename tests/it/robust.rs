@@ -1,15 +1,14 @@
 //! Interrupted builds leave a valid layout, the next command removes their
 //! work trees, and gc removes the snapshots no tag reaches.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::stores::{
-    assert_layout_valid, require_btrfs, subvolumes, unpack_snapshots, work_entries, Btrfs, Overlay,
+    assert_layout_valid, driver_tests, tree_dir, unpack_snapshots, work_entries, Store,
 };
-use crate::util::{mounts_under, require_root, require_tool, Env};
+use crate::util::{require_tool, Env};
 
 const BASE: &str = "bb:\n  base: empty\n  expand: ./busybox.tar.gz\n";
 
@@ -26,7 +25,7 @@ fn prepare(env: &Env) {
 /// Start a build of `slow.yaml` and wait until its run step has begun.
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
-    let tree = store_root.join(format!("work/build-{}-slow", child.id()));
+    let tree = tree_dir(store_root, &format!("build-{}-slow", child.id()));
     // The overlay driver mounts the tree at `root` inside its work dir.
     let started = [tree.join("started"), tree.join("root/started")];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -50,7 +49,7 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// No process of the killed build (genoci, its sandbox, the script) is
 /// left: none has its root, cwd or environment in the test dir.
-fn assert_no_sleepers(env: &Env) {
+pub fn assert_no_sleepers(env: &Env) {
     let dir = env.path().display().to_string();
     let of_the_test = |pid: &Path| {
         ["root", "cwd"].iter().any(|link| {
@@ -156,8 +155,7 @@ fn sigkill_at_any_point(env: &Env, store_root: &Path) {
         let mut reaped = false;
         match moment {
             Moment::WorkTree(target) => {
-                let tree = format!("work/build-{}-{target}", child.id());
-                let tree = store_root.join(tree);
+                let tree = tree_dir(store_root, &format!("build-{}-{target}", child.id()));
                 let deadline = Instant::now() + whole * 4;
                 while !tree.exists() && Instant::now() < deadline {
                     if child.try_wait().unwrap().is_some() {
@@ -217,144 +215,34 @@ fn gc_removes_unreachable_snapshots(env: &Env) {
     assert!(out.contains("removed 0 snapshots"), "{out}");
 }
 
-/// Every subvolume is a snapshot that a tag reaches, or the empty one.
-/// (Each test here tags every prefix of its images' layer stacks.)
-fn assert_no_leaked_subvolumes(store: &Btrfs) {
-    let mut reached: BTreeSet<String> = unpack_snapshots(store)
-        .values()
-        .map(|p| {
-            p.strip_prefix(store.mountpoint())
-                .unwrap()
-                .display()
-                .to_string()
-        })
-        .collect();
-    reached.insert("snapshots/empty".to_string());
-    let subvolumes: BTreeSet<String> = subvolumes(&store.mountpoint()).into_iter().collect();
-    assert_eq!(subvolumes, reached, "leaked subvolumes");
-}
-
-fn plain_env() -> Env {
-    Env::new()
-}
-
-fn plain_root(env: &Env) -> std::path::PathBuf {
-    env.path().join(".genoci")
-}
-
-#[test]
-fn sigkill_during_a_run_leaves_a_valid_layout_plain() {
-    require_root!();
+fn sigkill_during_a_run_leaves_a_valid_layout(store: &Store) {
     require_tool!("umoci");
-    let env = plain_env();
-    sigkill_during_run(&env, &plain_root(&env));
-}
-
-#[test]
-fn sigkill_during_a_run_leaves_a_valid_layout_btrfs() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let store = Btrfs::new();
-    sigkill_during_run(&store, &store.mountpoint());
+    sigkill_during_run(store, &store.root());
     store.ok(&["gc"]);
-    assert_no_leaked_subvolumes(&store);
-    store.finish();
+    store.assert_nothing_leaked();
 }
 
-#[test]
-fn sigint_during_a_run_exits_130_and_cleans_up_plain() {
-    require_root!();
+fn sigint_during_a_run_exits_130_and_cleans_up(store: &Store) {
     require_tool!("umoci");
-    let env = plain_env();
-    sigint_during_run(&env, &plain_root(&env));
+    sigint_during_run(store, &store.root());
+    store.assert_nothing_leaked();
 }
 
-#[test]
-fn sigint_during_a_run_exits_130_and_cleans_up_btrfs() {
-    require_btrfs!();
+fn sigkill_at_any_point_of_a_build(store: &Store) {
     require_tool!("umoci");
-    let store = Btrfs::new();
-    sigint_during_run(&store, &store.mountpoint());
-    assert_no_leaked_subvolumes(&store);
-    store.finish();
+    sigkill_at_any_point(store, &store.root());
+    store.assert_nothing_leaked();
 }
 
-#[test]
-fn sigkill_at_any_point_of_a_build_plain() {
-    require_root!();
+fn gc_removes_snapshots_no_tag_reaches(store: &Store) {
     require_tool!("umoci");
-    let env = plain_env();
-    sigkill_at_any_point(&env, &plain_root(&env));
+    gc_removes_unreachable_snapshots(store);
+    store.assert_nothing_leaked();
 }
 
-#[test]
-fn sigkill_at_any_point_of_a_build_btrfs() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let store = Btrfs::new();
-    sigkill_at_any_point(&store, &store.mountpoint());
-    assert_no_leaked_subvolumes(&store);
-    store.finish();
-}
-
-#[test]
-fn gc_removes_snapshots_no_tag_reaches_plain() {
-    require_root!();
-    require_tool!("umoci");
-    let env = plain_env();
-    gc_removes_unreachable_snapshots(&env);
-}
-
-#[test]
-fn gc_removes_snapshots_no_tag_reaches_btrfs() {
-    require_btrfs!();
-    require_tool!("umoci");
-    let store = Btrfs::new();
-    gc_removes_unreachable_snapshots(&store);
-    assert_no_leaked_subvolumes(&store);
-    store.finish();
-}
-
-/// No work tree of the overlay store is still mounted.
-fn assert_no_work_mounts(store: &Overlay) {
-    assert_eq!(
-        mounts_under(&store.root().join("work")),
-        Vec::<String>::new()
-    );
-}
-
-#[test]
-fn sigkill_during_a_run_leaves_a_valid_layout_overlay() {
-    require_root!();
-    require_tool!("umoci");
-    let store = Overlay::new();
-    sigkill_during_run(&store, &store.root());
-    assert_no_work_mounts(&store);
-}
-
-#[test]
-fn sigint_during_a_run_exits_130_and_cleans_up_overlay() {
-    require_root!();
-    require_tool!("umoci");
-    let store = Overlay::new();
-    sigint_during_run(&store, &store.root());
-    assert_no_work_mounts(&store);
-}
-
-#[test]
-fn sigkill_at_any_point_of_a_build_overlay() {
-    require_root!();
-    require_tool!("umoci");
-    let store = Overlay::new();
-    sigkill_at_any_point(&store, &store.root());
-    assert_no_work_mounts(&store);
-}
-
-#[test]
-fn gc_removes_snapshots_no_tag_reaches_overlay() {
-    require_root!();
-    require_tool!("umoci");
-    let store = Overlay::new();
-    gc_removes_unreachable_snapshots(&store);
-    assert_no_work_mounts(&store);
-}
+driver_tests!(
+    sigkill_during_a_run_leaves_a_valid_layout,
+    sigint_during_a_run_exits_130_and_cleans_up,
+    sigkill_at_any_point_of_a_build,
+    gc_removes_snapshots_no_tag_reaches,
+);

@@ -367,8 +367,11 @@ slow:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let tree = format!(".genoci/work/build-{}-slow", child.id());
-    let marker = env.path().join(tree).join("started");
+    let tree = crate::stores::tree_dir(
+        &env.path().join(".genoci"),
+        &format!("build-{}-slow", child.id()),
+    );
+    let marker = tree.join("started");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {
         if let Some(status) = child.try_wait().unwrap() {

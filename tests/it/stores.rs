@@ -128,6 +128,160 @@ impl Deref for Overlay {
     }
 }
 
+/// The snapshot drivers. A driver-level test is written once, over a
+/// [`Store`], and [`driver_tests!`] (or [`DRIVERS`]) runs it on each: a new
+/// driver is a line here, in `DRIVERS` and in `driver_tests!`, and its arm
+/// in [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Plain,
+    Overlay,
+    Btrfs,
+}
+
+/// Every driver, for tests that run one body on each in turn.
+pub const DRIVERS: [Driver; 3] = [Driver::Plain, Driver::Overlay, Driver::Btrfs];
+
+/// A test dir on one driver's store.
+pub enum Store {
+    Plain(Env),
+    Overlay(Overlay),
+    Btrfs(Btrfs),
+}
+
+impl Store {
+    /// A test dir on `driver`'s store; `None` (after the one skip notice,
+    /// a failure in strict mode) where this machine cannot have one.
+    pub fn new(driver: Driver) -> Option<Store> {
+        if !crate::util::nix_is_root() {
+            crate::util::skip("needs root (namespaces, mounts, owners)");
+            return None;
+        }
+        Some(match driver {
+            Driver::Plain => Store::Plain(Env::new()),
+            Driver::Overlay => Store::Overlay(Overlay::new()),
+            Driver::Btrfs => {
+                if !crate::util::have("mkfs.btrfs") || !Path::new("/dev/loop-control").exists() {
+                    crate::util::skip("needs mkfs.btrfs and loop devices");
+                    return None;
+                }
+                Store::Btrfs(Btrfs::new())
+            }
+        })
+    }
+
+    pub fn driver(&self) -> Driver {
+        match self {
+            Store::Plain(_) => Driver::Plain,
+            Store::Overlay(_) => Driver::Overlay,
+            Store::Btrfs(_) => Driver::Btrfs,
+        }
+    }
+
+    /// Where the driver keeps `snapshots/` and `work/`.
+    pub fn root(&self) -> PathBuf {
+        match self {
+            Store::Plain(env) => env.path().join(".genoci"),
+            Store::Overlay(o) => o.root(),
+            Store::Btrfs(b) => b.mountpoint(),
+        }
+    }
+
+    /// The config of another project dir whose layout is its own but
+    /// whose store is this one.
+    pub fn sharing_config(&self) -> String {
+        let first = self.path();
+        match self.driver() {
+            Driver::Plain | Driver::Overlay => format!(
+                "driver: {}\nlayoutdir: ./oci\nstoredir: {}\n",
+                if self.driver() == Driver::Plain { "plain" } else { "overlay" },
+                first.join(".genoci").display()
+            ),
+            Driver::Btrfs => format!(
+                "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\nlofile: {}\nbtrfsmount: {}\n",
+                first.join("btrfs.img").display(),
+                first.join("btrfs").display()
+            ),
+        }
+    }
+
+    /// Nothing of the store is left in use: no work tree mounted (overlay),
+    /// no subvolume but the snapshots the tags reach and the empty one
+    /// (btrfs; each test using it tags every prefix of its images).
+    pub fn assert_nothing_leaked(&self) {
+        match self {
+            Store::Plain(_) => {}
+            Store::Overlay(o) => {
+                assert_eq!(mounts_under(&o.root().join("work")), Vec::<String>::new());
+            }
+            Store::Btrfs(b) => {
+                let mut reached: std::collections::BTreeSet<String> = unpack_snapshots(b)
+                    .values()
+                    .map(|p| {
+                        p.strip_prefix(b.mountpoint())
+                            .unwrap()
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                reached.insert("snapshots/empty".to_string());
+                let subvolumes = subvolumes(&b.mountpoint()).into_iter().collect();
+                assert_eq!(reached, subvolumes, "leaked subvolumes");
+            }
+        }
+    }
+
+    /// Release the store and check that nothing of it is left.
+    pub fn finish(self) {
+        if let Store::Btrfs(b) = self {
+            b.finish();
+        }
+    }
+}
+
+impl Deref for Store {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        match self {
+            Store::Plain(env) => env,
+            Store::Overlay(o) => o,
+            Store::Btrfs(b) => b,
+        }
+    }
+}
+
+/// Run `test` on a new store of `driver`, unless the machine cannot have one.
+pub fn run_on(driver: Driver, test: fn(&Store)) {
+    eprintln!("--- driver: {driver:?}");
+    if let Some(store) = Store::new(driver) {
+        test(&store);
+        store.finish();
+    }
+}
+
+/// For each `fn NAME(&Store)` given, the tests `NAME::plain`,
+/// `NAME::overlay` and `NAME::btrfs`: one body, every driver.
+macro_rules! driver_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::stores::{run_on, Driver};
+            #[test]
+            fn plain() {
+                run_on(Driver::Plain, super::$name)
+            }
+            #[test]
+            fn overlay() {
+                run_on(Driver::Overlay, super::$name)
+            }
+            #[test]
+            fn btrfs() {
+                run_on(Driver::Btrfs, super::$name)
+            }
+        }
+    )*};
+}
+pub(crate) use driver_tests;
+
 /// Loop devices whose backing file is `lofile` (deleted or not).
 pub fn loops_backing(lofile: &Path) -> Vec<String> {
     let out = Command::new("losetup")
@@ -295,6 +449,29 @@ pub fn work_entries(store_root: &Path) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     };
+    names.sort();
+    names
+}
+
+/// Where a store keeps work tree `name`: `work/wt-` and 32 hex digits of
+/// the name's sha256, whatever the name holds.
+pub fn tree_dir(store_root: &Path, name: &str) -> PathBuf {
+    let hash = Sha256::digest(name.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    store_root.join("work").join(format!("wt-{}", &hex[..32]))
+}
+
+/// The names of a store's work trees, read from their records.
+pub fn work_tree_names(store_root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = work_entries(store_root)
+        .iter()
+        .filter(|e| e.starts_with("wt-") && e.ends_with(".json"))
+        .filter_map(|e| {
+            let record = fs::read(store_root.join("work").join(e)).ok()?;
+            let record: serde_json::Value = serde_json::from_slice(&record).ok()?;
+            Some(record["name"].as_str()?.to_string())
+        })
+        .collect();
     names.sort();
     names
 }

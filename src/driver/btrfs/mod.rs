@@ -4,8 +4,8 @@
 //! Layout of the mounted filesystem:
 //! - `snapshots/<ChainId::store_name()>`: committed snapshots (read-only
 //!   subvolumes; `empty` is an empty one);
-//! - `work/<name>`: work trees (writable snapshots of their base), each with
-//!   `work/<name>.json` recording that base.
+//! - `work/wt-<hash>`: work trees (writable snapshots of their base), each
+//!   with its record `work/wt-<hash>.json` (see [`super::worktree`]).
 
 mod candidates;
 pub mod loopback;
@@ -15,20 +15,17 @@ pub mod store;
 pub mod subvol;
 pub mod sys;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use store::{setup_store, unsetup_store, SetupOutcome, UnsetupOutcome};
 pub use sys::{Kernel, System};
 
+use super::worktree::Trees;
 use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
-use crate::io_error::IoError;
 
 const SNAPSHOTS: &str = "snapshots";
 const WORK: &str = "work";
@@ -40,13 +37,12 @@ const EMPTY_STAGING: &str = ".empty-staging";
 pub struct BtrfsDriver {
     root: PathBuf,
     sys: Arc<dyn System>,
+    trees: Trees,
 }
 
-#[derive(Serialize, Deserialize)]
-struct WorkTreeRecord {
-    base: String,
-    #[serde(default)]
-    owner: Owner,
+/// The work trees of the store mounted at `root`.
+fn trees_in(root: &Path) -> Trees {
+    Trees::new(root.join(WORK))
 }
 
 impl BtrfsDriver {
@@ -61,8 +57,23 @@ impl BtrfsDriver {
         if !sys.is_btrfs_mount(&root)? {
             return Err(DriverError::NotSetUp(mountpoint.to_path_buf()));
         }
-        let driver = BtrfsDriver { root, sys };
+        let driver = BtrfsDriver {
+            trees: trees_in(&root),
+            root,
+            sys,
+        };
         driver.init_layout()?;
+        driver.trees.retire_legacy(
+            |from, to| fs::rename(from, to).map_err(DriverError::io("rename", from)),
+            |tree| match exists(tree)? {
+                // A directory that is not a subvolume (a copy made by hand)
+                // goes as a directory does.
+                true => driver
+                    .delete_tree(tree)
+                    .or_else(|e| fs::remove_dir_all(tree).map_err(|_| e)),
+                false => Ok(()),
+            },
+        )?;
         Ok(driver)
     }
 
@@ -90,26 +101,6 @@ impl BtrfsDriver {
         self.root.join(SNAPSHOTS).join(id.store_name())
     }
 
-    fn work_dir(&self, name: &str) -> PathBuf {
-        self.root.join(WORK).join(name)
-    }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.root.join(WORK).join(format!("{name}.json"))
-    }
-
-    fn write_record(&self, name: &str, base: &ChainId, owner: &Owner) -> Result<()> {
-        let path = self.record_path(name);
-        let tmp = self.root.join(WORK).join(format!(".{name}.json.tmp"));
-        let record = WorkTreeRecord {
-            base: base.to_string(),
-            owner: owner.clone(),
-        };
-        let bytes = serde_json::to_vec(&record).expect("a record always serializes");
-        fs::write(&tmp, bytes).map_err(DriverError::io("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(DriverError::io("rename", &tmp))
-    }
-
     /// Delete a subvolume, read-only or not, and whatever is nested in it.
     fn delete_tree(&self, path: &Path) -> Result<()> {
         if self.sys.read_only(path)? {
@@ -119,80 +110,11 @@ impl BtrfsDriver {
     }
 }
 
-/// The work tree `name` of the store at `root`, from its record.
-fn read_record(root: &Path, name: &str) -> Result<WorkTree> {
-    let path = root.join(WORK).join(format!("{name}.json"));
-    let bytes = fs::read(&path).map_err(DriverError::io("read", &path))?;
-    let bad = |why: String| DriverError::Btrfs(format!("{}: {why}", path.display()));
-    let record: WorkTreeRecord = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    let store_name = record.base.strip_prefix("sha256:").unwrap_or(&record.base);
-    let base = ChainId::from_store_name(store_name)
-        .ok_or_else(|| bad(format!("{} is not a chain id", record.base)))?;
-    Ok(WorkTree {
-        name: name.to_string(),
-        base,
-        path: root.join(WORK).join(name),
-        owner: record.owner,
-    })
-}
-
-/// Every work tree of the store at `root`, from the records in `work/`.
-/// Other processes may share the store: the listing is a moment's view.
-fn work_trees_in(root: &Path) -> Result<Vec<WorkTree>> {
-    let dir = root.join(WORK);
-    let mut names = BTreeSet::new();
-    for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
-        let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if !name.starts_with('.') {
-            names.insert(name.to_string());
-        }
-    }
-    let mut trees = Vec::new();
-    for name in &names {
-        match read_record(root, name) {
-            Ok(tree) => trees.push(tree),
-            // Discarded by another process sharing the store since the listing.
-            Err(DriverError::Io(IoError { source, .. }))
-                if source.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(trees)
-}
-
 fn exists(path: &Path) -> Result<bool> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(DriverError::io("stat", path)(e)),
-    }
-}
-
-fn remove_file_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::io("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-/// Work tree names become file names next to each other in `work/`.
-fn check_name(name: &str, store: &Path) -> Result<()> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::UnsafePath(
-            store.join(WORK).join(name),
-            "not a valid work tree name".into(),
-        ))
     }
 }
 
@@ -215,17 +137,11 @@ impl SnapshotDriver for BtrfsDriver {
     }
 
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
-        check_name(name, &self.root)?;
         let source = self.snapshot_path(base)?;
-        let path = self.work_dir(name);
-        if exists(&path)? || exists(&self.record_path(name))? {
-            return Err(DriverError::Busy(name.to_string()));
-        }
-        // The record goes first: a tree is never left without one saying
-        // what it was checked out from.
-        self.write_record(name, base, owner)?;
+        self.trees.create(name, base, owner)?;
+        let path = self.trees.dir_of(name);
         if let Err(e) = self.sys.snapshot(&source, &path, false) {
-            remove_file_if_present(&self.record_path(name))?;
+            self.trees.remove(name)?;
             return Err(e);
         }
         tracing::debug!(name, base = %base, "checked out");
@@ -299,7 +215,7 @@ impl SnapshotDriver for BtrfsDriver {
         if exists(&tree.path)? {
             self.delete_tree(&tree.path)?;
         }
-        remove_file_if_present(&self.record_path(&tree.name))?;
+        self.trees.remove(&tree.name)?;
         tracing::debug!(tree = %tree.name, "discarded");
         Ok(())
     }
@@ -319,7 +235,7 @@ impl SnapshotDriver for BtrfsDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        work_trees_in(&self.root)
+        self.trees.list(Path::to_path_buf)
     }
 }
 

@@ -146,7 +146,7 @@ pub fn unsetup_store_with(
     let mut outcome = UnsetupOutcome::NothingThere;
     if sys.is_btrfs_mount(&target)? {
         if !force {
-            let trees = super::work_trees_in(&target)?;
+            let trees = super::trees_in(&target).list(Path::to_path_buf)?;
             if let Some(owned) = trees.into_iter().find(|t| !t.is_abandoned()) {
                 return Err(DriverError::Busy(owned.name));
             }

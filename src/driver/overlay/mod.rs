@@ -4,10 +4,10 @@
 //! ```text
 //! storedir/overlay/snapshots/<chain>/diff     the layer's entries, whiteouts and opaque dirs
 //! storedir/overlay/snapshots/<chain>/parent   the store name of the chain below
-//! storedir/overlay/work/<name>.json           a work tree's base and owner, written first
-//! storedir/overlay/work/<name>/{upper,work}   its overlay upper and work dirs
-//! storedir/overlay/work/<name>/root           the mounted tree
-//! storedir/overlay/work/<name>/base           the base, mounted while `changes` runs
+//! storedir/overlay/work/wt-<hash>.json            a work tree's record (see [`super::worktree`])
+//! storedir/overlay/work/wt-<hash>/{upper,work}   its overlay upper and work dirs
+//! storedir/overlay/work/wt-<hash>/root           the mounted tree
+//! storedir/overlay/work/wt-<hash>/base           the base, mounted while `changes` runs
 //! storedir/overlay/views/<chain>              read-only trees handed out by `snapshot_path`
 //! ```
 //!
@@ -30,10 +30,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{
-    check_tree_name, diff, ChainId, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
-    WorkTree,
-};
+use super::worktree::{self, Trees};
+use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
 use mount::Overlay;
 
@@ -45,6 +43,7 @@ const MAX_CHAIN: usize = 4096;
 
 pub struct OverlayDriver {
     root: PathBuf,
+    trees: Trees,
 }
 
 impl OverlayDriver {
@@ -58,12 +57,24 @@ impl OverlayDriver {
         let root = root
             .canonicalize()
             .map_err(DriverError::io("resolve", &root))?;
-        let driver = OverlayDriver { root };
+        let driver = OverlayDriver {
+            trees: Trees::new(root.join("work")),
+            root,
+        };
         let empty = driver.diff_dir(&ChainId::empty());
         if !empty.exists() {
             fs::create_dir_all(&empty).map_err(DriverError::io("create directory", &empty))?;
         }
         driver.remove_unfinished_checkins()?;
+        // Trees of the previous store format: a kept checkout moves (its
+        // mounts go; listing mounts it again), the rest is removed.
+        driver.trees.retire_legacy(
+            |from, to| {
+                unmount_tree_dir(from)?;
+                fs::rename(from, to).map_err(DriverError::io("rename", from))
+            },
+            |dir| unmount_tree_dir(dir).and_then(|()| remove_tree(dir)),
+        )?;
         Ok(driver)
     }
 
@@ -86,7 +97,7 @@ impl OverlayDriver {
     /// again. A root that is not empty is left alone: mounting over it
     /// would hide what was written there.
     fn remount(&self, tree: &WorkTree) -> Result<()> {
-        let dir = self.tree_dir(&tree.name)?;
+        let dir = self.trees.dir_of(&tree.name);
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let empty = fs::read_dir(&tree.path).is_ok_and(|mut d| d.next().is_none());
         if !empty || !upper.is_dir() || !work.is_dir() {
@@ -145,16 +156,6 @@ impl OverlayDriver {
         self.snapshot_dir(id).join("diff")
     }
 
-    fn tree_dir(&self, name: &str) -> Result<PathBuf> {
-        check_tree_name(name)?;
-        Ok(self.root.join("work").join(name))
-    }
-
-    fn record_path(&self, name: &str) -> Result<PathBuf> {
-        check_tree_name(name)?;
-        Ok(self.root.join("work").join(format!("{name}.json")))
-    }
-
     fn parent(&self, id: &ChainId) -> Result<Option<ChainId>> {
         if id.is_empty() {
             return Ok(None);
@@ -207,18 +208,10 @@ impl OverlayDriver {
 
     /// Unmount and delete a work tree's dirs and its record.
     fn remove_work(&self, name: &str) -> Result<()> {
-        let dir = self.tree_dir(name)?;
-        for sub in ["root", "base"] {
-            unmount_if_mounted(&dir.join(sub))?;
-        }
+        let dir = self.trees.dir_of(name);
+        unmount_tree_dir(&dir)?;
         remove_tree(&dir)?;
-        let record = self.record_path(name)?;
-        match fs::remove_file(&record) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(DriverError::io("remove", record)(e))
-            }
-            _ => Ok(()),
-        }
+        self.trees.remove(name)
     }
 
     /// Every snapshot with the one it sits on.
@@ -250,15 +243,10 @@ impl SnapshotDriver for OverlayDriver {
     }
 
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
-        let dir = self.tree_dir(name)?;
-        let record = self.record_path(name)?;
-        if dir.exists() || record.exists() {
-            return Err(DriverError::Busy(name.to_string()));
-        }
         let lowers = self.lowers(base)?;
+        self.trees.create(name, base, owner)?;
+        let dir = self.trees.dir_of(name);
         tracing::debug!(name, base = %base, layers = lowers.len(), "mounting an overlay work tree");
-        fs::write(&record, TreeRecord::to_bytes(base, owner))
-            .map_err(DriverError::io("write", &record))?;
         let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         let mounted = [&upper, &work, &root]
             .iter()
@@ -287,7 +275,7 @@ impl SnapshotDriver for OverlayDriver {
     }
 
     fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>> {
-        let dir = self.tree_dir(&tree.name)?;
+        let dir = self.trees.dir_of(&tree.name);
         // Unmounted, the root is an empty directory and the upper dir alone
         // says nothing of what was written there since.
         if !mount::is_mounted(&tree.path)
@@ -315,10 +303,8 @@ impl SnapshotDriver for OverlayDriver {
     }
 
     fn checkin(&self, tree: WorkTree, id: &ChainId) -> Result<()> {
-        let dir = self.tree_dir(&tree.name)?;
-        for sub in ["root", "base"] {
-            unmount_if_mounted(&dir.join(sub))?;
-        }
+        let dir = self.trees.dir_of(&tree.name);
+        unmount_tree_dir(&dir)?;
         let dest = self.snapshot_dir(id);
         if dest.exists() {
             return self.remove_work(&tree.name);
@@ -328,7 +314,7 @@ impl SnapshotDriver for OverlayDriver {
         let staging = self
             .root
             .join("snapshots")
-            .join(format!("new-{}", tree.name));
+            .join(format!("{STAGING}{}", worktree::store_name(&tree.name)));
         remove_tree(&staging)?;
         fs::create_dir(&staging).map_err(DriverError::io("create directory", &staging))?;
         let parent = staging.join("parent");
@@ -387,8 +373,7 @@ impl SnapshotDriver for OverlayDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        let work = self.root.join("work");
-        let trees = super::list_work_trees(&work, |name| work.join(name).join("root"))?;
+        let trees = self.trees.list(|dir| dir.join("root"))?;
         let mounts = crate::mountinfo::mount_points()
             .map_err(DriverError::io("read", crate::mountinfo::PATH))?;
         // Only a checkout kept for a layout outlives its process: a tree a
@@ -414,6 +399,14 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     };
     overlay.mount(&dirs[3])?;
     mount::unmount(&dirs[3])
+}
+
+/// Unmount what a work tree's dir may have mounted: the tree and its base.
+fn unmount_tree_dir(dir: &Path) -> Result<()> {
+    for sub in ["root", "base"] {
+        unmount_if_mounted(&dir.join(sub))?;
+    }
+    Ok(())
 }
 
 fn unmount_if_mounted(path: &Path) -> Result<()> {

@@ -2,12 +2,10 @@
 //! notice and pass.
 
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::Path;
-
-use filetime::FileTime;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
+use crate::driver::contract::{self, chain, populate_base as populate, write};
 
 fn can_run() -> bool {
     let ok = nix::unistd::geteuid().is_root() && mount::supported().is_ok();
@@ -52,62 +50,6 @@ impl Drop for TestStore {
     }
 }
 
-fn chain(n: u32) -> ChainId {
-    ChainId::of(&[format!("sha256:{}", format!("{n:08x}").repeat(8))])
-}
-
-fn write(root: &Path, rel: &str, content: &str) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
-}
-
-fn populate(t: &Path) {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    write(t, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
-    write(t, "etc/hostname", "box\n");
-    write(t, "etc/perm", "mode me\n");
-    write(t, "etc/xattrs", "x\n");
-    write(t, "usr/bin/tool", "#!/bin/sh\necho tool\n");
-    write(t, "usr/share/doc/a", "a");
-    write(t, "usr/share/doc/b", "b");
-    write(t, "usr/share/doc/sub/c", "c");
-    write(t, "var/old/one", "1");
-    write(t, "var/old/two", "2");
-    write(t, "same/file", "opened, left alone");
-    symlink("../usr/bin/tool", t.join("etc/tool")).unwrap();
-    symlink("/etc/passwd", t.join("abs-link")).unwrap();
-    fs::create_dir_all(t.join("dev")).unwrap();
-    let mode = Mode::from_bits_truncate(0o644);
-    mknod(&t.join("dev/null"), SFlag::S_IFCHR, mode, makedev(1, 3)).unwrap();
-    mknod(&t.join("dev/fifo"), SFlag::S_IFIFO, mode, 0).unwrap();
-    crate::xattr::set(&t.join("etc/xattrs"), b"user.one", b"1").unwrap();
-    crate::xattr::set(&t.join("etc"), b"user.dir", b"on a dir").unwrap();
-}
-
-fn modify(t: &Path) {
-    // Same size, same mtime: only the content says it changed.
-    let passwd = t.join("etc/passwd");
-    let mtime = FileTime::from_last_modification_time(&fs::metadata(&passwd).unwrap());
-    fs::write(&passwd, "ROOT:x:0:0:root:/root:/bin/sh\n").unwrap();
-    filetime::set_file_mtime(&passwd, mtime).unwrap();
-    fs::set_permissions(t.join("etc/perm"), fs::Permissions::from_mode(0o600)).unwrap();
-    crate::xattr::set(&t.join("etc/xattrs"), b"user.two", b"2").unwrap();
-    fs::remove_dir_all(t.join("var/old")).unwrap();
-    fs::remove_file(t.join("usr/share/doc/a")).unwrap();
-    fs::remove_file(t.join("usr/share/doc/b")).unwrap();
-    fs::rename(t.join("etc/hostname"), t.join("etc/hostname.new")).unwrap();
-    write(t, "opt/app/lib/deep/x.so", "so");
-    // A deleted dir made again: overlay marks the new one opaque.
-    fs::remove_dir_all(t.join("usr/share/doc/sub")).unwrap();
-    write(t, "usr/share/doc/sub/d", "d");
-    // A file replaced by a directory, a symlink retargeted.
-    fs::remove_file(t.join("usr/bin/tool")).unwrap();
-    write(t, "usr/bin/tool/inside", "now a dir");
-    fs::remove_file(t.join("abs-link")).unwrap();
-    symlink("/etc/shadow", t.join("abs-link")).unwrap();
-}
-
 #[test]
 fn changes_equal_a_full_comparison() {
     if !can_run() {
@@ -115,45 +57,22 @@ fn changes_equal_a_full_comparison() {
     }
     let store = TestStore::new();
     let driver = store.driver();
-    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
-    populate(&tree.path);
-    let empty = driver.snapshot_path(&ChainId::empty()).unwrap();
-    assert_eq!(
-        driver.changes(&tree).unwrap(),
-        diff::full_compare(&empty, &tree.path)
-    );
-    driver.checkin(tree, &chain(1)).unwrap();
-
-    let tree = driver.checkout(&chain(1), "top").unwrap();
-    modify(&tree.path);
-    let base = driver.snapshot_path(&chain(1)).unwrap();
-    let expected = diff::full_compare(&base, &tree.path);
-    let got = driver.changes(&tree).unwrap();
-    assert_eq!(got, expected);
-    for change in [
-        Change::Write("etc/passwd".into()),
-        Change::Write("etc/perm".into()),
-        Change::Write("etc/xattrs".into()),
-        Change::Delete("var/old".into()),
-        Change::Delete("etc/hostname".into()),
-        Change::Write("usr/share/doc/sub/d".into()),
-        Change::Write("usr/bin/tool/inside".into()),
-        Change::Write("opt/app/lib/deep/x.so".into()),
-    ] {
-        assert!(got.contains(&change), "{change:?} missing from {got:#?}");
-    }
+    let got = contract::changes_equal_a_full_comparison(&driver, |t| {
+        // A deleted dir made again: overlay marks the new one opaque.
+        fs::remove_dir_all(t.join("usr/share/doc/sub")).unwrap();
+        write(t, "usr/share/doc/sub/d", "d");
+    });
+    assert!(got.contains(&Change::Write("usr/share/doc/sub/d".into())));
     assert!(
         got.contains(&Change::Opaque("usr/share/doc/sub".into()))
             || got.contains(&Change::Delete("usr/share/doc/sub/c".into())),
         "the old entry below the remade dir is gone: {got:#?}"
     );
-    driver.checkin(tree, &chain(2)).unwrap();
     // The committed layers give the same tree as the work tree had.
     let top = driver.snapshot_path(&chain(2)).unwrap();
     assert!(top.join("usr/bin/tool/inside").is_file());
     assert!(!top.join("var/old").exists());
     assert!(!top.join("usr/share/doc/sub/c").exists());
-    assert_eq!(driver.work_trees().unwrap(), vec![]);
 }
 
 #[test]
@@ -177,7 +96,12 @@ fn copied_up_but_equal_entries_are_no_changes() {
     let passwd = t.join("etc/passwd");
     let meta = fs::metadata(&passwd).unwrap();
     nix::unistd::chown(&passwd, Some(meta.uid().into()), Some(meta.gid().into())).unwrap();
-    let upper = store.dir.path().join("overlay/work/same/upper");
+    let upper = store
+        .dir
+        .path()
+        .join("overlay/work")
+        .join(crate::driver::worktree::store_name("same"))
+        .join("upper");
     for copied in ["etc/perm", "same/file", "etc/passwd"] {
         assert!(upper.join(copied).exists(), "{copied} was copied up");
     }

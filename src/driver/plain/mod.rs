@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! storedir/snapshots/<chain>     committed trees (never written again)
-//! storedir/work/<name>/          a work tree
-//! storedir/work/<name>.json      its base and owner; written when the copy is complete
+//! storedir/work/wt-<hash>.json  a work tree's record (see [`super::worktree`])
+//! storedir/work/wt-<hash>/       the work tree
+//! storedir/inodes/wt-<hash>      its directories' inodes; written when the copy is complete
 //! ```
 //!
 //! `changes` must catch every change, even a rewrite that keeps size and
-//! mtime, without reading every file. The marker file is written after the
+//! mtime, without reading every file. The inodes file is written after the
 //! copy, so its ctime is a watermark: any later write, chmod, chown, xattr
 //! change, rename or link sets the entry's ctime at or after it (userspace
 //! cannot set ctime). Entries at or past the watermark are candidates and get
@@ -16,7 +17,7 @@
 //! A rename sets the ctime of the entry moved, not of what lies below it: a
 //! directory moved onto another's path brings children that look untouched.
 //! So the inode of every directory of the copy is recorded at checkout
-//! (`storedir/inodes/<name>`), and everything below a directory whose inode
+//! (in the inodes file), and everything below a directory whose inode
 //! at that path is not the recorded one is a candidate too.
 
 use std::collections::{BTreeSet, HashMap};
@@ -26,15 +27,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{
-    check_tree_name, diff, ChainId, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
-    WorkTree,
-};
+use super::worktree::{self, Trees};
+use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
 use crate::fsutil::{copy_tree, CopyOptions};
 
 pub struct PlainDriver {
     root: PathBuf,
+    trees: Trees,
 }
 
 impl PlainDriver {
@@ -53,41 +53,47 @@ impl PlainDriver {
                 "it is the root directory".into(),
             ));
         }
-        let driver = PlainDriver { root: canonical };
+        let driver = PlainDriver {
+            trees: Trees::new(canonical.join("work")),
+            root: canonical,
+        };
         let empty = driver.snapshot_dir(&ChainId::empty());
         if !empty.exists() {
             fs::create_dir(&empty).map_err(DriverError::io("create directory", &empty))?;
         }
+        driver.trees.retire_legacy(
+            |from, to| {
+                // Its inodes file sits under its old name: without it every
+                // directory counts as moved, slower but never wrong.
+                driver.remove_legacy_inodes(from)?;
+                fs::rename(from, to).map_err(DriverError::io("rename", from))
+            },
+            |tree| {
+                driver.remove_legacy_inodes(tree)?;
+                Self::remove_tree(tree)
+            },
+        )?;
         Ok(driver)
+    }
+
+    /// The inodes file of a tree of the previous store format.
+    fn remove_legacy_inodes(&self, tree: &Path) -> Result<()> {
+        match tree.file_name() {
+            Some(name) => worktree::remove_file_if_present(&self.root.join("inodes").join(name)),
+            None => Ok(()),
+        }
     }
 
     fn snapshot_dir(&self, id: &ChainId) -> PathBuf {
         self.root.join("snapshots").join(id.store_name())
     }
 
-    fn work_dir(&self, name: &str) -> Result<PathBuf> {
-        check_tree_name(name)?;
-        Ok(self.root.join("work").join(name))
-    }
-
-    fn marker_path(&self, name: &str) -> Result<PathBuf> {
-        check_tree_name(name)?;
-        Ok(self.root.join("work").join(format!("{name}.json")))
-    }
-
-    fn inodes_path(&self, name: &str) -> Result<PathBuf> {
-        check_tree_name(name)?;
-        Ok(self.root.join("inodes").join(name))
+    fn inodes_path(&self, name: &str) -> PathBuf {
+        self.root.join("inodes").join(worktree::store_name(name))
     }
 
     fn remove_inodes(&self, name: &str) -> Result<()> {
-        let path = self.inodes_path(name)?;
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(DriverError::io("remove", path)(e))
-            }
-            _ => Ok(()),
-        }
+        worktree::remove_file_if_present(&self.inodes_path(name))
     }
 
     fn remove_tree(path: &Path) -> Result<()> {
@@ -117,37 +123,31 @@ impl SnapshotDriver for PlainDriver {
         }
     }
 
-    /// The store lock keeps other processes out while the copy is made, so
-    /// the record can wait for the copy: its ctime is the watermark.
+    /// The inodes file is written after the copy: its ctime is the watermark.
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
-        let path = self.work_dir(name)?;
-        let marker = self.marker_path(name)?;
-        if path.exists() || marker.exists() {
-            return Err(DriverError::Busy(name.to_string()));
-        }
         let src = self.snapshot_path(base)?;
+        self.trees.create(name, base, owner)?;
+        let path = self.trees.dir_of(name);
         tracing::debug!(name, base = %base, "checking out");
-        if let Err(e) = copy_tree(&src, &path, CopyOptions::default()) {
-            let _ = Self::remove_tree(&path);
-            if crate::signals::interrupted() {
-                return Err(DriverError::Interrupted);
-            }
-            return Err(DriverError::io("copy snapshot to", path)(e));
-        }
-        let inodes = self.inodes_path(name)?;
-        let record = DirInodes::of_tree(&path).and_then(|r| {
-            fs::write(&inodes, r.to_bytes()).map_err(DriverError::io("write", &inodes))
-        });
-        if let Err(e) = record {
-            let _ = Self::remove_tree(&path);
-            return Err(e);
-        }
-        if let Err(e) = fs::write(&marker, TreeRecord::to_bytes(base, owner)) {
+        let made = copy_tree(&src, &path, CopyOptions::default())
+            .map_err(|e| {
+                if crate::signals::interrupted() {
+                    DriverError::Interrupted
+                } else {
+                    DriverError::io("copy snapshot to", &path)(e)
+                }
+            })
+            .and_then(|()| DirInodes::of_tree(&path))
+            .and_then(|dirs| {
+                let inodes = self.inodes_path(name);
+                fs::write(&inodes, dirs.to_bytes()).map_err(DriverError::io("write", &inodes))
+            });
+        if let Err(e) = made {
             // A full disk: neither the tree nor a partial record may stay.
-            let _ = fs::remove_file(&marker);
             let _ = self.remove_inodes(name);
             let _ = Self::remove_tree(&path);
-            return Err(DriverError::io("write", &marker)(e));
+            let _ = self.trees.remove(name);
+            return Err(e);
         }
         Ok(WorkTree {
             name: name.to_string(),
@@ -158,17 +158,18 @@ impl SnapshotDriver for PlainDriver {
     }
 
     fn changes(&self, tree: &WorkTree) -> Result<Vec<Change>> {
-        let marker = self.marker_path(&tree.name)?;
-        let m = fs::symlink_metadata(&marker).map_err(DriverError::io("stat", &marker))?;
-        let watermark = (m.ctime(), m.ctime_nsec());
         let base = self.snapshot_path(&tree.base)?;
-        let inodes = self.inodes_path(&tree.name)?;
-        // Without the record (a tree checked out by an older genoci) every
-        // directory counts as moved: slower, never wrong.
-        let dirs = fs::read(&inodes)
-            .ok()
-            .map(|b| DirInodes::from_bytes(&b))
-            .unwrap_or_default();
+        let inodes = self.inodes_path(&tree.name);
+        // Without the inodes file (a tree checked out by an older genoci)
+        // every entry is a candidate: slower, never wrong.
+        let (watermark, dirs) = match fs::read(&inodes) {
+            Ok(bytes) => {
+                let m = fs::symlink_metadata(&inodes).map_err(DriverError::io("stat", &inodes))?;
+                ((m.ctime(), m.ctime_nsec()), DirInodes::from_bytes(&bytes))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => ((0, 0), DirInodes::default()),
+            Err(e) => return Err(DriverError::io("read", &inodes)(e)),
+        };
         let walk = Walk {
             base: &base,
             tree: &tree.path,
@@ -196,20 +197,13 @@ impl SnapshotDriver for PlainDriver {
             };
         }
         self.remove_inodes(&tree.name)?;
-        let marker = self.marker_path(&tree.name)?;
-        fs::remove_file(&marker).map_err(DriverError::io("remove", &marker))
+        self.trees.remove(&tree.name)
     }
 
     fn discard(&self, tree: WorkTree) -> Result<()> {
-        Self::remove_tree(&self.work_dir(&tree.name)?)?;
+        Self::remove_tree(&self.trees.dir_of(&tree.name))?;
         self.remove_inodes(&tree.name)?;
-        let marker = self.marker_path(&tree.name)?;
-        match fs::remove_file(&marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(DriverError::io("remove", marker)(e))
-            }
-            _ => Ok(()),
-        }
+        self.trees.remove(&tree.name)
     }
 
     fn snapshots(&self) -> Result<Vec<ChainId>> {
@@ -224,8 +218,7 @@ impl SnapshotDriver for PlainDriver {
     }
 
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
-        let work = self.root.join("work");
-        super::list_work_trees(&work, |name| work.join(name))
+        self.trees.list(Path::to_path_buf)
     }
 }
 
@@ -457,6 +450,28 @@ mod tests {
     }
 
     #[test]
+    fn changes_equal_a_full_comparison() {
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_support::skip("needs root (device nodes, owners)");
+            return;
+        }
+        let (_t, d) = store();
+        let got = crate::driver::contract::changes_equal_a_full_comparison(
+            &d,
+            crate::driver::contract::modify_links_and_moves,
+        );
+        for change in [
+            Change::Write("etc/third".into()),
+            Change::Write("links/orig".into()),
+            Change::Write("left/g".into()),
+            Change::Delete("right/g".into()),
+            Change::Write("dev/loopish".into()),
+        ] {
+            assert!(got.contains(&change), "{change:?} missing from {got:#?}");
+        }
+    }
+
+    #[test]
     fn checking_out_a_name_twice_is_busy() {
         let (_t, d) = store();
         let _tree = d.checkout(&ChainId::empty(), "x").unwrap();
@@ -530,9 +545,13 @@ mod tests {
 
     #[test]
     fn names_cannot_escape_the_store() {
-        let (_t, d) = store();
-        for bad in ["../x", "a/b", "..", ""] {
-            assert!(d.checkout(&ChainId::empty(), bad).is_err(), "{bad}");
+        let (t, d) = store();
+        for name in ["../x", "a/b", "..", "/etc"] {
+            let tree = d.checkout(&ChainId::empty(), name).unwrap();
+            assert_eq!(tree.path.parent(), Some(d.root.join("work").as_path()));
+            d.discard(tree).unwrap();
         }
+        assert!(d.checkout(&ChainId::empty(), "").is_err());
+        assert!(!t.path().join("x").exists() && !t.path().join("store/work/x").exists());
     }
 }

@@ -1,0 +1,199 @@
+//! What every driver's unit tests share: the trees they build and change,
+//! and the checks of the [`SnapshotDriver`] contract, so that each driver
+//! is held to the same cases.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use filetime::FileTime;
+
+use super::*;
+
+/// A ChainID of its own for each `n`.
+pub fn chain(n: u32) -> ChainId {
+    ChainId::of(&[format!("sha256:{}", format!("{n:08x}").repeat(8))])
+}
+
+/// Write `content` at `rel` under `root`, making its parents.
+pub fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+pub fn mknod(path: &Path, kind: nix::sys::stat::SFlag, dev: u64) {
+    use nix::sys::stat::Mode;
+    nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(0o644), dev).unwrap();
+}
+
+/// A base tree with an entry of every kind: files, directories, symlinks,
+/// hard links, devices, a fifo, xattrs.
+pub fn populate_base(t: &Path) {
+    use nix::sys::stat::{makedev, SFlag};
+    write(t, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    write(t, "etc/hostname", "box\n");
+    write(t, "etc/perm", "mode me\n");
+    write(t, "etc/xattrs", "x\n");
+    write(t, "usr/bin/tool", "#!/bin/sh\necho tool\n");
+    write(t, "usr/share/doc/a", "a");
+    write(t, "usr/share/doc/b", "b");
+    write(t, "usr/share/doc/sub/c", "c");
+    write(t, "var/old/one", "1");
+    write(t, "var/old/two", "2");
+    write(t, "left/f", "left");
+    write(t, "right/f", "right");
+    write(t, "right/g", "only right");
+    write(t, "same/file", "opened, left alone");
+    write(t, "links/orig", "shared by hard links");
+    fs::hard_link(t.join("links/orig"), t.join("links/other")).unwrap();
+    fs::hard_link(t.join("links/orig"), t.join("etc/third")).unwrap();
+    symlink("../usr/bin/tool", t.join("etc/tool")).unwrap();
+    symlink("/etc/passwd", t.join("abs-link")).unwrap();
+    fs::create_dir_all(t.join("dev")).unwrap();
+    mknod(&t.join("dev/null"), SFlag::S_IFCHR, makedev(1, 3));
+    mknod(&t.join("dev/loopish"), SFlag::S_IFBLK, makedev(7, 200));
+    mknod(&t.join("dev/fifo"), SFlag::S_IFIFO, 0);
+    crate::xattr::set(&t.join("etc/xattrs"), b"user.one", b"1").unwrap();
+    crate::xattr::set(&t.join("usr/bin/tool"), b"security.capability-test", b"").ok();
+    crate::xattr::set(&t.join("etc"), b"user.dir", b"on a dir").unwrap();
+}
+
+/// The changes every driver sees the same way.
+pub fn modify_top(t: &Path) {
+    // Same size, same mtime: only the content says it changed.
+    let passwd = t.join("etc/passwd");
+    let mtime = FileTime::from_last_modification_time(&fs::metadata(&passwd).unwrap());
+    fs::write(&passwd, "ROOT:x:0:0:root:/root:/bin/sh\n").unwrap();
+    filetime::set_file_mtime(&passwd, mtime).unwrap();
+    fs::set_permissions(t.join("etc/perm"), fs::Permissions::from_mode(0o600)).unwrap();
+    crate::xattr::set(&t.join("etc/xattrs"), b"user.two", b"2").unwrap();
+    fs::remove_dir_all(t.join("var/old")).unwrap();
+    fs::remove_file(t.join("usr/share/doc/a")).unwrap();
+    fs::remove_file(t.join("usr/share/doc/b")).unwrap();
+    fs::rename(t.join("etc/hostname"), t.join("etc/hostname.new")).unwrap();
+    write(t, "opt/app/lib/deep/x.so", "so");
+    // A file replaced by a directory, a symlink retargeted.
+    fs::remove_file(t.join("usr/bin/tool")).unwrap();
+    write(t, "usr/bin/tool/inside", "now a dir");
+    fs::remove_file(t.join("abs-link")).unwrap();
+    symlink("/etc/shadow", t.join("abs-link")).unwrap();
+}
+
+/// Changes through hard links and renames of whole directories, which a
+/// store of full trees (plain, btrfs) sees through every name.
+pub fn modify_links_and_moves(t: &Path) {
+    write(t, "opt/app/bin/run", "run");
+    symlink("bin/run", t.join("opt/app/start")).unwrap();
+    // One name of a thrice-linked file changes the content of all three.
+    fs::write(t.join("links/other"), "changed through one name").unwrap();
+    // Swap two directories: the entries below them did not change themselves.
+    fs::rename(t.join("left"), t.join("tmp-swap")).unwrap();
+    fs::rename(t.join("right"), t.join("left")).unwrap();
+    fs::rename(t.join("tmp-swap"), t.join("right")).unwrap();
+    // A directory moved under a directory created after it.
+    fs::create_dir(t.join("newparent")).unwrap();
+    fs::rename(t.join("usr/share/doc/sub"), t.join("newparent/sub")).unwrap();
+    write(t, "newparent/sub/c", "c changed");
+    // A device renumbered.
+    fs::remove_file(t.join("dev/loopish")).unwrap();
+    mknod(
+        &t.join("dev/loopish"),
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::makedev(7, 201),
+    );
+}
+
+/// `changes` equals the full comparison of [`diff::full_compare`]: for the
+/// base made by [`populate_base`] on the empty snapshot (committed as
+/// `chain(1)`), then for [`modify_top`] and `more` on it (committed as
+/// `chain(2)`). The changes of the top tree are returned for the driver's
+/// own checks.
+pub fn changes_equal_a_full_comparison(
+    driver: &dyn SnapshotDriver,
+    more: impl FnOnce(&Path),
+) -> Vec<Change> {
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    populate_base(&tree.path);
+    let empty = driver.snapshot_path(&ChainId::empty()).unwrap();
+    let got = driver.changes(&tree).unwrap();
+    assert_eq!(got, diff::full_compare(&empty, &tree.path));
+    assert!(got.contains(&Change::Write("dev/null".into())));
+    assert!(got.contains(&Change::Write("etc/third".into())));
+    driver.checkin(tree, &chain(1)).unwrap();
+    assert_eq!(driver.work_trees().unwrap(), vec![]);
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    modify_top(&tree.path);
+    more(&tree.path);
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let got = driver.changes(&tree).unwrap();
+    assert_eq!(got, diff::full_compare(&base, &tree.path));
+    for change in [
+        Change::Write("etc/passwd".into()),
+        Change::Write("etc/perm".into()),
+        Change::Write("etc/xattrs".into()),
+        Change::Delete("var/old".into()),
+        Change::Delete("etc/hostname".into()),
+        Change::Write("etc/hostname.new".into()),
+        Change::Write("usr/bin/tool/inside".into()),
+        Change::Write("opt/app/lib/deep/x.so".into()),
+        Change::Write("abs-link".into()),
+    ] {
+        assert!(got.contains(&change), "{change:?} missing from {got:#?}");
+    }
+    driver.checkin(tree, &chain(2)).unwrap();
+    assert_eq!(driver.work_trees().unwrap(), vec![]);
+    let mut snapshots = driver.snapshots().unwrap();
+    snapshots.sort();
+    let mut expected = vec![ChainId::empty(), chain(1), chain(2)];
+    expected.sort();
+    assert_eq!(snapshots, expected);
+
+    // An unchanged checkout has no changes at all, and checking in a
+    // snapshot that exists throws the tree away.
+    let tree = driver.checkout(&chain(2), "same").unwrap();
+    assert_eq!(driver.changes(&tree).unwrap(), vec![]);
+    driver.checkin(tree, &chain(2)).unwrap();
+    assert_eq!(driver.work_trees().unwrap(), vec![]);
+    got
+}
+
+/// `rounds` times, `threads` work trees with equal content are checked
+/// in as one `id` at the same moment: every checkin succeeds, and one
+/// snapshot with that content and no work tree remain.
+pub fn equal_checkins_race(driver: &dyn SnapshotDriver, threads: usize, rounds: u8) {
+    for round in 0..rounds {
+        let id = ChainId::of(&[format!("sha256:{}", format!("{round:02x}").repeat(32))]);
+        let trees: Vec<WorkTree> = (0..threads)
+            .map(|t| {
+                let tree = driver
+                    .checkout(&ChainId::empty(), &format!("r{round}-{t}"))
+                    .unwrap();
+                std::fs::write(tree.path.join("round"), [round]).unwrap();
+                tree
+            })
+            .collect();
+        let start = std::sync::Barrier::new(threads);
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let start = &start;
+            let handles: Vec<_> = trees
+                .into_iter()
+                .map(|tree| {
+                    let id = &id;
+                    s.spawn(move || {
+                        start.wait();
+                        driver.checkin(tree, id)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
+        let root = driver.snapshot_path(&id).unwrap();
+        assert_eq!(std::fs::read(root.join("round")).unwrap(), [round]);
+        assert!(driver.work_trees().unwrap().is_empty());
+    }
+}
