@@ -367,7 +367,7 @@ fn seccomp_probe_entry() {
     if std::env::var(SECCOMP_PROBE_VAR).is_err() {
         return;
     }
-    seccomp::apply().unwrap();
+    seccomp::apply(false).unwrap();
     let errno = |ret: libc::c_long| {
         if ret < 0 {
             io::Error::last_os_error().raw_os_error().unwrap()
