@@ -506,6 +506,23 @@ ping -c 1 -W 5 127.0.0.1
 /// `security.capability` v2 value.
 const SETCAP: &str = r#"perl -e '$v = pack("V5", 0x02000001, 1 << 13, 0, 0, 0); ($p, $n) = ("/usr/bin/capped", "security.capability"); syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'"#;
 
+/// Steps of a legitimate Debian build: a user, a file capability, and a
+/// package made and installed with dpkg (dpkg's logs go: their times
+/// differ from one build to the next).
+const DEBIAN_STEPS: &str = r#"    - useradd -m -u 1234 app && chown -R app:app /home/app
+    - |
+      cp /bin/true /usr/bin/capped
+      SETCAP
+    - |
+      mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/tiny
+      printf 'Package: tiny\nVersion: 1.0\nArchitecture: all\nMaintainer: T <t@example.org>\nDescription: t\n' > /tmp/pkg/DEBIAN/control
+      echo hi > /tmp/pkg/usr/share/tiny/hi.txt
+      chown -R 1234:1234 /tmp/pkg/usr/share/tiny
+      dpkg-deb --build /tmp/pkg /tmp/tiny.deb >/dev/null
+      dpkg -i /tmp/tiny.deb
+      rm -rf /tmp/pkg /tmp/tiny.deb /var/log/dpkg.log /var/log/alternatives.log
+"#;
+
 #[test]
 fn useradd_and_file_capabilities_work_on_debian() {
     require_root!();
@@ -515,30 +532,44 @@ fn useradd_and_file_capabilities_work_on_debian() {
         env.path().join("debian.tar.gz"),
     )
     .unwrap();
-    env.write(
-        "spec.yaml",
-        &format!(
-            r#"debian:
-  base: empty
-  expand: ./debian.tar.gz
-users:
-  base: debian
-  run:
-    - useradd -m -u 1234 app && chown -R app:app /home/app
-    - |
-      cp /bin/true /usr/bin/capped
-      {SETCAP}
-"#
-        ),
-    );
-    env.ok(&["build", "spec.yaml"]);
-    let root = env.unpack("users");
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
-    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
-    assert!(passwd.contains("app:x:1234:"), "{passwd}");
-    let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
-    assert_eq!(cap.get(..8), Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]));
+    let steps = DEBIAN_STEPS.replace("SETCAP", SETCAP);
+    let mut spec = "debian:\n  base: empty\n  expand: ./debian.tar.gz\n".to_string();
+    for network in NETWORKS {
+        spec.push_str(&format!(
+            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}"
+        ));
+    }
+    env.write("spec.yaml", &spec);
+    let out = env
+        .cmd(&["build", "spec.yaml"])
+        .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output(&out));
+    for network in NETWORKS {
+        let root = env.unpack(&format!("users-{network}"));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
+        let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert!(passwd.contains("app:x:1234:"), "{network}: {passwd}");
+        let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
+        assert_eq!(
+            cap.get(..8),
+            Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]),
+            "{network}"
+        );
+        let hi = fs::metadata(root.join("usr/share/tiny/hi.txt")).unwrap();
+        assert_eq!((hi.uid(), hi.gid()), (1234, 1234), "{network}");
+        let status = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+        assert!(
+            status.contains("Package: tiny\nStatus: install ok installed"),
+            "{network}"
+        );
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
+    }
+    // In the user namespace or not, the same bytes.
+    let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
+    assert_eq!(layers("users-host"), layers("users-none"));
 }
 
 fn xattr(path: &Path, name: &str) -> Vec<u8> {
@@ -593,11 +624,12 @@ fn confinement_does_not_change_the_layer() {
     require_root!();
     let env = Env::new();
     env.busybox("bb.tar.gz");
-    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && ln -s f /srv/a/l\n";
+    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && mknod -m 600 /srv/sda b 8 0 && ln -s f /srv/a/l\n";
+    // `isolated` runs in a user namespace, its nodes made by the supervisor.
     env.write(
         "spec.yaml",
         &format!(
-            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}"
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}isolated:\n  base: base\n  network: none\n  run:\n{steps}"
         ),
     );
     let out = env
@@ -608,6 +640,7 @@ fn confinement_does_not_change_the_layer() {
     assert!(out.status.success(), "{}", output(&out));
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
     assert_eq!(layers("confined"), layers("free"));
+    assert_eq!(layers("isolated"), layers("free"));
 }
 
 // ---- the image's user ----
@@ -651,17 +684,19 @@ fn read(root: &Path, file: &str) -> String {
 #[test]
 fn run_steps_run_as_the_image_user_by_name() {
     require_root!();
-    let env = Env::new();
-    user_spec(&env, "app", WHO);
-    env.ok(&["build", "spec.yaml"]);
-    let root = env.unpack("child");
-    assert_eq!(read(&root, "tmp/uid"), "1000\n");
-    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
-    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
-    let caps = caps_of(&read(&root, "tmp/caps"));
-    // As docker: a non-root user keeps the bounding set only.
-    assert_eq!(caps[1], ("CapPrm".to_string(), 0));
-    assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS));
+    for network in NETWORKS {
+        let env = Env::new();
+        user_spec(&env, "app", &format!("  network: {network}\n{WHO}"));
+        env.ok(&["build", "spec.yaml"]);
+        let root = env.unpack("child");
+        assert_eq!(read(&root, "tmp/uid"), "1000\n", "{network}");
+        assert_eq!(read(&root, "tmp/groups"), "1000 10\n", "{network}");
+        assert_eq!(read(&root, "tmp/home"), "/home/app hello\n", "{network}");
+        let caps = caps_of(&read(&root, "tmp/caps"));
+        // As docker: a non-root user keeps the bounding set only.
+        assert_eq!(caps[1], ("CapPrm".to_string(), 0), "{network}");
+        assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS), "{network}");
+    }
 }
 
 #[test]
