@@ -131,10 +131,31 @@ impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
+/// The number of threads of this process.
+fn threads() -> Option<usize> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The helper process: never returns.
 pub fn main(request: &Request) -> ! {
     // SAFETY: fcntl on our own descriptor.
     unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Every fork below relies on this: the child of a single-threaded
+    // process may do anything, that of a threaded one only
+    // async-signal-safe work.
+    match threads() {
+        Some(1) => {}
+        n => setup_failed(
+            "the helper must be single-threaded",
+            format!("{n:?} threads"),
+        ),
+    }
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
     if unistd::getppid().as_raw() != request.parent {
         std::process::exit(SETUP_FAILED);

@@ -484,20 +484,12 @@ fn helper_command(request: &str) -> Command {
 }
 
 /// Under `cargo test` the executable is the test harness, which has no
-/// `__sandbox` subcommand: run the one test that plays the helper.
+/// `__sandbox` subcommand: it plays the helper before its `main` when the
+/// request is in the environment (see `tests::helper_before_main`).
 #[cfg(test)]
 fn helper_command(request: &str) -> Command {
     let mut command = Command::new("/proc/self/exe");
-    command
-        .args([
-            "sandbox::tests::helper_entry",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--quiet",
-            "--test-threads=1",
-        ])
-        .env(tests::REQUEST_VAR, request);
+    command.env(tests::REQUEST_VAR, request);
     command
 }
 
@@ -519,8 +511,10 @@ fn spawn_and_wait(
             .stderr(Stdio::piped());
     }
     let report_raw = report_w.as_raw_fd();
-    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork
-    // and exec.
+    // SAFETY: genoci has threads when it forks here, so the child may only
+    // do async-signal-safe work before exec: this closure makes dup2 or
+    // fcntl calls and reads errno (an `io::Error` of an OS code allocates
+    // nothing); everything else happens in the exec'd helper.
     unsafe {
         cmd.pre_exec(move || {
             let ok = if report_raw == REPORT_FD {

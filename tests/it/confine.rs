@@ -794,3 +794,62 @@ fn install_stays_root_under_an_image_user() {
     assert_eq!(read(&root, "usr/share/hello/hi.txt"), "hi\n");
     assert_eq!(read(&root, "tmp/uid"), "1000\n");
 }
+
+// ---- steps started from genoci's threads ----
+
+#[test]
+fn a_parallel_build_runs_every_step_and_none_hangs() {
+    require_root!();
+    // genoci's builder threads (and their compression) are busy while
+    // others start sandboxes: each step must still start, run and end.
+    const TARGETS: usize = 12;
+    const STEPS: usize = 5;
+    let env = Env::new();
+    env.busybox("bb.tar.gz");
+    let mut spec = "base:\n  base: empty\n  expand: ./bb.tar.gz\n".to_string();
+    for t in 0..TARGETS {
+        let network = NETWORKS[t % 2];
+        spec.push_str(&format!(
+            "t{t}:\n  base: base\n  network: {network}\n  run:\n"
+        ));
+        for s in 0..STEPS {
+            spec.push_str(&format!(
+                "    - head -c 200000 /dev/urandom > /blob{s} && echo {s} >> /steps\n"
+            ));
+        }
+    }
+    env.write("spec.yaml", &spec);
+    let started = std::time::Instant::now();
+    let mut child = env
+        .cmd(&["-q", "build", "-j", "4", "spec.yaml"])
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the build hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "{} steps in {TARGETS} targets with -j 4: {:.1} s",
+        TARGETS * STEPS,
+        started.elapsed().as_secs_f64()
+    );
+    let tags = env.tags();
+    for t in 0..TARGETS {
+        assert!(tags.contains(&format!("t{t}")), "t{t}: {tags:?}");
+        let root = env.unpack(&format!("t{t}"));
+        let want: String = (0..STEPS).map(|s| format!("{s}\n")).collect();
+        assert_eq!(
+            fs::read_to_string(root.join("steps")).unwrap(),
+            want,
+            "t{t}"
+        );
+    }
+}
