@@ -106,15 +106,33 @@ const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// file capabilities it should not).
 pub fn limit_root() -> io::Result<()> {
     let mask = default_mask();
+    capset(mask, mask)
+}
+
+/// Make the effective set `mask` (which must lie within the permitted
+/// set), keeping the permitted set.
+pub fn set_effective(mask: u64) -> io::Result<()> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget(2) writes two data words into `data`.
+    check(unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) as libc::c_int })?;
+    let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
+    capset(mask, permitted)
+}
+
+/// Set the effective and permitted sets; inheritable becomes empty.
+fn capset(effective: u64, permitted: u64) -> io::Result<()> {
     let header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
     let mut data = [CapData::default(); 2];
     for (i, d) in data.iter_mut().enumerate() {
-        let word = (mask >> (32 * i)) as u32;
-        d.effective = word;
-        d.permitted = word;
+        d.effective = (effective >> (32 * i)) as u32;
+        d.permitted = (permitted >> (32 * i)) as u32;
     }
     // SAFETY: capset(2) reads a v3 header and two data words, both valid.
     check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int })

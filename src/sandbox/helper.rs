@@ -17,18 +17,20 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
+use std::os::unix::net::UnixStream;
 
-use super::{caps, confine, seccomp, user};
+use super::{caps, confine, mknod, seccomp, user, userns};
 
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
@@ -60,6 +62,12 @@ pub struct Request {
     pub console: Option<PathBuf>,
     /// genoci's PID: if it is gone before the death signal is armed, stop.
     pub parent: i32,
+    /// Run the command in a user namespace of its own on an idmapped tree
+    /// (see `userns`); only for a confined command.
+    pub userns: bool,
+    /// Only find out whether `userns` can work for `root`: exit 0 if so,
+    /// else report why (see [`userns::probe`]).
+    pub probe: bool,
 }
 
 impl Request {
@@ -122,10 +130,31 @@ impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
+/// The number of threads of this process.
+fn threads() -> Option<usize> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The helper process: never returns.
 pub fn main(request: &Request) -> ! {
     // SAFETY: fcntl on our own descriptor.
     unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Every fork below relies on this: the child of a single-threaded
+    // process may do anything, that of a threaded one only
+    // async-signal-safe work.
+    match threads() {
+        Some(1) => {}
+        n => setup_failed(
+            "the helper must be single-threaded",
+            format!("{n:?} threads"),
+        ),
+    }
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
     if unistd::getppid().as_raw() != request.parent {
         std::process::exit(SETUP_FAILED);
@@ -137,12 +166,21 @@ pub fn main(request: &Request) -> ! {
         unsafe { signal::signal(sig, SigHandler::SigIgn) }.or_fail(|| format!("ignore {sig}"));
     }
 
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
-    if request.isolate_network {
-        flags |= CloneFlags::CLONE_NEWNET;
+    if request.probe {
+        userns::probe(&request.root).or_fail(|| "user namespace".into());
+        std::process::exit(0);
+    }
+    let userns = request
+        .userns
+        .then(|| userns::create().or_fail(|| "create the user namespace".into()));
+    // With a user namespace, the network and IPC namespaces are made once
+    // inside it (see `enter_userns`), so that they belong to it.
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS;
+    if userns.is_none() {
+        flags |= CloneFlags::CLONE_NEWIPC;
+        if request.isolate_network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
     }
     unshare(flags).or_fail(|| "unshare namespaces".into());
     // Nothing mounted from here on may propagate back to the host.
@@ -154,9 +192,17 @@ pub fn main(request: &Request) -> ! {
         None::<&str>,
     )
     .or_fail(|| "make / private".into());
-    if request.isolate_network {
+    if request.isolate_network && userns.is_none() {
         loopback_up().or_fail(|| "bring up lo".into());
     }
+    // The supervisor of device `mknod`s: the command sends its seccomp
+    // listener over `listener_w`; the host's /proc is opened now, as
+    // pivot_root will move this process's root too.
+    let supervisor = userns.as_ref().map(|_| {
+        let (r, w) = UnixStream::pair().or_fail(|| "create socket pair".into());
+        let proc = File::open("/proc").or_fail(|| "open /proc".into());
+        (r, w, OwnedFd::from(proc))
+    });
 
     let (status_r, status_w) =
         unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).or_fail(|| "create pipe".into());
@@ -164,10 +210,19 @@ pub fn main(request: &Request) -> ! {
     match unsafe { unistd::fork() }.or_fail(|| "fork".into()) {
         ForkResult::Child => {
             drop(status_r);
-            init(request, status_w)
+            let listener_w = supervisor.map(|(r, w, _)| {
+                drop(r);
+                w
+            });
+            init(request, status_w, userns, listener_w)
         }
         ForkResult::Parent { child } => {
             drop(status_w);
+            drop(userns);
+            if let Some((listener_r, listener_w, proc)) = supervisor {
+                drop(listener_w);
+                supervise(listener_r, status_r.as_fd(), proc.as_fd());
+            }
             let init_status = wait_for(child);
             let mut buf = [0u8; 4];
             let mut status_r = File::from(status_r);
@@ -178,6 +233,122 @@ pub fn main(request: &Request) -> ! {
             }
         }
     }
+}
+
+/// Answer the command's device `mknod`s until PID 1 is done (its status
+/// pipe becomes readable or closes). The listener comes over `channel` once
+/// the command has loaded its filter; it never comes if setup failed.
+fn supervise(channel: UnixStream, done: BorrowedFd, proc: BorrowedFd) {
+    let mut channel = Some(channel);
+    let mut listener: Option<OwnedFd> = None;
+    loop {
+        let mut fds = vec![PollFd::new(done, PollFlags::POLLIN)];
+        if let Some(c) = &channel {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(l) = &listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => setup_failed("wait for the command", e),
+        }
+        let ready: Vec<PollFlags> = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        if !ready[0].is_empty() {
+            return;
+        }
+        let mut next = 1;
+        if let Some(c) = &channel {
+            if !ready[next].is_empty() {
+                // One descriptor, or the end: the command exec'd or died.
+                listener = receive_fd(c);
+                channel = None;
+            }
+            next += 1;
+        }
+        if let Some(l) = &listener {
+            let r = ready.get(next).copied().unwrap_or(PollFlags::empty());
+            if r.contains(PollFlags::POLLIN) {
+                let _ = mknod::answer_one(l.as_fd(), proc);
+            } else if !r.is_empty() {
+                // Every process under the filter is gone.
+                listener = None;
+            }
+        }
+    }
+}
+
+/// The descriptor sent over `channel` with SCM_RIGHTS, if any.
+fn receive_fd(channel: &UnixStream) -> Option<OwnedFd> {
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // Room for one control message holding one descriptor (u64-aligned).
+    let mut space = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&space);
+    // SAFETY: `msg` points at `iov` and `space`, both alive and of the sizes
+    // given; the kernel writes within them.
+    let n = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n <= 0 {
+        return None;
+    }
+    // SAFETY: the CMSG_ macros walk the control buffer the kernel filled,
+    // within `msg_controllen`; a descriptor it installed is ours to own.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Some(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Send `fd` to the supervisor.
+fn send_fd(channel: &UnixStream, fd: BorrowedFd) -> std::io::Result<()> {
+    let mut byte = b'l';
+    let mut iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u64; 4];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // SAFETY: `space` is large enough for one header and one descriptor
+    // (CMSG_SPACE of an int is 24 bytes, `space` 32), so the header and data
+    // pointers stay inside it.
+    let ret = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
+        libc::sendmsg(channel.as_raw_fd(), &msg, 0)
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A wait status as one number: the exit code, or minus the signal.
@@ -228,16 +399,26 @@ fn end_like(code: i32) -> ! {
 /// PID 1 of the new PID namespace: builds the root, starts the command and
 /// reaps every orphan until the command ends. When it exits the kernel kills
 /// whatever the command left running, and the mount namespace goes with it.
-fn init(request: &Request, status_w: OwnedFd) -> ! {
+fn init(
+    request: &Request,
+    status_w: OwnedFd,
+    userns: Option<OwnedFd>,
+    mut listener_w: Option<UnixStream>,
+) -> ! {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
-    enter_root(request);
+    enter_root(request, userns.as_ref().map(|ns| ns.as_fd()));
+    if let Some(ns) = userns {
+        enter_userns(ns, request.isolate_network);
+    }
     // SAFETY: PID 1 is single-threaded.
     match unsafe { unistd::fork() }.or_fail(|| "fork the command".into()) {
         ForkResult::Child => {
             drop(status_w);
-            exec_command(request)
+            exec_command(request, listener_w)
         }
         ForkResult::Parent { child } => loop {
+            // The supervisor must see the end once the command is gone.
+            drop(listener_w.take());
             match waitpid(Pid::from_raw(-1), None) {
                 Ok(status) if status.pid() == Some(child) => {
                     if let Some(code) = encode_status(status) {
@@ -265,16 +446,24 @@ fn mount_at(
 }
 
 /// Mount what the command needs inside the tree and make it the root.
-fn enter_root(request: &Request) {
+fn enter_root(request: &Request, userns: Option<BorrowedFd>) {
     let root = &request.root;
-    mount_at(
-        Some(root),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    );
-    if request.confined {
+    if let Some(ns) = userns {
+        // Idmapped and nodev in one step; the etc binds below come from
+        // inside the tree, so through this mount, idmapped too.
+        userns::idmapped_tree(root, ns, userns::MOUNT_ATTR_NODEV)
+            .and_then(|tree| userns::attach(tree, root))
+            .or_fail(|| format!("idmapped mount of {}", root.display()));
+    } else {
+        mount_at(
+            Some(root),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        );
+    }
+    if request.confined && userns.is_none() {
         confine::tree_nodev(root).or_fail(|| "confine the tree".into());
     }
     mount_at(
@@ -287,7 +476,7 @@ fn enter_root(request: &Request) {
     if request.confined {
         confine::restrict_proc(&root.join("proc")).or_fail(|| "restrict /proc".into());
     }
-    populate_dev(&root.join("dev"), request.confined);
+    populate_dev(&root.join("dev"), request.confined, userns.is_some());
     if let Some(terminal) = &request.console {
         bind_console(terminal, &root.join("dev/console"));
     }
@@ -312,18 +501,24 @@ fn enter_root(request: &Request) {
 /// links: what a container runtime gives, and nothing of the host's disks.
 /// Confined, the tmpfs is `nodev`: a node made there cannot be opened (the
 /// bound devices are mounts of their own and still open).
-fn populate_dev(dev: &Path, confined: bool) {
+fn populate_dev(dev: &Path, confined: bool, in_userns: bool) {
     let nodev = if confined {
         MsFlags::MS_NODEV
     } else {
         MsFlags::empty()
+    };
+    // In a user namespace, its root owns /dev as host root owns it otherwise.
+    let owner = if in_userns {
+        format!(",uid={0},gid={0}", userns::HOST_BASE)
+    } else {
+        String::new()
     };
     mount_at(
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
-        Some("mode=755,size=65536k"),
+        Some(&format!("mode=755,size=65536k{owner}")),
     );
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let host = Path::new("/dev").join(name);
@@ -370,7 +565,7 @@ fn populate_dev(dev: &Path, confined: bool) {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size=65536k{owner}")),
     );
 
     for (name, target) in [
@@ -393,6 +588,25 @@ fn bind_console(terminal: &Path, console: &Path) {
         .open(console)
         .or_fail(|| format!("create {}", console.display()));
     mount_at(Some(terminal), console, None, MsFlags::MS_BIND, None);
+}
+
+/// Join the user namespace as its root (PID 1 does, before it starts the
+/// command), and make the IPC and (for `network: none`) network
+/// namespaces inside it, so that they belong to it: its root's NET_RAW and
+/// NET_BIND_SERVICE then count there.
+fn enter_userns(ns: OwnedFd, isolate_network: bool) {
+    userns::enter(ns.as_fd()).or_fail(|| "enter the user namespace".into());
+    drop(ns);
+    // Changing ids cleared the death signal.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).or_fail(|| "set death signal".into());
+    let mut flags = CloneFlags::CLONE_NEWIPC;
+    if isolate_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).or_fail(|| "unshare namespaces in the user namespace".into());
+    if isolate_network {
+        loopback_up().or_fail(|| "bring up lo".into());
+    }
 }
 
 /// `ip link set lo up`, without needing `ip`.
@@ -460,7 +674,7 @@ fn become_user(spec: &str, env: &mut Vec<(String, String)>) -> u32 {
 
 /// The command's process: default signal handling, exactly the requested
 /// environment, argv[0] looked up in the tree's PATH.
-fn exec_command(request: &Request) -> ! {
+fn exec_command(request: &Request, listener_w: Option<UnixStream>) -> ! {
     // Rust ignores SIGPIPE and the helper ignores SIGINT/SIGQUIT; ignored
     // signals survive exec, and the command must not inherit that.
     for sig in [
@@ -478,7 +692,11 @@ fn exec_command(request: &Request) -> ! {
     if request.confined {
         caps::drop_bounding().or_fail(|| "drop capabilities".into());
         // Loading the filter without no_new_privs needs CAP_SYS_ADMIN.
-        seccomp::apply().or_fail(|| "load the seccomp filter".into());
+        let listener =
+            seccomp::apply(listener_w.is_some()).or_fail(|| "load the seccomp filter".into());
+        if let (Some(channel), Some(listener)) = (listener_w, listener) {
+            send_fd(&channel, listener.as_fd()).or_fail(|| "pass on the seccomp listener".into());
+        }
     }
     let uid = match &request.user {
         Some(spec) => become_user(spec, &mut env),

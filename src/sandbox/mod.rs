@@ -18,10 +18,12 @@
 pub mod caps;
 pub mod confine;
 mod helper;
+pub mod mknod;
 pub mod output;
 pub mod scratch;
 pub mod seccomp;
 pub mod user;
+pub mod userns;
 
 use std::fs;
 use std::io::{self, Read};
@@ -178,8 +180,15 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         etc_binds: prepared.binds.clone(),
         console: console_for(&opts.output),
         parent: std::process::id() as i32,
+        userns: user_namespace_for(opts, &root),
+        probe: false,
     };
-    tracing::debug!(root = %root.display(), command = %command, "sandbox run");
+    tracing::debug!(
+        root = %root.display(),
+        command = %command,
+        user_namespace = request.userns,
+        "sandbox run"
+    );
     let result = spawn_and_wait(&request, &opts.output, &command);
     match (result, prepared.remove(&root)) {
         (Ok(status), Ok(())) => Ok(status),
@@ -189,6 +198,69 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
             error: Box::new(e),
             cleanup,
         }),
+    }
+}
+
+/// Whether the command runs in a user namespace (see [`userns`]): when it
+/// is confined and has a network namespace of its own. `network: host` is
+/// the host's network namespace, which belongs to the host's user
+/// namespace: from another one, NET_RAW (ping) and ports below 1024 would
+/// stop working there, so such a step keeps host ids (docker likewise
+/// refuses `--network=host` with a remapped user namespace).
+fn user_namespace_for(opts: &RunOptions, root: &Path) -> bool {
+    !opts.privileged && opts.network == Network::None && user_namespaces_work(root)
+}
+
+/// Whether user namespaces and idmapped mounts work for trees on `root`'s
+/// filesystem; found out once per filesystem type and process (a probe in
+/// the helper), with the reason logged where they do not.
+fn user_namespaces_work(root: &Path) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static KNOWN: Mutex<Option<HashMap<i64, bool>>> = Mutex::new(None);
+    let fs_type = match nix::sys::statfs::statfs(root) {
+        Ok(st) => st.filesystem_type().0,
+        Err(_) => return false,
+    };
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let known = known.get_or_insert_with(HashMap::new);
+    *known.entry(fs_type).or_insert_with(|| {
+        let works = probe_user_namespace(root);
+        match &works {
+            Ok(()) => tracing::debug!(
+                fs_type = format_args!("{fs_type:#x}"),
+                "run steps with network: none get a user namespace"
+            ),
+            Err(reason) => tracing::debug!(
+                fs_type = format_args!("{fs_type:#x}"),
+                %reason,
+                "no user namespace for run steps (confinement without it)"
+            ),
+        }
+        works.is_ok()
+    })
+}
+
+fn probe_user_namespace(root: &Path) -> Result<(), String> {
+    let request = Request {
+        root: root.to_path_buf(),
+        argv: vec![],
+        env: vec![],
+        workdir: "/".into(),
+        isolate_network: true,
+        confined: true,
+        user: None,
+        etc_binds: vec![],
+        console: None,
+        parent: std::process::id() as i32,
+        userns: true,
+        probe: true,
+    };
+    let output = Output::Prefixed("probe".into());
+    match spawn_and_wait(&request, &output, "user namespace probe") {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(describe_status(status)),
+        Err(e) => Err(crate::error_chain(&e)),
     }
 }
 
@@ -420,20 +492,12 @@ fn helper_command(request: &str) -> Command {
 }
 
 /// Under `cargo test` the executable is the test harness, which has no
-/// `__sandbox` subcommand: run the one test that plays the helper.
+/// `__sandbox` subcommand: it plays the helper before its `main` when the
+/// request is in the environment (see `tests::helper_before_main`).
 #[cfg(test)]
 fn helper_command(request: &str) -> Command {
     let mut command = Command::new("/proc/self/exe");
-    command
-        .args([
-            "sandbox::tests::helper_entry",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--quiet",
-            "--test-threads=1",
-        ])
-        .env(tests::REQUEST_VAR, request);
+    command.env(tests::REQUEST_VAR, request);
     command
 }
 
@@ -455,8 +519,10 @@ fn spawn_and_wait(
             .stderr(Stdio::piped());
     }
     let report_raw = report_w.as_raw_fd();
-    // SAFETY: only dup2/fcntl, which are async-signal-safe, run between fork
-    // and exec.
+    // SAFETY: genoci has threads when it forks here, so the child may only
+    // do async-signal-safe work before exec: this closure makes dup2 or
+    // fcntl calls and reads errno (an `io::Error` of an OS code allocates
+    // nothing); everything else happens in the exec'd helper.
     unsafe {
         cmd.pre_exec(move || {
             let ok = if report_raw == REPORT_FD {

@@ -155,8 +155,11 @@ fn arches() -> Vec<ScmpArch> {
     }
 }
 
-/// Build the filter (not loaded).
-pub fn filter() -> Result<ScmpFilterContext, SeccompError> {
+/// Build the filter (not loaded). With `notify_mknod`, `mknod` of a
+/// character or block device goes to a supervisor instead of the kernel
+/// (see [`super::mknod`]); other nodes (FIFOs, sockets, files) stay with
+/// the kernel.
+pub fn filter(notify_mknod: bool) -> Result<ScmpFilterContext, SeccompError> {
     let eperm = ScmpAction::Errno(libc::EPERM);
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).rule("create")?;
     ctx.set_ctl_nnp(false).rule("no_new_privs")?;
@@ -198,12 +201,43 @@ pub fn filter() -> Result<ScmpFilterContext, SeccompError> {
         &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, AF_VSOCK)],
     )
     .rule("socket")?;
+    if notify_mknod {
+        add_mknod_notify(&mut ctx)?;
+    }
     Ok(ctx)
 }
 
+/// `mknod(path, mode, dev)` and `mknodat(dirfd, path, mode, dev)` of a
+/// device, told apart by the file type bits of `mode`.
+fn add_mknod_notify(ctx: &mut ScmpFilterContext) -> Result<(), SeccompError> {
+    let ifmt = u64::from(libc::S_IFMT);
+    for (name, mode_arg) in [("mknod", 1), ("mknodat", 2)] {
+        let Ok(call) = ScmpSyscall::from_name(name) else {
+            continue;
+        };
+        for kind in [libc::S_IFCHR, libc::S_IFBLK] {
+            let cmp = ScmpArgCompare::new(mode_arg, ScmpCompareOp::MaskedEqual(ifmt), kind.into());
+            ctx.add_rule_conditional(ScmpAction::Notify, call, &[cmp])
+                .rule(name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Load the filter into this process; it holds for every child and exec.
-pub fn apply() -> Result<(), SeccompError> {
-    filter()?.load().rule("load")
+/// With `notify_mknod`, returns the descriptor on which the supervisor
+/// receives the device `mknod` calls.
+pub fn apply(notify_mknod: bool) -> Result<Option<std::os::fd::OwnedFd>, SeccompError> {
+    use std::os::fd::FromRawFd;
+    let ctx = filter(notify_mknod)?;
+    ctx.load().rule("load")?;
+    if !notify_mknod {
+        return Ok(None);
+    }
+    let fd = ctx.get_notify_fd().rule("notify fd")?;
+    // SAFETY: the kernel made this descriptor for this process at load;
+    // nothing else owns it.
+    Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
 }
 
 #[cfg(test)]
@@ -223,6 +257,7 @@ mod tests {
 
     #[test]
     fn the_filter_builds() {
-        filter().unwrap();
+        filter(false).unwrap();
+        filter(true).unwrap();
     }
 }

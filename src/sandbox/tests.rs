@@ -9,16 +9,25 @@ use super::*;
 /// Where the test playing the helper finds its request.
 pub const REQUEST_VAR: &str = "GENOCI_TEST_SANDBOX_REQUEST";
 
-/// The helper process under `cargo test` (see `helper_command`, which runs
-/// it with `--include-ignored`). Ignored so that a plain `cargo test` does
-/// not count a test that checks nothing as passed.
-#[test]
-#[ignore = "the sandbox helper process, started by helper_command"]
-fn helper_entry() {
+/// The helper process under `cargo test`. The test harness runs each test
+/// in a thread of its own, and the helper forks as a single-threaded
+/// process only may: so the test binary plays the helper from a
+/// constructor that runs before the harness's `main` (and its threads),
+/// when started with the request in [`REQUEST_VAR`] (see
+/// `helper_command`). It never returns.
+extern "C" fn helper_before_main() {
     if let Ok(request) = std::env::var(REQUEST_VAR) {
-        helper_main(&[request]).unwrap();
+        let result = helper_main(&[request]);
+        eprintln!("genoci sandbox helper: {result:?}");
+        std::process::exit(125);
     }
 }
+
+// SAFETY: an `.init_array` entry is called once by the loader before
+// `main`, with no other thread running, which is what it relies on.
+#[used]
+#[link_section = ".init_array"]
+static HELPER_BEFORE_MAIN: extern "C" fn() = helper_before_main;
 
 /// A temp dir with `tree/`, a busybox root, beside it; `None` (with a
 /// notice) when not root, since namespaces and mounts need it.
@@ -367,7 +376,7 @@ fn seccomp_probe_entry() {
     if std::env::var(SECCOMP_PROBE_VAR).is_err() {
         return;
     }
-    seccomp::apply().unwrap();
+    seccomp::apply(false).unwrap();
     let errno = |ret: libc::c_long| {
         if ret < 0 {
             io::Error::last_os_error().raw_os_error().unwrap()
@@ -481,4 +490,84 @@ fn the_seccomp_filter_refuses_what_docker_refuses() {
     .map(|(n, e)| (n.to_string(), *e))
     .collect();
     assert_eq!(got, want, "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Threads that keep the allocator and a lock busy until dropped, as
+/// genoci's own threads (output forwarding, compression, the parallel
+/// builder) may be while a step starts.
+struct BusyThreads {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl BusyThreads {
+    fn start(n: usize) -> BusyThreads {
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared = Arc::new(Mutex::new(Vec::<String>::new()));
+        let threads = (0..n)
+            .map(|i| {
+                let (stop, shared) = (stop.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let mut rounds = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut held = shared.lock().unwrap();
+                        held.push(format!("{i}-{rounds}").repeat(16));
+                        if held.len() > 64 {
+                            held.clear();
+                        }
+                        drop(held);
+                        let v: Vec<Box<[u8; 256]>> = (0..32).map(|_| Box::new([0; 256])).collect();
+                        rounds += v.len() as u64 / 32;
+                    }
+                    rounds
+                })
+            })
+            .collect();
+        BusyThreads { stop, threads }
+    }
+
+    /// Stop them; how many rounds they made in all.
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
+    }
+}
+
+#[test]
+fn steps_start_and_end_under_a_parent_with_busy_threads() {
+    let Some((_tmp, tree)) = busybox_tree() else {
+        return;
+    };
+    const STEPS: usize = 60;
+    let busy = BusyThreads::start(4);
+    // The steps run in a thread of their own, so that a hang shows as a
+    // timeout here rather than a test that never ends.
+    let (done, finished) = std::sync::mpsc::channel();
+    let runner_tree = tree.clone();
+    std::thread::spawn(move || {
+        for i in 0..STEPS {
+            let mut o = opts(&runner_tree, &format!("echo {i} >> /steps"));
+            // Both sandboxes: with a user namespace (and the mknod
+            // supervisor) and without.
+            if i % 2 == 1 {
+                o.network = Network::None;
+            }
+            let status = run(&o).unwrap();
+            assert!(status.success(), "step {i}: {status}");
+        }
+        done.send(()).unwrap();
+    });
+    let ended = finished.recv_timeout(Duration::from_secs(300));
+    let rounds = busy.finish();
+    ended.expect("a step hung or the steps failed");
+    let ran: Vec<usize> = fs::read_to_string(tree.join("steps"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ran, (0..STEPS).collect::<Vec<_>>());
+    assert!(rounds > 0, "the threads were not busy");
+    eprintln!("{STEPS} steps under 4 busy threads ({rounds} rounds of theirs)");
 }

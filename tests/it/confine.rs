@@ -1,6 +1,10 @@
 //! A `run` step is confined as a docker container is: it cannot reach the
 //! host kernel or the host network, yet legitimate steps still work.
 //!
+//! Most probes run under both networks: `network: host` keeps host ids,
+//! `network: none` runs in a user namespace on an idmapped tree, and both
+//! must confine alike and build the same layers.
+//!
 //! Every escape probe is harmless should it unexpectedly succeed: sysctls
 //! get their current value written back, a route added is deleted at once,
 //! the block device is a loop device on a temp file, the "module" is junk
@@ -11,7 +15,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::stores::{Btrfs, Overlay};
 use crate::util::{require_root, run_ok, stderr, Env};
+
+/// The networks a step can have; `none` means a user namespace.
+const NETWORKS: [&str; 2] = ["host", "none"];
 
 /// Shell functions the probes share. `refused WANT CMD...` runs CMD and
 /// insists it fails with an error mentioning WANT (so a probe that fails
@@ -45,8 +53,40 @@ fn build(env: &Env, script: &str, extra: &str) -> Output {
 }
 
 fn build_ok(env: &Env, script: &str) {
-    let out = build(env, script, "");
-    assert!(out.status.success(), "probe failed:\n{}", output(&out));
+    build_ok_on(env, script, "host");
+}
+
+fn build_ok_on(env: &Env, script: &str, network: &str) {
+    let out = build(env, script, &format!("  network: {network}\n"));
+    assert!(
+        out.status.success(),
+        "probe failed (network: {network}):\n{}",
+        output(&out)
+    );
+}
+
+/// Build the probe running `script` under each network, each in a test dir
+/// of its own, and hand it to `check`.
+fn each_network(script: &str, check: impl Fn(&Env, &str)) {
+    for network in NETWORKS {
+        let env = Env::new();
+        build_ok_on(&env, script, network);
+        check(&env, network);
+    }
+}
+
+/// Run `body` on a test dir of each driver (btrfs where the machine can
+/// make a loopback btrfs).
+fn each_driver(body: impl Fn(&Env, &str)) {
+    body(&Env::new(), "plain");
+    body(&Overlay::new(), "overlay");
+    if !crate::util::have("mkfs.btrfs") || !Path::new("/dev/loop-control").exists() {
+        crate::util::skip("needs mkfs.btrfs and loop devices");
+        return;
+    }
+    let store = Btrfs::new();
+    body(&store, "btrfs");
+    store.finish();
 }
 
 fn output(out: &Output) -> String {
@@ -86,10 +126,10 @@ fn assert_docker_caps(status: &str) {
 #[test]
 fn run_steps_have_docker_s_capabilities_in_every_set() {
     require_root!();
-    let env = Env::new();
-    build_ok(&env, "grep ^Cap /proc/self/status > /caps");
-    let root = env.unpack("probe");
-    assert_docker_caps(&fs::read_to_string(root.join("caps")).unwrap());
+    each_network("grep ^Cap /proc/self/status > /caps", |env, _| {
+        let root = env.unpack("probe");
+        assert_docker_caps(&fs::read_to_string(root.join("caps")).unwrap());
+    });
 }
 
 #[test]
@@ -104,24 +144,21 @@ fn chroot_has_docker_s_capabilities_in_every_set() {
 #[test]
 fn a_step_cannot_mount() {
     require_root!();
-    let env = Env::new();
-    build_ok(
-        &env,
+    each_network(
         r#"mkdir -p /mnt
 refused "denied" mount -t tmpfs none /mnt
 refused "denied" mount -o remount,rw /
 rm /tmp/err
 "#,
+        |_, _| {},
     );
 }
 
 #[test]
 fn a_step_cannot_change_the_host_s_routes() {
     require_root!();
-    let env = Env::new();
     // 192.0.2.0/24 is TEST-NET-1: no host uses it; deleted at once if added.
-    build_ok(
-        &env,
+    each_network(
         r#"if ip route add 192.0.2.0/24 dev lo 2>/tmp/err; then
   ip route del 192.0.2.0/24 dev lo
   echo "NOT REFUSED: route add"; exit 1
@@ -129,6 +166,7 @@ fi
 grep -q "not permitted" /tmp/err
 rm /tmp/err
 "#,
+        |_, _| {},
     );
 }
 
@@ -137,10 +175,8 @@ rm /tmp/err
 #[test]
 fn global_sysctls_and_core_pattern_are_read_only() {
     require_root!();
-    let env = Env::new();
     // The current value written back: a no-op should the write go through.
-    build_ok(
-        &env,
+    each_network(
         r#"for f in vm/swappiness kernel/core_pattern; do
   v=$(cat /proc/sys/$f)
   refused "Read-only file system" sh -c "echo '$v' > /proc/sys/$f"
@@ -151,15 +187,14 @@ for p in sys sysrq-trigger irq bus fs; do
 done
 rm /tmp/err
 "#,
+        |_, _| {},
     );
 }
 
 #[test]
 fn docker_s_masked_proc_files_read_empty() {
     require_root!();
-    let env = Env::new();
-    build_ok(
-        &env,
+    each_network(
         r#"for f in kcore keys timer_list interrupts sched_debug latency_stats timer_stats; do
   test -e /proc/$f || continue
   n=$(head -c 64 /proc/$f | wc -c)
@@ -170,6 +205,7 @@ for d in acpi scsi asound; do
   test -z "$(ls -A /proc/$d)" || { echo "/proc/$d listed"; exit 1; }
 done
 "#,
+        |_, _| {},
     );
 }
 
@@ -196,22 +232,56 @@ impl Drop for Loop {
     }
 }
 
+/// `(file type, mode bits, uid, gid, major, minor)` of `path`.
+fn node(path: &Path) -> (&'static str, u32, u32, u32, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let kind = match meta.file_type() {
+        t if t.is_block_device() => "b",
+        t if t.is_char_device() => "c",
+        t if t.is_fifo() => "p",
+        _ => "other",
+    };
+    let rdev = meta.rdev();
+    (
+        kind,
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid(),
+        libc::major(rdev) as u64,
+        libc::minor(rdev) as u64,
+    )
+}
+
 #[test]
 fn device_nodes_land_in_the_layer_but_do_not_open() {
     require_root!();
-    let env = Env::new();
+    // Under network: none the kernel refuses these mknods in the user
+    // namespace: genoci's supervisor makes them, as the step would have.
+    each_driver(|env, driver| {
+        for network in NETWORKS {
+            device_nodes_on(env, &format!("{driver}, network: {network}"), network);
+        }
+    });
+}
+
+fn device_nodes_on(env: &Env, case: &str, network: &str) {
     let backing = env.path().join("disk.img");
     let mut data = b"MARKER-0123".to_vec();
     data.resize(1 << 20, 0);
     fs::write(&backing, data).unwrap();
     let lo = Loop::attach(&backing);
     let (major, minor) = lo.numbers();
-    build_ok(
-        &env,
+    build_ok_on(
+        env,
         &format!(
             r#"mknod /blk b {major} {minor}
 mknod /dev/blk b {major} {minor}
-mknod /chr c 1 3
+mknod -m 640 /chr c 1 3
+umask 077
+mknod /private c 1 5
+chown 1000:1000 /private
+mkdir -p /srv/d && cd /srv/d && mknod rel c 1 7 && mkfifo fifo
 refused "denied" head -c 6 /blk
 refused "denied" head -c 6 /dev/blk
 refused "denied" sh -c 'echo x > /chr'
@@ -219,16 +289,177 @@ echo x > /dev/null
 rm /tmp/err
 "#
         ),
+        network,
     );
     drop(lo);
     let root = env.unpack("probe");
-    let blk = fs::symlink_metadata(root.join("blk")).unwrap();
-    assert!(blk.file_type().is_block_device());
-    assert!(fs::symlink_metadata(root.join("chr"))
-        .unwrap()
-        .file_type()
-        .is_char_device());
+    assert_eq!(
+        node(&root.join("blk")),
+        ("b", 0o644, 0, 0, major, minor),
+        "{case}"
+    );
+    assert_eq!(node(&root.join("chr")), ("c", 0o640, 0, 0, 1, 3), "{case}");
+    assert_eq!(
+        node(&root.join("private")),
+        ("c", 0o600, 1000, 1000, 1, 5),
+        "{case}"
+    );
+    assert_eq!(
+        node(&root.join("srv/d/rel")),
+        ("c", 0o600, 0, 0, 1, 7),
+        "{case}"
+    );
+    assert_eq!(node(&root.join("srv/d/fifo")).0, "p", "{case}");
     assert!(!root.join("dev/blk").exists(), "/dev is the sandbox's own");
+    fs::remove_dir_all(root.parent().unwrap()).unwrap();
+}
+
+// ---- the user namespace of network: none ----
+
+/// The first line of a `uid_map`: (inside, outside, count).
+fn first_map(map: &str) -> (u64, u64, u64) {
+    let f: Vec<u64> = map
+        .split_whitespace()
+        .take(3)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+const IDS: &str = r#"cat /proc/self/uid_map > /uid_map
+cat /proc/self/gid_map > /gid_map
+echo a > /as-root
+echo b > /as-1000 && chown 1000:1000 /as-1000
+mkdir -p /srv/app && chown 1000:1001 /srv/app
+"#;
+
+/// Whether steps with `network: none` get a user namespace on `driver`'s
+/// work trees: an overlay mount takes no idmapped mount (the kernel answers
+/// EINVAL; overlayfs idmaps its layers only), so overlay work trees fall
+/// back to confinement with host ids.
+fn userns_on(driver: &str) -> bool {
+    driver != "overlay"
+}
+
+#[test]
+fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
+    require_root!();
+    each_driver(|env, driver| {
+        for network in NETWORKS {
+            let case = format!("{driver}, network: {network}");
+            spec(env, IDS, &format!("  network: {network}\n"));
+            let out = env.genoci(&["-v", "build", "spec.yaml"]);
+            assert!(out.status.success(), "{case}: {}", output(&out));
+            let userns = network == "none" && userns_on(driver);
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("user_namespace={userns}")),
+                "{case}: {err}"
+            );
+            if network == "none" && !userns {
+                assert!(
+                    err.contains("no user namespace for run steps")
+                        && err.contains("idmap the mount: Invalid argument"),
+                    "{case}: {err}"
+                );
+            }
+            let root = env.unpack("probe");
+            for map in ["uid_map", "gid_map"] {
+                let seen = first_map(&fs::read_to_string(root.join(map)).unwrap());
+                let want = if userns {
+                    // Root inside is a high, unprivileged host id.
+                    (0, 1_900_000_000, 65536)
+                } else {
+                    (0, 0, 4_294_967_295)
+                };
+                assert_eq!(seen, want, "{case}: {map}");
+            }
+            use std::os::unix::fs::MetadataExt;
+            let ids = |p: &str| {
+                let m = fs::symlink_metadata(root.join(p)).unwrap();
+                (m.uid(), m.gid())
+            };
+            // Through the idmapped tree, the ids the step used.
+            assert_eq!(ids("as-root"), (0, 0), "{case}");
+            assert_eq!(ids("as-1000"), (1000, 1000), "{case}");
+            assert_eq!(ids("srv/app"), (1000, 1001), "{case}");
+            fs::remove_dir_all(root.parent().unwrap()).unwrap();
+        }
+    });
+}
+
+#[test]
+fn mknod_through_symlinks_never_leaves_the_tree() {
+    require_root!();
+    each_driver(|env, driver| {
+        if !userns_on(driver) {
+            // The kernel makes the nodes there, in the step's root.
+            return;
+        }
+        let outside = env.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let o = outside.display();
+        // The host's path also exists in the tree: a node meant for it
+        // lands in the tree's copy. A relative path may not climb out of
+        // the working directory (EXDEV). The last part: swap a symlink to
+        // the host path and a directory while nodes are made through it.
+        let script = format!(
+            r#"mkdir -p {o} /tmp/t/swap.d && cd /tmp/t
+ln -s {o} abs
+mknod /tmp/t/abs/n1 c 1 3
+ln -s ../../../../../../../../../..{o} up
+refused "cross-device" mknod up/n2 c 1 3
+refused "cross-device" mknod ../../../../../../../../../..{o}/n3 c 1 3
+ln -s {o}/final final
+refused "exists" mknod /tmp/t/final c 1 3
+(i=0; while [ $i -lt 300 ]; do ln -sfn {o} swap; ln -sfn swap.d swap; i=$((i+1)); done) &
+i=0; while [ $i -lt 300 ]; do mknod /tmp/t/swap/r$i c 1 3 2>/dev/null || true; i=$((i+1)); done
+wait
+rm /tmp/err
+"#
+        );
+        build_ok_on(env, &script, "none");
+        let left: Vec<_> = fs::read_dir(&outside).unwrap().collect();
+        assert!(left.is_empty(), "{driver}: made on the host: {left:?}");
+        let root = env.unpack("probe");
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(node(&inside.join("n1")).0, "c", "{driver}");
+        let made = fs::read_dir(&inside).unwrap().count() - 1
+            + fs::read_dir(root.join("tmp/t/swap.d")).unwrap().count();
+        assert!(made > 0, "{driver}: no node made in the race");
+        eprintln!("{driver}: {made} of 300 racing mknods made, all in the tree");
+    });
+}
+
+#[test]
+fn without_idmapped_mounts_steps_fall_back_to_host_ids_and_say_why() {
+    require_root!();
+    // ramfs takes no idmapped mount: a store there cannot have steps in a
+    // user namespace.
+    let env = Env::new();
+    let ram = env.path().join("ram");
+    fs::create_dir(&ram).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "ramfs", "ramfs"])
+            .arg(&ram),
+    );
+    env.write(
+        "atom_config.yaml",
+        "driver: plain\nlayoutdir: ./oci\nstoredir: ./ram/store\n",
+    );
+    spec(&env, IDS, "  network: none\n");
+    let out = env.genoci(&["-v", "build", "spec.yaml"]);
+    assert!(out.status.success(), "{}", output(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no user namespace for run steps") && err.contains("idmap"),
+        "{err}"
+    );
+    assert!(err.contains("user_namespace=false"), "{err}");
+    let root = env.unpack("probe");
+    let map = fs::read_to_string(root.join("uid_map")).unwrap();
+    assert_eq!(first_map(&map), (0, 0, 4_294_967_295));
 }
 
 // ---- seccomp ----
@@ -236,17 +467,16 @@ rm /tmp/err
 #[test]
 fn a_step_cannot_load_a_module_or_make_namespaces() {
     require_root!();
-    let env = Env::new();
     // Junk the kernel would refuse to load in any case; the filter answers
     // EPERM before the kernel looks (a kernel without modules says ENOSYS).
-    build_ok(
-        &env,
+    each_network(
         r#"head -c 4096 /dev/urandom > /tmp/junk.ko
 refused "not permitted" insmod /tmp/junk.ko
 refused "not permitted" unshare -U true
 refused "not permitted" unshare -n true
 rm /tmp/junk.ko /tmp/err
 "#,
+        |_, _| {},
     );
 }
 
@@ -255,23 +485,43 @@ rm /tmp/junk.ko /tmp/err
 #[test]
 fn chown_mknod_and_ping_still_work() {
     require_root!();
-    let env = Env::new();
-    build_ok(
-        &env,
+    // Under network: none, ping's NET_RAW counts in the step's own network
+    // namespace, which belongs to its user namespace.
+    each_network(
         r#"echo x > /owned
 chown 1000:1000 /owned
 mknod /null c 1 3
 ping -c 1 -W 5 127.0.0.1
 "#,
+        |env, network| {
+            let root = env.unpack("probe");
+            use std::os::unix::fs::MetadataExt;
+            let owned = fs::metadata(root.join("owned")).unwrap();
+            assert_eq!((owned.uid(), owned.gid()), (1000, 1000), "{network}");
+        },
     );
-    let root = env.unpack("probe");
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(root.join("owned")).unwrap().uid(), 1000);
 }
 
 /// `setcap cap_net_raw+ep`, as perl can say it with no libcap: a
 /// `security.capability` v2 value.
 const SETCAP: &str = r#"perl -e '$v = pack("V5", 0x02000001, 1 << 13, 0, 0, 0); ($p, $n) = ("/usr/bin/capped", "security.capability"); syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'"#;
+
+/// Steps of a legitimate Debian build: a user, a file capability, and a
+/// package made and installed with dpkg (dpkg's logs go: their times
+/// differ from one build to the next).
+const DEBIAN_STEPS: &str = r#"    - useradd -m -u 1234 app && chown -R app:app /home/app
+    - |
+      cp /bin/true /usr/bin/capped
+      SETCAP
+    - |
+      mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/tiny
+      printf 'Package: tiny\nVersion: 1.0\nArchitecture: all\nMaintainer: T <t@example.org>\nDescription: t\n' > /tmp/pkg/DEBIAN/control
+      echo hi > /tmp/pkg/usr/share/tiny/hi.txt
+      chown -R 1234:1234 /tmp/pkg/usr/share/tiny
+      dpkg-deb --build /tmp/pkg /tmp/tiny.deb >/dev/null
+      dpkg -i /tmp/tiny.deb
+      rm -rf /tmp/pkg /tmp/tiny.deb /var/log/dpkg.log /var/log/alternatives.log
+"#;
 
 #[test]
 fn useradd_and_file_capabilities_work_on_debian() {
@@ -282,30 +532,44 @@ fn useradd_and_file_capabilities_work_on_debian() {
         env.path().join("debian.tar.gz"),
     )
     .unwrap();
-    env.write(
-        "spec.yaml",
-        &format!(
-            r#"debian:
-  base: empty
-  expand: ./debian.tar.gz
-users:
-  base: debian
-  run:
-    - useradd -m -u 1234 app && chown -R app:app /home/app
-    - |
-      cp /bin/true /usr/bin/capped
-      {SETCAP}
-"#
-        ),
-    );
-    env.ok(&["build", "spec.yaml"]);
-    let root = env.unpack("users");
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
-    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
-    assert!(passwd.contains("app:x:1234:"), "{passwd}");
-    let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
-    assert_eq!(cap.get(..8), Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]));
+    let steps = DEBIAN_STEPS.replace("SETCAP", SETCAP);
+    let mut spec = "debian:\n  base: empty\n  expand: ./debian.tar.gz\n".to_string();
+    for network in NETWORKS {
+        spec.push_str(&format!(
+            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}"
+        ));
+    }
+    env.write("spec.yaml", &spec);
+    let out = env
+        .cmd(&["build", "spec.yaml"])
+        .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output(&out));
+    for network in NETWORKS {
+        let root = env.unpack(&format!("users-{network}"));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
+        let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert!(passwd.contains("app:x:1234:"), "{network}: {passwd}");
+        let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
+        assert_eq!(
+            cap.get(..8),
+            Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]),
+            "{network}"
+        );
+        let hi = fs::metadata(root.join("usr/share/tiny/hi.txt")).unwrap();
+        assert_eq!((hi.uid(), hi.gid()), (1234, 1234), "{network}");
+        let status = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+        assert!(
+            status.contains("Package: tiny\nStatus: install ok installed"),
+            "{network}"
+        );
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
+    }
+    // In the user namespace or not, the same bytes.
+    let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
+    assert_eq!(layers("users-host"), layers("users-none"));
 }
 
 fn xattr(path: &Path, name: &str) -> Vec<u8> {
@@ -360,11 +624,12 @@ fn confinement_does_not_change_the_layer() {
     require_root!();
     let env = Env::new();
     env.busybox("bb.tar.gz");
-    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && ln -s f /srv/a/l\n";
+    let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && mknod -m 600 /srv/sda b 8 0 && ln -s f /srv/a/l\n";
+    // `isolated` runs in a user namespace, its nodes made by the supervisor.
     env.write(
         "spec.yaml",
         &format!(
-            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}"
+            "base:\n  base: empty\n  expand: ./bb.tar.gz\nconfined:\n  base: base\n  run:\n{steps}free:\n  base: base\n  privileged: true\n  run:\n{steps}isolated:\n  base: base\n  network: none\n  run:\n{steps}"
         ),
     );
     let out = env
@@ -375,6 +640,7 @@ fn confinement_does_not_change_the_layer() {
     assert!(out.status.success(), "{}", output(&out));
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
     assert_eq!(layers("confined"), layers("free"));
+    assert_eq!(layers("isolated"), layers("free"));
 }
 
 // ---- the image's user ----
@@ -418,17 +684,19 @@ fn read(root: &Path, file: &str) -> String {
 #[test]
 fn run_steps_run_as_the_image_user_by_name() {
     require_root!();
-    let env = Env::new();
-    user_spec(&env, "app", WHO);
-    env.ok(&["build", "spec.yaml"]);
-    let root = env.unpack("child");
-    assert_eq!(read(&root, "tmp/uid"), "1000\n");
-    assert_eq!(read(&root, "tmp/groups"), "1000 10\n");
-    assert_eq!(read(&root, "tmp/home"), "/home/app hello\n");
-    let caps = caps_of(&read(&root, "tmp/caps"));
-    // As docker: a non-root user keeps the bounding set only.
-    assert_eq!(caps[1], ("CapPrm".to_string(), 0));
-    assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS));
+    for network in NETWORKS {
+        let env = Env::new();
+        user_spec(&env, "app", &format!("  network: {network}\n{WHO}"));
+        env.ok(&["build", "spec.yaml"]);
+        let root = env.unpack("child");
+        assert_eq!(read(&root, "tmp/uid"), "1000\n", "{network}");
+        assert_eq!(read(&root, "tmp/groups"), "1000 10\n", "{network}");
+        assert_eq!(read(&root, "tmp/home"), "/home/app hello\n", "{network}");
+        let caps = caps_of(&read(&root, "tmp/caps"));
+        // As docker: a non-root user keeps the bounding set only.
+        assert_eq!(caps[1], ("CapPrm".to_string(), 0), "{network}");
+        assert_eq!(caps[3], ("CapBnd".to_string(), DOCKER_CAPS), "{network}");
+    }
 }
 
 #[test]
@@ -525,4 +793,63 @@ fn install_stays_root_under_an_image_user() {
     let root = env.unpack("child");
     assert_eq!(read(&root, "usr/share/hello/hi.txt"), "hi\n");
     assert_eq!(read(&root, "tmp/uid"), "1000\n");
+}
+
+// ---- steps started from genoci's threads ----
+
+#[test]
+fn a_parallel_build_runs_every_step_and_none_hangs() {
+    require_root!();
+    // genoci's builder threads (and their compression) are busy while
+    // others start sandboxes: each step must still start, run and end.
+    const TARGETS: usize = 12;
+    const STEPS: usize = 5;
+    let env = Env::new();
+    env.busybox("bb.tar.gz");
+    let mut spec = "base:\n  base: empty\n  expand: ./bb.tar.gz\n".to_string();
+    for t in 0..TARGETS {
+        let network = NETWORKS[t % 2];
+        spec.push_str(&format!(
+            "t{t}:\n  base: base\n  network: {network}\n  run:\n"
+        ));
+        for s in 0..STEPS {
+            spec.push_str(&format!(
+                "    - head -c 200000 /dev/urandom > /blob{s} && echo {s} >> /steps\n"
+            ));
+        }
+    }
+    env.write("spec.yaml", &spec);
+    let started = std::time::Instant::now();
+    let mut child = env
+        .cmd(&["-q", "build", "-j", "4", "spec.yaml"])
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the build hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "{} steps in {TARGETS} targets with -j 4: {:.1} s",
+        TARGETS * STEPS,
+        started.elapsed().as_secs_f64()
+    );
+    let tags = env.tags();
+    for t in 0..TARGETS {
+        assert!(tags.contains(&format!("t{t}")), "t{t}: {tags:?}");
+        let root = env.unpack(&format!("t{t}"));
+        let want: String = (0..STEPS).map(|s| format!("{s}\n")).collect();
+        assert_eq!(
+            fs::read_to_string(root.join("steps")).unwrap(),
+            want,
+            "t{t}"
+        );
+    }
 }
