@@ -191,7 +191,9 @@ pub fn describe_tree(root: &Path, epoch: Option<i64>) -> BTreeMap<String, String
             "fifo".to_string()
         };
         let mut group = groups.get(&m.ino()).cloned().unwrap_or_default();
-        if ft.is_dir() {
+        // A link is between names in the tree: an overlay view reports the
+        // lower inode's count, names whited out above it included.
+        if ft.is_dir() || group.len() < 2 {
             group.clear();
         }
         group.sort();

@@ -17,6 +17,7 @@ mod example;
 mod fidelity;
 mod fulldisk;
 mod gc;
+mod generated;
 mod honesty;
 mod identical;
 mod interop;

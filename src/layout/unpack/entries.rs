@@ -54,7 +54,7 @@ impl Unpacker<'_> {
         let existing = fs::symlink_metadata(&full).ok();
         let existing = existing.as_ref();
         match kind {
-            EntryType::Directory => self.directory(&full, existing, meta)?,
+            EntryType::Directory => self.directory(&rel, &full, existing, meta)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 regular(entry, &full, existing, &meta, source)?
             }
@@ -74,12 +74,18 @@ impl Unpacker<'_> {
 
     /// A directory already there is kept (with what lower layers put in
     /// it); its metadata is set at the end, once nothing writes below it.
-    fn directory(&mut self, full: &Path, existing: Option<&Metadata>, meta: Meta) -> Result<()> {
+    fn directory(
+        &mut self,
+        rel: &Path,
+        full: &Path,
+        existing: Option<&Metadata>,
+        meta: Meta,
+    ) -> Result<()> {
         if !existing.is_some_and(|m| m.is_dir()) {
             remove(full, existing)?;
             fs::create_dir(full).map_err(LayoutError::io("create directory", full))?;
         }
-        self.dirs.push((full.to_path_buf(), meta));
+        self.dirs.push((rel.to_path_buf(), meta));
         Ok(())
     }
 

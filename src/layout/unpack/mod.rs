@@ -37,14 +37,28 @@ const CHECK_SIGNALS_EVERY: usize = 256;
 /// Unpack the tarball at `path` into `tree` (for `expand`).
 pub fn extract_tarball(path: &Path, tree: &Path) -> Result<()> {
     let file = File::open(path).map_err(LayoutError::io("open", path))?;
-    let mut buffered = BufReader::with_capacity(1 << 20, file);
-    let format = sniff(&mut buffered).map_err(LayoutError::io("read", path))?;
-    let name = path.display().to_string();
-    decompressed(format, buffered, |reader| {
-        Unpacker::new(tree, &name, false).run(reader, path)
-    })?;
-    tracing::debug!(tarball = %name, tree = %tree.display(), "extracted");
+    unpack_stream(file, path, tree, false)?;
+    tracing::debug!(tarball = %path.display(), tree = %tree.display(), "extracted");
     Ok(())
+}
+
+/// Unpack the tar stream `stream` (gzip, zstd, xz, bzip2 or plain, found by
+/// magic bytes) into `tree`, with a layer's whiteouts and opaque markers
+/// applied when `whiteouts` is set; `source` names the stream in errors.
+/// The reader behind [`extract_tarball`] and [`Layout::apply_layer`], open to
+/// generated-input tests and fuzz targets, which have bytes and no layout.
+pub fn unpack_stream(
+    stream: impl Read + Send,
+    source: &Path,
+    tree: &Path,
+    whiteouts: bool,
+) -> Result<()> {
+    let mut buffered = BufReader::with_capacity(1 << 20, stream);
+    let format = sniff(&mut buffered).map_err(LayoutError::io("read", source))?;
+    let name = source.display().to_string();
+    decompressed(format, buffered, |reader| {
+        Unpacker::new(tree, &name, whiteouts).run(reader, source)
+    })
 }
 
 impl Layout {
@@ -77,8 +91,8 @@ struct Unpacker<'a> {
     /// Paths (relative, resolved) this archive wrote: an opaque marker or a
     /// whiteout only hides what lower layers left.
     written: HashSet<PathBuf>,
-    /// Directory metadata, set once everything is written so that the
-    /// writes below a directory do not change its mtime afterwards.
+    /// Directory metadata (relative paths), set once everything is written
+    /// so that the writes below a directory do not change its mtime afterwards.
     dirs: Vec<(PathBuf, Meta)>,
     /// Times of directories this archive does not carry but writes into
     /// (relative paths): restored at the end, as the image has them.
@@ -117,21 +131,37 @@ impl<'a> Unpacker<'a> {
             let mut entry = entry.map_err(|e| read_error(source, e))?;
             self.entry(&mut entry, source)?;
         }
+        // A later entry may have replaced a parent of these directories by
+        // a symlink (to a host path, say): only a path that is still all
+        // directories is the one the archive meant.
         for (rel, atime, mtime) in std::mem::take(&mut self.kept_times) {
-            let full = self.root.join(&rel);
-            if !self.written.contains(&rel) && fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
-            {
+            if self.written.contains(&rel) {
+                continue;
+            }
+            if let Some(full) = self.real_dir(&rel) {
                 filetime::set_symlink_file_times(&full, atime, mtime)
                     .map_err(LayoutError::io("set times", &full))?;
             }
         }
-        for (full, meta) in std::mem::take(&mut self.dirs) {
-            // Replaced by a later entry of the same archive: nothing to set.
-            if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+        for (rel, meta) in std::mem::take(&mut self.dirs) {
+            if let Some(full) = self.real_dir(&rel) {
                 meta::set_meta(&full, &meta, false)?;
             }
         }
         Ok(())
+    }
+
+    /// The full path of `rel` if it and each of its parents is a directory
+    /// (not a symlink), so that nothing done there lands outside the tree.
+    fn real_dir(&self, rel: &Path) -> Option<PathBuf> {
+        let mut full = self.root.to_path_buf();
+        for c in rel.components() {
+            full.push(c);
+            if !fs::symlink_metadata(&full).ok()?.is_dir() {
+                return None;
+            }
+        }
+        Some(full)
     }
 
     /// The whiteout of `target` in `parent` removes what lower layers put there.
