@@ -8,6 +8,7 @@ pub mod config;
 pub mod driver;
 pub mod fsutil;
 pub mod layout;
+pub mod lock;
 pub mod mountinfo;
 pub mod sandbox;
 pub mod signals;

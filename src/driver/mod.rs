@@ -260,6 +260,29 @@ impl TreeRecord {
     }
 }
 
+/// Create a work tree's record at `path`, failing with
+/// [`DriverError::Busy`] if it exists: the atomic claim of the name between
+/// processes that share the store.
+fn claim_record(path: &Path, bytes: &[u8], name: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(DriverError::Busy(name.to_string()))
+        }
+        Err(e) => return Err(DriverError::io("create", path)(e)),
+    };
+    if let Err(e) = file.write_all(bytes) {
+        let _ = std::fs::remove_file(path);
+        return Err(DriverError::io("write", path)(e));
+    }
+    Ok(())
+}
+
 /// Work tree names of a directory store become file names beside their
 /// `NAME.json` records: keep them to one plain component.
 fn check_tree_name(name: &str) -> Result<()> {

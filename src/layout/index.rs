@@ -4,11 +4,20 @@
 //! API: `Layout::tags(&self) -> Result<Vec<(String, Descriptor)>>` (sorted by name),
 //! `Layout::resolve(&self, tag) -> Result<Option<Descriptor>>`,
 //! `Layout::set_tags(&self, &[(String, Descriptor)]) -> Result<()>` (one atomic rewrite),
+//! `Layout::update_tags(&self, FnOnce(&[String]) -> Vec<(String, Descriptor)>)` (the same,
+//! choosing the tags from the names that exist at that moment),
 //! `Layout::remove_tags(&self, &[String]) -> Result<()>`,
 //! `Layout::index(&self) -> Result<ImageIndex>`.
+//!
+//! Several genoci processes may tag in one layout at once: every change is
+//! a read-modify-write of the whole file under [`index_lock`], and the file
+//! is replaced by a rename, so readers need no lock and never see half an
+//! index.
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
@@ -64,18 +73,36 @@ impl Layout {
     /// Point each tag at its descriptor, replacing what it named before, in
     /// one rewrite of the index.
     pub fn set_tags(&self, tags: &[(String, Descriptor)]) -> Result<()> {
-        for (name, _) in tags {
+        self.update_tags(|_| tags.to_vec()).map(drop)
+    }
+
+    /// [`set_tags`](Self::set_tags) with the tags `choose` picks from the
+    /// names in the index at the moment of the write (the next free dated
+    /// tag), so that a tag another process adds meanwhile is neither lost
+    /// nor taken twice. Returns what was set.
+    pub fn update_tags(
+        &self,
+        choose: impl FnOnce(&[String]) -> Vec<(String, Descriptor)>,
+    ) -> Result<Vec<(String, Descriptor)>> {
+        let _lock = index_lock(&self.root)?;
+        let mut index = self.index()?;
+        let existing: Vec<String> = index
+            .manifests()
+            .iter()
+            .filter_map(|d| ref_name(d).map(str::to_string))
+            .collect();
+        let tags = choose(&existing);
+        for (name, _) in &tags {
             check_tag(name)?;
         }
         let names: BTreeSet<&str> = tags.iter().map(|(n, _)| n.as_str()).collect();
-        let mut index = self.index()?;
         let mut manifests: Vec<Descriptor> = index
             .manifests()
             .iter()
             .filter(|d| ref_name(d).is_none_or(|n| !names.contains(n)))
             .cloned()
             .collect();
-        for (name, desc) in tags {
+        for (name, desc) in &tags {
             let mut desc = desc.clone();
             let mut annotations = desc.annotations().clone().unwrap_or_default();
             annotations.insert(REF_NAME.to_string(), name.clone());
@@ -85,11 +112,12 @@ impl Layout {
         }
         self.rewrite_index(&mut index, manifests)?;
         tracing::debug!(layout = %self.root.display(), tags = ?names, "tagged");
-        Ok(())
+        Ok(tags)
     }
 
     /// Drop these tags (the blobs stay until `gc`); unknown names are ignored.
     pub fn remove_tags(&self, tags: &[String]) -> Result<()> {
+        let _lock = index_lock(&self.root)?;
         let mut index = self.index()?;
         let manifests = index
             .manifests()
@@ -109,6 +137,20 @@ impl Layout {
         index.set_manifests(manifests);
         self.write_index(index)
     }
+}
+
+/// The lock around a read-modify-write of the index of the layout at
+/// `root` (and around making a new layout there): a `flock` on the
+/// layout's directory. It is held for as long as one rewrite takes, so a
+/// wait is said only when a holder seems stuck.
+pub(crate) fn index_lock(root: &Path) -> Result<crate::lock::Lock> {
+    use crate::lock::{acquire, Mode, Subject, Wait};
+    let subject = Subject {
+        what: format!("the index of the layout {}", root.display()),
+        why: "another genoci is writing it".to_string(),
+    };
+    let wait = Wait::Quietly(Duration::from_secs(1));
+    Ok(acquire(root, Mode::Exclusive, wait, &subject)?)
 }
 
 /// The image-spec grammar of a ref name, as far as a file name and tools care:

@@ -69,13 +69,25 @@ impl OverlayDriver {
     }
 
     /// A snapshot assembled by a checkin that was killed before its final
-    /// rename is not one: the store is opened under its lock, so no
-    /// checkin is under way.
+    /// rename is not one. Other processes may be checking in meanwhile:
+    /// the staging dir of a tree whose owner lives (its record stays until
+    /// the checkin is done) is theirs.
     fn remove_unfinished_checkins(&self) -> Result<()> {
+        let work = self.root.join("work");
+        let live: std::collections::BTreeSet<String> =
+            super::list_work_trees(&work, |name| work.join(name))?
+                .into_iter()
+                .filter(|t| !t.owner.is_abandoned())
+                .map(|t| t.name)
+                .collect();
         let dir = self.root.join("snapshots");
         for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
             let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            if entry.file_name().to_string_lossy().starts_with(STAGING) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix(STAGING)
+                .is_some_and(|tree| !live.contains(tree))
+            {
                 remove_tree(&entry.path())?;
             }
         }
@@ -109,7 +121,10 @@ impl OverlayDriver {
     /// dir (xattrs, whiteouts). Mounts and unmounts a scratch overlay there.
     pub fn probe(storedir: &Path) -> std::result::Result<(), String> {
         mount::supported()?;
-        let probe = storedir.join("overlay").join("probe");
+        // One per process: several genoci may open the store at once.
+        let probe = storedir
+            .join("overlay")
+            .join(format!("probe-{}", std::process::id()));
         let _ = remove_tree(&probe);
         let result = probe_in(&probe);
         let _ = remove_tree(&probe);
@@ -260,13 +275,12 @@ impl SnapshotDriver for OverlayDriver {
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
         let dir = self.tree_dir(name)?;
         let record = self.record_path(name)?;
-        if dir.exists() || record.exists() {
+        if dir.exists() {
             return Err(DriverError::Busy(name.to_string()));
         }
         let lowers = self.lowers(base)?;
         tracing::debug!(name, base = %base, layers = lowers.len(), "mounting an overlay work tree");
-        fs::write(&record, TreeRecord::to_bytes(base, owner))
-            .map_err(DriverError::io("write", &record))?;
+        super::claim_record(&record, &TreeRecord::to_bytes(base, owner), name)?;
         let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         let mounted = [&upper, &work, &root]
             .iter()
@@ -345,7 +359,13 @@ impl SnapshotDriver for OverlayDriver {
         fs::write(&parent, tree.base.store_name()).map_err(DriverError::io("write", &parent))?;
         let upper = dir.join("upper");
         fs::rename(&upper, staging.join("diff")).map_err(DriverError::io("rename", &upper))?;
-        fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging))?;
+        if let Err(e) = fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging)) {
+            // Another build committed the same ChainID since the check.
+            if !e.lost_commit_race(&dest) {
+                return Err(e);
+            }
+            remove_tree(&staging)?;
+        }
         self.remove_work(&tree.name)
     }
 

@@ -272,7 +272,12 @@ fn the_probe_mounts_and_leaves_nothing() {
     let store = TestStore::new();
     OverlayDriver::probe(store.dir.path()).unwrap();
     assert_eq!(store.mounts(), Vec::<PathBuf>::new());
-    assert!(!store.dir.path().join("overlay/probe").exists());
+    let left: Vec<_> = fs::read_dir(store.dir.path().join("overlay"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("probe"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -27,8 +27,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    check_tree_name, diff, ChainId, Change, DriverError, Owner, Result, SnapshotDriver, TreeRecord,
-    WorkTree,
+    check_tree_name, claim_record, diff, ChainId, Change, DriverError, Owner, Result,
+    SnapshotDriver, TreeRecord, WorkTree,
 };
 use crate::fsutil::{copy_tree, CopyOptions};
 
@@ -122,18 +122,21 @@ impl SnapshotDriver for PlainDriver {
         }
     }
 
-    /// The store lock keeps other processes out while the copy is made, so
-    /// the record can wait for the copy: its ctime is the watermark.
+    /// The record is made first, claiming the name (other processes share
+    /// the store and must see whose the tree in the making is), and written
+    /// again once the copy is complete: its ctime is the watermark.
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
         let path = self.work_dir(name)?;
         let marker = self.marker_path(name)?;
-        if path.exists() || marker.exists() {
+        let src = self.snapshot_path(base)?;
+        if path.exists() {
             return Err(DriverError::Busy(name.to_string()));
         }
-        let src = self.snapshot_path(base)?;
+        claim_record(&marker, &TreeRecord::to_bytes(base, owner), name)?;
         tracing::debug!(name, base = %base, "checking out");
         if let Err(e) = copy_tree(&src, &path, CopyOptions::default()) {
             let _ = Self::remove_tree(&path);
+            let _ = fs::remove_file(&marker);
             if crate::signals::interrupted() {
                 return Err(DriverError::Interrupted);
             }
@@ -149,8 +152,10 @@ impl SnapshotDriver for PlainDriver {
         });
         if let Err(e) = record {
             let _ = Self::remove_tree(&path);
+            let _ = fs::remove_file(&marker);
             return Err(e);
         }
+        // Rewritten now that the copy is whole: its ctime becomes the watermark.
         if let Err(e) = fs::write(&marker, TreeRecord::to_bytes(base, owner)) {
             // A full disk: neither the tree nor a partial record may stay.
             let _ = fs::remove_file(&marker);
