@@ -202,6 +202,49 @@ mod tests {
         assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
     }
 
+    /// Each thread opens the layout on its own, as another process would:
+    /// the index lock is a `flock`, which threads take from one another too.
+    #[test]
+    fn tags_set_at_once_by_many_writers_are_all_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("oci");
+        Layout::open_or_create(&root).unwrap();
+        std::thread::scope(|s| {
+            for w in 0..8u8 {
+                let root = &root;
+                s.spawn(move || {
+                    let l = Layout::open(root).unwrap();
+                    for n in 0..25u8 {
+                        l.update_tags(|existing| {
+                            assert!(existing.len() < 200);
+                            vec![(format!("w{w}-{n}"), desc(n))]
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let l = Layout::open(&root).unwrap();
+        assert_eq!(l.tags().unwrap().len(), 8 * 25);
+    }
+
+    #[test]
+    fn a_layout_made_by_several_writers_at_once_is_one_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("oci");
+        std::thread::scope(|s| {
+            for w in 0..8u8 {
+                let root = &root;
+                s.spawn(move || {
+                    let l = Layout::open_or_create(root).unwrap();
+                    l.set_tags(&[(format!("w{w}"), desc(w))]).unwrap();
+                });
+            }
+        });
+        let l = Layout::open(&root).unwrap();
+        assert_eq!(l.tags().unwrap().len(), 8);
+    }
+
     #[test]
     fn bad_tag_names_are_refused() {
         let t = tempfile::tempdir().unwrap();
