@@ -260,27 +260,44 @@ impl TreeRecord {
     }
 }
 
-/// Create a work tree's record at `path`, failing with
-/// [`DriverError::Busy`] if it exists: the atomic claim of the name between
-/// processes that share the store.
+/// Put a work tree's record at `path`, failing with [`DriverError::Busy`]
+/// if one is there: the claim of the name between processes that share the
+/// store.
 fn claim_record(path: &Path, bytes: &[u8], name: &str) -> Result<()> {
-    use std::io::Write;
-    let mut file = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(DriverError::Busy(name.to_string()))
-        }
-        Err(e) => return Err(DriverError::io("create", path)(e)),
-    };
-    if let Err(e) = file.write_all(bytes) {
-        let _ = std::fs::remove_file(path);
-        return Err(DriverError::io("write", path)(e));
+    put_record(path, bytes, name, |tmp, path| std::fs::hard_link(tmp, path))
+}
+
+/// Write a work tree's record at `path` again, in place of the one there.
+fn rewrite_record(path: &Path, bytes: &[u8], name: &str) -> Result<()> {
+    put_record(path, bytes, name, |tmp, path| std::fs::rename(tmp, path))
+}
+
+/// The record is written beside `path` first and then put in place, so that
+/// another process listing the work trees never reads it half written (and
+/// takes the tree for one whose owner is unknown). The temp name starts
+/// with a dot, which no work tree name does.
+fn put_record(
+    path: &Path,
+    bytes: &[u8],
+    name: &str,
+    put: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.json.{}-{n}.tmp", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DriverError::io("write", &tmp)(e));
     }
-    Ok(())
+    let put = put(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match put {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(DriverError::Busy(name.to_string()))
+        }
+        Err(e) => Err(DriverError::io("write", path)(e)),
+    }
 }
 
 /// Work tree names of a directory store become file names beside their
@@ -315,26 +332,35 @@ fn list_work_trees(work: &Path, tree_path: impl Fn(&str) -> PathBuf) -> Result<V
             continue;
         };
         let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
-        if check_tree_name(&name).is_ok() {
+        // A dot starts the records being claimed, never a tree's name.
+        if check_tree_name(&name).is_ok() && !name.starts_with('.') {
             names.insert(name);
         }
     }
     Ok(names
         .into_iter()
-        .map(|name| {
-            let record = std::fs::read(work.join(format!("{name}.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<TreeRecord>(&b).ok());
+        .filter_map(|name| {
+            let record = match std::fs::read(work.join(format!("{name}.json"))) {
+                // Discarded by another process since the listing.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound && !tree_path(&name).exists() =>
+                {
+                    return None
+                }
+                read => read
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<TreeRecord>(&b).ok()),
+            };
             let base = record
                 .as_ref()
                 .and_then(|r| ChainId::from_store_name(&r.base))
                 .unwrap_or_else(ChainId::empty);
-            WorkTree {
+            Some(WorkTree {
                 path: tree_path(&name),
                 owner: record.map(|r| r.owner).unwrap_or_default(),
                 name,
                 base,
-            }
+            })
         })
         .collect())
 }

@@ -383,3 +383,32 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     assert_eq!(driver.changes(&tree).unwrap(), diff::full_compare(&base, t));
     driver.discard(tree).unwrap();
 }
+
+#[test]
+fn equal_checkins_at_once_all_succeed() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
+}
+
+/// Another process opening the store leaves the staging dir of a checkin
+/// under way (its tree's owner lives) and removes one a dead process left.
+#[test]
+fn opening_the_store_keeps_the_checkins_of_live_processes() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let d = store.driver();
+    let live = d.checkout(&ChainId::empty(), "live").unwrap();
+    let snapshots = store.dir.path().join("overlay/snapshots");
+    for name in ["new-live", "new-dead"] {
+        fs::create_dir(snapshots.join(name)).unwrap();
+    }
+    drop(store.driver());
+    assert!(snapshots.join("new-live").is_dir());
+    assert!(!snapshots.join("new-dead").exists());
+    d.discard(live).unwrap();
+}

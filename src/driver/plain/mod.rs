@@ -27,8 +27,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    check_tree_name, claim_record, diff, ChainId, Change, DriverError, Owner, Result,
-    SnapshotDriver, TreeRecord, WorkTree,
+    check_tree_name, claim_record, diff, rewrite_record, ChainId, Change, DriverError, Owner,
+    Result, SnapshotDriver, TreeRecord, WorkTree,
 };
 use crate::fsutil::{copy_tree, CopyOptions};
 
@@ -155,13 +155,13 @@ impl SnapshotDriver for PlainDriver {
             let _ = fs::remove_file(&marker);
             return Err(e);
         }
-        // Rewritten now that the copy is whole: its ctime becomes the watermark.
-        if let Err(e) = fs::write(&marker, TreeRecord::to_bytes(base, owner)) {
+        // Made anew now that the copy is whole: its ctime is the watermark.
+        if let Err(e) = rewrite_record(&marker, &TreeRecord::to_bytes(base, owner), name) {
             // A full disk: neither the tree nor a partial record may stay.
             let _ = fs::remove_file(&marker);
             let _ = self.remove_inodes(name);
             let _ = Self::remove_tree(&path);
-            return Err(DriverError::io("write", &marker)(e));
+            return Err(e);
         }
         Ok(WorkTree {
             name: name.to_string(),
@@ -515,6 +515,43 @@ mod tests {
         assert!(!trees[0].is_abandoned());
         assert_eq!(trees[1].owner, Owner::this_process());
         assert!(!trees[1].is_abandoned());
+    }
+
+    /// Another process sharing the store lists the work trees (to remove
+    /// those left by dead processes) while a checkout copies: it must never
+    /// see a tree in the making as abandoned.
+    #[test]
+    fn a_tree_in_the_making_is_never_taken_for_an_abandoned_one() {
+        let (_t, d) = store();
+        let (big, _) = commit(&d, &ChainId::empty(), "a", |root| {
+            for n in 0..1000 {
+                fs::write(root.join(format!("f{n}")), "x").unwrap();
+            }
+        });
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 0..3 {
+                    let tree = d.checkout(&big, &format!("t{n}")).unwrap();
+                    d.discard(tree).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for tree in d.work_trees().unwrap() {
+                    assert!(!tree.is_abandoned(), "{tree:?} taken for abandoned");
+                    seen += 1;
+                }
+            }
+            seen
+        });
+        assert!(seen > 0, "no listing caught a checkout under way");
+        assert!(matches!(
+            d.checkout_as(&big, "x", &Owner::this_process())
+                .and_then(|_| d.checkout(&big, "x")),
+            Err(DriverError::Busy(_))
+        ));
     }
 
     #[test]
