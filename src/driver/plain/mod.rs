@@ -54,8 +54,10 @@ impl PlainDriver {
         }
         let driver = PlainDriver { root: canonical };
         let empty = driver.snapshot_dir(&ChainId::empty());
-        if !empty.exists() {
-            fs::create_dir(&empty).map_err(DriverError::io("create directory", &empty))?;
+        match fs::create_dir(&empty) {
+            // Made before, or by another genoci opening the new store at once.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            made => made.map_err(DriverError::io("create directory", &empty))?,
         }
         Ok(driver)
     }
