@@ -372,7 +372,13 @@ impl Session {
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {
                 tracing::info!(tree = %stale.name, "removing a work tree left by an interrupted run");
-                driver.discard(stale)?;
+                // Other genoci opening the store at the same moment may be
+                // removing it too; a tree that stays is tried again by the
+                // next command, and never stands in this one's way.
+                let name = stale.name.clone();
+                if let Err(e) = driver.discard(stale) {
+                    tracing::warn!(tree = %name, "could not remove the work tree yet: {}", crate::error_chain(&e));
+                }
             }
         }
         Ok(Session {
