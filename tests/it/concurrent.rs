@@ -52,7 +52,11 @@ impl Store {
 
     /// A genoci run in the background, its output kept.
     fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
+        Store::spawn_in(self, args)
+    }
+
+    fn spawn_in(env: &Env, args: &[&str]) -> Child {
+        env.cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -346,4 +350,37 @@ fn wait_within(child: Child, limit: Duration) -> Output {
         );
         panic!("genoci (pid {pid}) did not finish within {limit:?}")
     })
+}
+
+/// Overlay: `unpack` in several terminals at once mounts each tag's view
+/// once, so that `unsetup` (or gc) can take every view away again.
+#[test]
+fn unpacks_at_once_mount_each_overlay_view_once() {
+    crate::util::require_root!();
+    let store = Overlay::new();
+    store.busybox("bb.tar.gz");
+    store.write(
+        "spec.yaml",
+        "bb:\n  base: empty\n  expand: ./bb.tar.gz\n\
+         top:\n  base: bb\n  run: echo top > /top\n",
+    );
+    store.ok(&["spec.yaml"]);
+    for round in 0..5 {
+        let unpacks: Vec<Child> = (0..SPECS)
+            .map(|_| Store::spawn_in(&store, &["unpack"]))
+            .collect();
+        for unpack in unpacks {
+            let out = wait_within(unpack, Duration::from_secs(60));
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let views = store.root().join("views");
+        let mounts = crate::util::mounts_under(&views);
+        let mut distinct = mounts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(mounts.len(), distinct.len(), "round {round}: {mounts:?}");
+        let out = store.genoci(&["unsetup"]);
+        assert!(out.status.success(), "round {round}: {}", stderr(&out));
+        assert!(crate::util::mounts_under(&views).is_empty());
+    }
 }

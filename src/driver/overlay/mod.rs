@@ -268,8 +268,23 @@ impl SnapshotDriver for OverlayDriver {
 
     /// A read-only overlay mount under `views/`, kept until the snapshot is
     /// removed, so the path stays good after the command (`unpack`).
+    ///
+    /// Several genoci may ask for the same view at once (`unpack` in two
+    /// terminals): the check and the mount are made under a lock on
+    /// `views/`, or the view would be mounted twice, one over the other.
     fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf> {
-        self.mount_view(id, &self.root.join("views").join(id.store_name()))
+        use crate::lock::{acquire, LockError, Mode, Subject, Wait};
+        let views = self.root.join("views");
+        let subject = Subject {
+            what: format!("the overlay views in {}", views.display()),
+            why: "another genoci is mounting one".to_string(),
+        };
+        let wait = Wait::Quietly(std::time::Duration::from_secs(1));
+        let _lock = acquire(&views, Mode::Exclusive, wait, &subject).map_err(|e| match e {
+            LockError::Io { path, source } => DriverError::io("lock", path)(source),
+            _ => DriverError::Interrupted,
+        })?;
+        self.mount_view(id, &views.join(id.store_name()))
     }
 
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
