@@ -292,8 +292,8 @@ pub enum Access {
     /// number of such commands, and waits only for one that must be alone.
     Use,
     /// Removes what others may be using (gc, named here): waits until no
-    /// other command holds the layout or the store, and keeps new ones
-    /// waiting until it is done.
+    /// other command holds the layout or the store; once it holds them,
+    /// new commands wait until it is done.
     Alone(&'static str),
 }
 
@@ -324,8 +324,12 @@ pub fn hold_store(config: &Config, access: Access, wait: Wait) -> anyhow::Result
     let dir = &config.storedir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the store {}", dir.display()))?;
+    hold(dir, &format!("the store {}", dir.display()), access, wait)
+}
+
+fn hold(dir: &std::path::Path, what: &str, access: Access, wait: Wait) -> anyhow::Result<Lock> {
     let subject = Subject {
-        what: format!("the store {}", dir.display()),
+        what: what.to_string(),
         why: access.why(),
     };
     Ok(crate::lock::acquire(dir, access.mode(), wait, &subject)?)
@@ -340,7 +344,7 @@ pub struct Session {
     pub driver_reason: String,
     pub layout: crate::layout::Layout,
     pub driver: Box<dyn crate::driver::SnapshotDriver>,
-    _holds: (Lock, Lock),
+    _holds: Vec<Lock>,
 }
 
 impl Session {
@@ -351,8 +355,9 @@ impl Session {
         Session::with_config(g.load_config()?, access, g.wait())
     }
 
-    /// The store is held before the layout by every command, so that two
-    /// commands never each hold one and wait for the other.
+    /// Every command holds the store, then the layout, then a btrfs
+    /// store, in that order, so that two commands never each hold one and
+    /// wait for the other.
     pub fn with_config(config: Config, access: Access, wait: Wait) -> anyhow::Result<Session> {
         for (key, dir) in [
             ("layoutdir", &config.layoutdir),
@@ -369,6 +374,13 @@ impl Session {
         let driver_reason = choose_driver(&mut config);
         tracing::debug!(driver = ?config.driver, "snapshot driver: {driver_reason}");
         let driver = open_driver(&config)?;
+        let mut holds = vec![store_hold, layout_hold];
+        // Project dirs with storedirs of their own may name one btrfs
+        // filesystem: it is held too, once mounted (the driver is open).
+        if config.driver == DriverKind::Btrfs {
+            let what = format!("the btrfs store {}", config.btrfsmount.display());
+            holds.push(hold(&config.btrfsmount, &what, access, wait)?);
+        }
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {
                 tracing::info!(tree = %stale.name, "removing a work tree left by an interrupted run");
@@ -386,7 +398,7 @@ impl Session {
             driver_reason,
             layout,
             driver,
-            _holds: (store_hold, layout_hold),
+            _holds: holds,
         })
     }
 }

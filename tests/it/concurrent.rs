@@ -384,3 +384,38 @@ fn unpacks_at_once_mount_each_overlay_view_once() {
         assert!(crate::util::mounts_under(&views).is_empty());
     }
 }
+
+/// btrfs: another project dir whose config names the same btrfs store (with
+/// a storedir of its own) runs gc while a build runs here: the gc waits for
+/// the build, saying so, and the build's tags and snapshots are all kept.
+#[test]
+fn a_gc_in_another_dir_sharing_the_btrfs_store_waits_for_its_builds() {
+    crate::stores::require_btrfs!();
+    let a = Store::Btrfs(Btrfs::new());
+    let b = Env::new();
+    b.write(
+        "atom_config.yaml",
+        &format!(
+            "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\nlofile: {}\nbtrfsmount: {}\n",
+            a.path().join("btrfs.img").display(),
+            a.root().display()
+        ),
+    );
+    let build = start_slow_build(&a);
+    let mut gc = Store::spawn_in(&b, &["gc"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(gc.try_wait().unwrap().is_none(), "gc did not wait");
+    finish_slow_build(&a, build);
+    let out = wait_within(gc, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "Blocking waiting for file lock on the btrfs store {}",
+            a.root().display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = a.genoci(&["chroot", "slow", "cat", "/finished"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
