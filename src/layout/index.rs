@@ -10,7 +10,7 @@
 //! `Layout::index(&self) -> Result<ImageIndex>`.
 //!
 //! Several genoci processes may tag in one layout at once: every change is
-//! a read-modify-write of the whole file under [`index_lock`], and the file
+//! a read-modify-write of the whole file under `index_lock`, and the file
 //! is replaced by a rename, so readers need no lock and never see half an
 //! index.
 
