@@ -9,6 +9,13 @@
 //! Short exclusive locks guard single read-modify-writes (the layout's
 //! index).
 //!
+//! A plain `flock` lets shared holders that come after an exclusive taker
+//! began to wait go ahead of it, so a gc could wait for ever behind builds
+//! that overlap. [`acquire_fair`] puts a gate before the lock: an exclusive
+//! taker holds the gate while it waits and works, and shared takers pass
+//! the gate (holding it shared for an instant) before they take the lock,
+//! so those that come after a waiting gc wait for it.
+//!
 //! A wait is said once, as cargo says "Blocking waiting for file lock",
 //! naming what is waited on and why; with `--no-wait` the command fails at
 //! once instead. A flock is also taken between threads of one process (each
@@ -70,6 +77,8 @@ pub struct Subject {
 #[derive(Debug)]
 pub struct Lock {
     _held: Flock<File>,
+    /// The gate an exclusive [`acquire_fair`] keeps closed.
+    _gate: Option<Box<Lock>>,
     path: PathBuf,
     mode: Mode,
 }
@@ -93,6 +102,29 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// The wait polls instead of blocking in `flock`: genoci's signal handlers
 /// restart system calls, so a blocked `flock` would not see Ctrl-C.
 pub fn acquire(path: &Path, mode: Mode, wait: Wait, subject: &Subject) -> Result<Lock> {
+    take(path, mode, wait, subject, &mut false)
+}
+
+/// [`acquire`] `path` behind the directory `gate` (see the module doc), for
+/// holds where an exclusive taker must not be starved by shared ones. A
+/// wait is said once, for the gate and the lock together.
+pub fn acquire_fair(
+    path: &Path,
+    gate: &Path,
+    mode: Mode,
+    wait: Wait,
+    subject: &Subject,
+) -> Result<Lock> {
+    let mut said = false;
+    let gate = take(gate, mode, wait, subject, &mut said)?;
+    let mut lock = take(path, mode, wait, subject, &mut said)?;
+    if mode == Mode::Exclusive {
+        lock._gate = Some(Box::new(gate));
+    }
+    Ok(lock)
+}
+
+fn take(path: &Path, mode: Mode, wait: Wait, subject: &Subject, said: &mut bool) -> Result<Lock> {
     let io = |source| LockError::Io {
         path: path.to_path_buf(),
         source,
@@ -103,7 +135,6 @@ pub fn acquire(path: &Path, mode: Mode, wait: Wait, subject: &Subject) -> Result
         Mode::Exclusive => FlockArg::LockExclusiveNonblock,
     };
     let started = Instant::now();
-    let mut said = false;
     let mut pause = Duration::from_millis(5);
     loop {
         match Flock::lock(file, arg) {
@@ -111,6 +142,7 @@ pub fn acquire(path: &Path, mode: Mode, wait: Wait, subject: &Subject) -> Result
                 tracing::debug!(path = %path.display(), ?mode, waited_ms = started.elapsed().as_millis() as u64, "locked");
                 return Ok(Lock {
                     _held: held,
+                    _gate: None,
                     path: path.to_path_buf(),
                     mode,
                 });
@@ -128,13 +160,13 @@ pub fn acquire(path: &Path, mode: Mode, wait: Wait, subject: &Subject) -> Result
             Wait::Block => Duration::ZERO,
             Wait::Quietly(patience) => patience,
         };
-        if !said && started.elapsed() >= patience {
+        if !*said && started.elapsed() >= patience {
             tracing::warn!(
                 "Blocking waiting for file lock on {}: {}",
                 subject.what,
                 subject.why
             );
-            said = true;
+            *said = true;
         }
         if crate::signals::interrupted() {
             return Err(LockError::Interrupted(subject.what.clone()));
@@ -197,6 +229,43 @@ mod tests {
             err.to_string(),
             "the store /s is busy: gc has it; not waiting, as --no-wait says"
         );
+    }
+
+    /// A shared taker that comes while an exclusive one waits (for the
+    /// shared holders before it) waits for that one.
+    #[test]
+    fn a_waiting_exclusive_taker_goes_before_later_shared_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let gate = t.path().join("gate");
+        std::fs::create_dir(&gate).unwrap();
+        let fair = |mode, wait| acquire_fair(t.path(), &gate, mode, wait, &subject());
+        let first = fair(Mode::Shared, Wait::No).unwrap();
+        // Shared holds alone never keep one another out.
+        drop(fair(Mode::Shared, Wait::No).unwrap());
+        std::thread::scope(|s| {
+            let gc = s.spawn(|| fair(Mode::Exclusive, Wait::Block).unwrap());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            // Once the gc waits at the gate, later shared takers are held back.
+            loop {
+                match fair(Mode::Shared, Wait::No) {
+                    Err(LockError::Busy { .. }) => break,
+                    Ok(later) => drop(later),
+                    Err(e) => panic!("{e}"),
+                }
+                assert!(Instant::now() < deadline, "the gc never closed the gate");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(!gc.is_finished(), "the gc went before the first holder");
+            drop(first);
+            let gc = gc.join().unwrap();
+            assert_eq!(gc.mode(), Mode::Exclusive);
+            assert!(matches!(
+                fair(Mode::Shared, Wait::No),
+                Err(LockError::Busy { .. })
+            ));
+            drop(gc);
+        });
+        fair(Mode::Shared, Wait::No).unwrap();
     }
 
     #[test]

@@ -322,17 +322,32 @@ impl Access {
 pub fn hold_store(config: &Config, access: Access, wait: Wait) -> anyhow::Result<Lock> {
     use anyhow::Context;
     let dir = &config.storedir;
-    std::fs::create_dir_all(dir)
+    let gate = dir.join("gate");
+    std::fs::create_dir_all(&gate)
         .with_context(|| format!("creating the store {}", dir.display()))?;
-    hold(dir, &format!("the store {}", dir.display()), access, wait)
+    let what = format!("the store {}", dir.display());
+    hold(dir, &gate, &what, access, wait)
 }
 
-fn hold(dir: &std::path::Path, what: &str, access: Access, wait: Wait) -> anyhow::Result<Lock> {
+/// Hold `dir` behind `gate` (see [`crate::lock::acquire_fair`]).
+fn hold(
+    dir: &std::path::Path,
+    gate: &std::path::Path,
+    what: &str,
+    access: Access,
+    wait: Wait,
+) -> anyhow::Result<Lock> {
     let subject = Subject {
         what: what.to_string(),
         why: access.why(),
     };
-    Ok(crate::lock::acquire(dir, access.mode(), wait, &subject)?)
+    Ok(crate::lock::acquire_fair(
+        dir,
+        gate,
+        access.mode(),
+        wait,
+        &subject,
+    )?)
 }
 
 /// What every command that touches images needs: the config, the layout and
@@ -379,7 +394,8 @@ impl Session {
         // filesystem: it is held too, once mounted (the driver is open).
         if config.driver == DriverKind::Btrfs {
             let what = format!("the btrfs store {}", config.btrfsmount.display());
-            holds.push(hold(&config.btrfsmount, &what, access, wait)?);
+            let gate = config.btrfsmount.join("snapshots");
+            holds.push(hold(&config.btrfsmount, &gate, &what, access, wait)?);
         }
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {

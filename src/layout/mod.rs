@@ -159,15 +159,17 @@ impl Layout {
 
     /// Hold the layout for a whole command: `Shared` by every command that
     /// reads or adds blobs, `Exclusive` by gc, which must not remove a blob
-    /// a build has written and not tagged yet. The lock is on `blobs/`, as
-    /// the layout's own directory carries the short index lock.
+    /// a build has written and not tagged yet. The lock is on `blobs/`
+    /// (behind the gate `blobs/sha256/`), as the layout's own directory
+    /// carries the short index lock.
     pub fn hold(&self, mode: Mode, wait: Wait, why: &str) -> Result<Lock> {
         let subject = Subject {
             what: format!("the layout {}", self.root.display()),
             why: why.to_string(),
         };
-        Ok(crate::lock::acquire(
+        Ok(crate::lock::acquire_fair(
             &self.root.join("blobs"),
+            &self.blobs_dir(),
             mode,
             wait,
             &subject,

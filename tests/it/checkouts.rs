@@ -214,7 +214,10 @@ fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(tree.exists(), "B removed A's running build's tree");
     assert!(child.wait().unwrap().success(), "A's build failed");
-    assert!(gc.wait_with_output().unwrap().status.success(), "B's gc failed");
+    assert!(
+        gc.wait_with_output().unwrap().status.success(),
+        "B's gc failed"
+    );
     assert!(a.tags().contains(&"slow".to_string()));
     // A tree whose process is gone is still cleared by the next command.
     assert!(work_entries(&a.mountpoint()).is_empty());

@@ -102,6 +102,7 @@ on_every_driver!(
     a_gc_with_no_wait_during_a_build_fails_at_once,
     a_checkout_and_checkin_run_beside_a_build,
     builds_on_a_base_missing_from_the_store_all_materialise_it,
+    a_build_started_while_a_gc_waits_waits_for_the_gc,
 );
 
 const ROUNDS: usize = 3;
@@ -215,6 +216,35 @@ fn a_gc_during_a_build_waits_for_it_and_loses_nothing(store: &Store) {
     store.after_command(&["build"], None);
     let out = store.genoci(&["chroot", "slow", "cat", "/finished"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A gc waiting for a running build is not starved by builds started
+/// after it: they wait for the gc, and say so.
+fn a_build_started_while_a_gc_waits_waits_for_the_gc(store: &Store) {
+    let build = start_slow_build(store);
+    let mut gc = store.spawn(&["gc"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(gc.try_wait().unwrap().is_none(), "gc did not wait");
+    store.write(
+        "later.yaml",
+        "later:\n  base: fast\n  run: echo later > /later\n",
+    );
+    let later = store.spawn(&["build", "later.yaml"]);
+    let gc = wait_within(gc, Duration::from_secs(60));
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let later = wait_within(later, Duration::from_secs(120));
+    assert!(later.status.success(), "{}", stderr(&later));
+    finish_slow_build(store, build);
+    assert!(
+        stderr(&later).contains(&format!(
+            "Blocking waiting for file lock on the store {}: a gc, setup or unsetup has it to itself",
+            store.path().join(".genoci").display()
+        )),
+        "{}",
+        stderr(&later)
+    );
+    assert!(store.tags().contains(&"later".to_string()));
+    store.after_command(&["build"], None);
 }
 
 fn a_gc_with_no_wait_during_a_build_fails_at_once(store: &Store) {
