@@ -284,7 +284,8 @@ fn put_record(
 ) -> Result<()> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.json.{}-{n}.tmp", std::process::id()));
+    let me = Process::current();
+    let tmp = path.with_file_name(format!(".{name}.json.{}-{}-{n}.tmp", me.pid, me.start));
     if let Err(e) = std::fs::write(&tmp, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(DriverError::io("write", &tmp)(e));
@@ -298,6 +299,17 @@ fn put_record(
         }
         Err(e) => Err(DriverError::io("write", path)(e)),
     }
+}
+
+/// The process that writes the temp record `file_name` ([`put_record`]),
+/// if it is one: `.NAME.json.PID-START-N.tmp`.
+fn temp_record_owner(file_name: &str) -> Option<Process> {
+    let rest = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, owner) = rest.rsplit_once(".json.")?;
+    let mut fields = owner.split('-');
+    let pid = fields.next()?.parse().ok()?;
+    let start = fields.next()?.parse().ok()?;
+    Some(Process { pid, start })
 }
 
 /// Work tree names of a directory store become file names beside their
@@ -331,6 +343,13 @@ fn list_work_trees(work: &Path, tree_path: impl Fn(&str) -> PathBuf) -> Result<V
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
+        if let Some(owner) = temp_record_owner(&name) {
+            // Left by a process killed while it put a record in place.
+            if !owner.is_alive() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
         let name = name.strip_suffix(".json").unwrap_or(&name).to_string();
         // A dot starts the records being claimed, never a tree's name.
         if check_tree_name(&name).is_ok() && !name.starts_with('.') {

@@ -556,6 +556,23 @@ mod tests {
         ));
     }
 
+    /// A process killed while it put a record in place leaves its temp
+    /// file: the next listing removes it, and never one of a live process.
+    #[test]
+    fn temp_records_of_dead_processes_are_removed() {
+        let (t, d) = store();
+        let work = t.path().join("store/work");
+        let me = super::super::Process::current();
+        let dead = work.join(format!(".b.json.{}-{}-0.tmp", me.pid, me.start + 1));
+        let live = work.join(format!(".c.json.{}-{}-0.tmp", me.pid, me.start));
+        for file in [&dead, &live] {
+            fs::write(file, "{").unwrap();
+        }
+        assert!(d.work_trees().unwrap().is_empty());
+        assert!(!dead.exists());
+        assert!(live.exists());
+    }
+
     #[test]
     fn equal_checkins_at_once_all_succeed() {
         let (_t, d) = store();
