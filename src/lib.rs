@@ -10,6 +10,7 @@ pub mod driver;
 pub mod fsutil;
 pub mod io_error;
 pub mod layout;
+pub mod lock;
 pub mod mountinfo;
 pub mod sandbox;
 pub mod signals;

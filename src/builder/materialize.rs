@@ -34,9 +34,15 @@ pub fn ensure_snapshot(
     for n in present..layers.len() {
         let layer = &layers[n];
         tracing::info!(layer = %layer.digest(), "materialising layer {} of {}", n + 1, layers.len());
-        let name = format!("materialize-{}", &chains[n + 1].store_name()[..12]);
-        // Another process materialising the same layer in a shared store
-        // owns its tree: only one left by a dead process is cleared.
+        // Named by process: another genoci sharing the store may be
+        // materialising the same layer; both succeed (equal ChainIDs make
+        // a lost commit race a success). A tree of this name left by a dead
+        // process with the same pid is cleared first.
+        let name = format!(
+            "materialize-{}-{}",
+            std::process::id(),
+            &chains[n + 1].store_name()[..12]
+        );
         if let Some(stale) = driver.work_tree(&name)?.filter(|t| t.is_abandoned()) {
             driver.discard(stale)?;
         }

@@ -119,8 +119,6 @@ pub struct Builder<'a> {
     layout: &'a Layout,
     driver: &'a dyn SnapshotDriver,
     opts: BuildOptions,
-    /// index.json is read, changed and rewritten whole: one writer at a time.
-    tagging: Mutex<()>,
     /// Targets on the same base missing from the store would rebuild it in
     /// the same work tree at once: one materialises, the others then find it.
     materializing: Mutex<()>,
@@ -132,7 +130,6 @@ impl<'a> Builder<'a> {
             layout,
             driver,
             opts,
-            tagging: Mutex::new(()),
             materializing: Mutex::new(()),
         }
     }
@@ -428,16 +425,17 @@ impl<'a> Builder<'a> {
     }
 
     /// Move `NAME` (recording the cache `key` it was built for) and add the
-    /// next `NAME-YYYY-MM-DD_N`.
+    /// next `NAME-YYYY-MM-DD_N`, picked from the tags of the moment: other
+    /// threads and processes tag in the same layout.
     fn tag(&self, name: &str, manifest: &Descriptor, key: &str) -> Result<Vec<String>, BuildError> {
-        let _guard = self.tagging.lock().unwrap_or_else(|p| p.into_inner());
-        let existing: Vec<String> = self.layout.tags()?.into_iter().map(|(t, _)| t).collect();
-        let dated = tags::next_dated(name, &tags::today(), &existing);
-        self.layout.set_tags(&[
-            (name.to_string(), cache::with_key(manifest, key)),
-            (dated.clone(), tags::mark_dated(manifest)),
-        ])?;
-        Ok(vec![name.to_string(), dated])
+        let set = self.layout.update_tags(|existing| {
+            let dated = tags::next_dated(name, &tags::today(), existing);
+            vec![
+                (name.to_string(), cache::with_key(manifest, key)),
+                (dated, tags::mark_dated(manifest)),
+            ]
+        })?;
+        Ok(set.into_iter().map(|(tag, _)| tag).collect())
     }
 
     fn created(&self) -> String {

@@ -1,9 +1,9 @@
 use anyhow::anyhow;
 
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     // Only this layout's checkout: another layout's in a shared store is not ours to lose.
     let tree = session
         .driver

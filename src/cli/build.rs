@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{GlobalArgs, Session, UsageError};
+use super::{Access, GlobalArgs, Session, UsageError};
 use crate::builder::{commit, BuildError, BuildOptions, Builder, Outcome};
 use crate::layout::Layout;
 
@@ -41,7 +41,7 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
             .into());
         }
     }
-    let session = Session::with_config(config)?;
+    let session = Session::with_config(config, Access::Use, g.wait())?;
     let layout = &session.layout;
     let opts = BuildOptions {
         compression: session.config.compression,

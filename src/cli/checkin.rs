@@ -2,7 +2,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 
 use super::checkout::open_checkout;
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 use crate::builder::{commit, tags};
 use crate::spec::ConfigKeys;
 
@@ -14,7 +14,7 @@ pub struct CheckinArgs {
 
 pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
     let sde = commit::source_date_epoch()?;
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     let super::checkout::Checkout { tree, record } =
         open_checkout(&session.layout, session.driver.as_ref())?
             .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;

@@ -3,7 +3,7 @@ use clap::Args;
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 use crate::builder::ensure_snapshot;
 use crate::driver::{worktree, Owner, SnapshotDriver, WorkTree};
 use crate::layout::Layout;
@@ -112,7 +112,7 @@ pub fn open_images(session: &Session) -> anyhow::Result<Vec<Descriptor>> {
 }
 
 pub fn run(g: &GlobalArgs, args: &CheckoutArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     let name = tree_name(&session.layout);
     if let Some(open) = session.driver.work_tree(&name)? {
         let what = open_checkout(&session.layout, session.driver.as_ref())

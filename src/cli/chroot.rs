@@ -2,7 +2,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::checkout::open_checkout;
-use super::{CommandStatus, GlobalArgs, Session};
+use super::{Access, CommandStatus, GlobalArgs, Session};
 use crate::builder::ensure_snapshot;
 use crate::sandbox::{self, Output, RunOptions};
 
@@ -39,7 +39,7 @@ impl ChrootArgs {
 }
 
 pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     let driver = session.driver.as_ref();
     let (tag, argv) = args.tag_and_argv();
     let (tree, image, throwaway) = match tag {

@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use clap::Args;
 use oci_spec::image::Descriptor;
 
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 use crate::builder::tags::{is_marked_dated, parse_dated};
 use crate::driver::ChainId;
 
@@ -17,7 +17,7 @@ pub struct GcArgs {
 /// Everything is read and checked first; nothing is removed unless the
 /// whole layout could be read.
 pub fn run(g: &GlobalArgs, args: &GcArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Alone("gc"))?;
     let layout = &session.layout;
     let tags = layout.tags()?;
     let prune = if args.keep_dated {

@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DriverKind, Overrides};
 use crate::layout::Compression;
+use crate::lock::{Lock, Mode, Subject, Wait};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +55,10 @@ pub struct GlobalArgs {
     /// Only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Fail at once, instead of waiting, when another genoci holds the
+    /// layout or the store (a gc waits for running builds, a build for a gc)
+    #[arg(long, global = true)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,6 +116,15 @@ impl GlobalArgs {
 
     pub fn load_config(&self) -> anyhow::Result<Config> {
         Ok(Config::load(self.config.as_deref(), &self.overrides())?)
+    }
+
+    /// What a command does when the layout or the store is held.
+    pub fn wait(&self) -> Wait {
+        if self.no_wait {
+            Wait::No
+        } else {
+            Wait::Block
+        }
     }
 }
 
@@ -262,8 +276,74 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     exit::FAILED
 }
 
+/// How a command uses the layout and the store, which several genoci
+/// processes may share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads or adds (build, checkout, unpack, status …): runs beside any
+    /// number of such commands, and waits only for one that must be alone.
+    Use,
+    /// Removes what others may be using (gc, named here): waits until no
+    /// other command holds the layout or the store; once it holds them,
+    /// new commands wait until it is done.
+    Alone(&'static str),
+}
+
+impl Access {
+    fn mode(self) -> Mode {
+        match self {
+            Access::Use => Mode::Shared,
+            Access::Alone(_) => Mode::Exclusive,
+        }
+    }
+
+    /// Why this command would wait for the layout or the store.
+    fn why(self) -> String {
+        match self {
+            Access::Use => "a gc, setup or unsetup has it to itself".to_string(),
+            Access::Alone(command) => {
+                format!(
+                    "{command} waits for the other genoci commands (builds, checkouts) using it"
+                )
+            }
+        }
+    }
+}
+
+/// Hold the store directory (created if missing) for a whole command.
+pub fn hold_store(config: &Config, access: Access, wait: Wait) -> anyhow::Result<Lock> {
+    use anyhow::Context;
+    let dir = &config.storedir;
+    let gate = dir.join("gate");
+    std::fs::create_dir_all(&gate)
+        .with_context(|| format!("creating the store {}", dir.display()))?;
+    let what = format!("the store {}", dir.display());
+    hold(dir, &gate, &what, access, wait)
+}
+
+/// Hold `dir` behind `gate` (see [`crate::lock::acquire_fair`]).
+fn hold(
+    dir: &std::path::Path,
+    gate: &std::path::Path,
+    what: &str,
+    access: Access,
+    wait: Wait,
+) -> anyhow::Result<Lock> {
+    let subject = Subject {
+        what: what.to_string(),
+        why: access.why(),
+    };
+    Ok(crate::lock::acquire_fair(
+        dir,
+        gate,
+        access.mode(),
+        wait,
+        &subject,
+    )?)
+}
+
 /// What every command that touches images needs: the config, the layout and
-/// the store, both locked for the whole command.
+/// the store, both held for the whole command as its [`Access`] says.
 pub struct Session {
     /// With the driver decided: never [`DriverKind::Auto`].
     pub config: Config,
@@ -271,19 +351,21 @@ pub struct Session {
     pub driver_reason: String,
     pub layout: crate::layout::Layout,
     pub driver: Box<dyn crate::driver::SnapshotDriver>,
-    _locks: (crate::layout::lock::Lock, crate::layout::lock::Lock),
+    _holds: Vec<Lock>,
 }
 
 impl Session {
-    /// Open and lock the layout (created if missing) and the store, and
+    /// Open and hold the layout (created if missing) and the store, and
     /// discard work trees that a killed genoci left behind (never one whose
     /// owner is alive, nor a checkout kept for any layout).
-    pub fn open(g: &GlobalArgs) -> anyhow::Result<Session> {
-        Session::with_config(g.load_config()?)
+    pub fn open(g: &GlobalArgs, access: Access) -> anyhow::Result<Session> {
+        Session::with_config(g.load_config()?, access, g.wait())
     }
 
-    pub fn with_config(config: Config) -> anyhow::Result<Session> {
-        use anyhow::Context;
+    /// Every command holds the store, then the layout, then a btrfs
+    /// store, in that order, so that two commands never each hold one and
+    /// wait for the other.
+    pub fn with_config(config: Config, access: Access, wait: Wait) -> anyhow::Result<Session> {
         for (key, dir) in [
             ("layoutdir", &config.layoutdir),
             ("storedir", &config.storedir),
@@ -292,19 +374,31 @@ impl Session {
                 anyhow::bail!("{key} is /: refusing to use the root directory");
             }
         }
-        std::fs::create_dir_all(&config.storedir)
-            .with_context(|| format!("creating the store {}", config.storedir.display()))?;
-        let store_lock = crate::layout::lock::lock(&config.storedir)?;
+        let store_hold = hold_store(&config, access, wait)?;
         let layout = crate::layout::Layout::open_or_create(&config.layoutdir)?;
-        let layout_lock = crate::layout::lock::lock(layout.root())?;
+        let layout_hold = layout.hold(access.mode(), wait, &access.why())?;
         let mut config = config;
         let driver_reason = choose_driver(&mut config);
         tracing::debug!(driver = ?config.driver, "snapshot driver: {driver_reason}");
         let driver = open_driver(&config)?;
+        let mut holds = vec![store_hold, layout_hold];
+        // Project dirs with storedirs of their own may name one btrfs
+        // filesystem: it is held too, once mounted (the driver is open).
+        if config.driver == DriverKind::Btrfs {
+            let what = format!("the btrfs store {}", config.btrfsmount.display());
+            let gate = config.btrfsmount.join("snapshots");
+            holds.push(hold(&config.btrfsmount, &gate, &what, access, wait)?);
+        }
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {
                 tracing::info!(tree = %stale.name, "removing a work tree left by an interrupted run");
-                driver.discard(stale)?;
+                // Other genoci opening the store at the same moment may be
+                // removing it too; a tree that stays is tried again by the
+                // next command, and never stands in this one's way.
+                let name = stale.name.clone();
+                if let Err(e) = driver.discard(stale) {
+                    tracing::warn!(tree = %name, "could not remove the work tree yet: {}", crate::error_chain(&e));
+                }
             }
         }
         Ok(Session {
@@ -312,14 +406,15 @@ impl Session {
             driver_reason,
             layout,
             driver,
-            _locks: (store_lock, layout_lock),
+            _holds: holds,
         })
     }
 }
 
 /// Settle `config.driver` when the config left it to genoci, and say why
-/// the driver is the one it is. The store dir must exist and be locked: the
-/// overlay probe mounts a scratch overlay in it.
+/// the driver is the one it is. The store dir must exist and be held: the
+/// overlay probe mounts a scratch overlay in it (one per process, as
+/// several may probe at once).
 pub fn choose_driver(config: &mut Config) -> String {
     use crate::driver::overlay::OverlayDriver;
     if config.driver != DriverKind::Auto {

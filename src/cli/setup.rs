@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::GlobalArgs;
+use super::{hold_store, Access, GlobalArgs};
 use crate::config::DriverKind;
 use crate::driver::btrfs::{self, SetupOutcome, UnsetupOutcome};
 use crate::driver::DriverError;
@@ -19,7 +19,7 @@ pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
         println!("only the btrfs driver needs setup: nothing to do");
         return Ok(());
     }
-    let _lock = lock_store(&config)?;
+    let _hold = hold_store(&config, Access::Alone("setup"), g.wait())?;
     let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
     let outcome = btrfs::setup_store(lofile, config.losize, mnt).with_context(|| {
         format!(
@@ -55,13 +55,13 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
             println!("only the btrfs driver has a setup to undo: nothing to do");
             return Ok(());
         }
-        let _lock = lock_store(&config)?;
+        let _hold = hold_store(&config, Access::Alone("unsetup"), g.wait())?;
         let released = crate::driver::overlay::OverlayDriver::release_views(&config.storedir)
             .with_context(|| format!("releasing the overlay views in {}", views.display()))?;
         println!("unmounted {released} overlay views that `unpack` made");
         return Ok(());
     }
-    let _lock = lock_store(&config)?;
+    let _hold = hold_store(&config, Access::Alone("unsetup"), g.wait())?;
     let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
     let outcome = match btrfs::unsetup_store(lofile, mnt, args.force) {
         Err(DriverError::Busy(name)) => anyhow::bail!(
@@ -89,12 +89,4 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
-}
-
-/// Setup and unsetup hold the store lock, so that no build runs on a store
-/// being made or taken away.
-fn lock_store(config: &crate::config::Config) -> anyhow::Result<crate::layout::lock::Lock> {
-    std::fs::create_dir_all(&config.storedir)
-        .with_context(|| format!("creating the store {}", config.storedir.display()))?;
-    Ok(crate::layout::lock::lock(&config.storedir)?)
 }

@@ -1,8 +1,8 @@
 use super::checkout::{open_checkout, tree_name};
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     let c = &session.config;
     println!(
         "driver:    {} ({})",

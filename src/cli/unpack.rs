@@ -1,8 +1,8 @@
-use super::{GlobalArgs, Session};
+use super::{Access, GlobalArgs, Session};
 use crate::builder::ensure_snapshot;
 
 pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
-    let session = Session::open(g)?;
+    let session = Session::open(g, Access::Use)?;
     let tags = session.layout.tags()?;
     for (tag, desc) in &tags {
         let image = session.layout.image(desc)?;

@@ -35,6 +35,18 @@ const PREFIX: &str = "wt-";
 /// Hex digits of the name's hash kept: 128 bits, no collision in practice.
 const HASH_HEX: usize = 32;
 
+/// What the temporary file of a record being written starts with, followed
+/// by its writer's pid and start time.
+const TEMP_PREFIX: &str = ".record-";
+
+/// The process writing the temporary record `file`, if it is one.
+fn temp_record_owner(file: &str) -> Option<Process> {
+    let mut fields = file.strip_prefix(TEMP_PREFIX)?.split('-');
+    let pid = fields.next()?.parse().ok()?;
+    let start = fields.next()?.parse().ok()?;
+    Some(Process { pid, start })
+}
+
 /// The store name of work tree `name`: `wt-` and 32 hex digits.
 pub fn store_name(name: &str) -> String {
     let hash = Sha256::digest(name.as_bytes());
@@ -201,8 +213,11 @@ impl Trees {
         };
         let bytes = serde_json::to_vec(&record).expect("a record always serializes");
         let path = self.record_path(name);
+        // The temp name says whose it is, so that a listing can remove one
+        // that a killed process left.
+        let me = Process::current();
         let tmp = tempfile::Builder::new()
-            .prefix(".record-")
+            .prefix(&format!("{TEMP_PREFIX}{}-{}-", me.pid, me.start))
             .tempfile_in(&self.dir)
             .map_err(DriverError::io("create a file in", &self.dir))?;
         fs::write(tmp.path(), bytes).map_err(DriverError::io("write", tmp.path()))?;
@@ -228,6 +243,12 @@ impl Trees {
     pub fn list(&self, path: impl Fn(&Path) -> PathBuf) -> Result<Vec<WorkTree>> {
         let mut trees = Vec::new();
         for file in self.entries()? {
+            if let Some(owner) = temp_record_owner(&file) {
+                if !owner.is_alive() {
+                    remove_file_if_present(&self.dir.join(&file))?;
+                }
+                continue;
+            }
             let Some(stem) = file.strip_suffix(".json").filter(|s| is_store_name(s)) else {
                 continue;
             };

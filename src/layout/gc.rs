@@ -5,7 +5,8 @@
 //! (image manifests, indexes, artifact manifests, subjects), and the blobs
 //! to delete; only a plan made without error is applied
 //! ([`Layout::gc_apply`]), so a layout gc cannot fully read is left as it was.
-//! The caller holds the layout's lock.
+//! The caller holds the layout alone (`gc` takes it exclusively), so no
+//! build has blobs written and not yet tagged.
 
 use std::collections::BTreeSet;
 use std::fs;

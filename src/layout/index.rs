@@ -1,9 +1,16 @@
 //! `index.json`: one manifest descriptor per tag, named by
 //! `org.opencontainers.image.ref.name`.
 //! Tags are listed sorted by name; setting several is one atomic rewrite.
+//!
+//! Several genoci processes may tag in one layout at once: every change is
+//! a read-modify-write of the whole file under `index_lock`, and the file
+//! is replaced by a rename, so readers need no lock and never see half an
+//! index.
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
@@ -59,18 +66,36 @@ impl Layout {
     /// Point each tag at its descriptor, replacing what it named before, in
     /// one rewrite of the index.
     pub fn set_tags(&self, tags: &[(String, Descriptor)]) -> Result<()> {
-        for (name, _) in tags {
+        self.update_tags(|_| tags.to_vec()).map(drop)
+    }
+
+    /// [`set_tags`](Self::set_tags) with the tags `choose` picks from the
+    /// names in the index at the moment of the write (the next free dated
+    /// tag), so that a tag another process adds meanwhile is neither lost
+    /// nor taken twice. Returns what was set.
+    pub fn update_tags(
+        &self,
+        choose: impl FnOnce(&[String]) -> Vec<(String, Descriptor)>,
+    ) -> Result<Vec<(String, Descriptor)>> {
+        let _lock = index_lock(&self.root)?;
+        let mut index = self.index()?;
+        let existing: Vec<String> = index
+            .manifests()
+            .iter()
+            .filter_map(|d| ref_name(d).map(str::to_string))
+            .collect();
+        let tags = choose(&existing);
+        for (name, _) in &tags {
             check_tag(name)?;
         }
         let names: BTreeSet<&str> = tags.iter().map(|(n, _)| n.as_str()).collect();
-        let mut index = self.index()?;
         let mut manifests: Vec<Descriptor> = index
             .manifests()
             .iter()
             .filter(|d| ref_name(d).is_none_or(|n| !names.contains(n)))
             .cloned()
             .collect();
-        for (name, desc) in tags {
+        for (name, desc) in &tags {
             let mut desc = desc.clone();
             let mut annotations = desc.annotations().clone().unwrap_or_default();
             annotations.insert(REF_NAME.to_string(), name.clone());
@@ -80,11 +105,12 @@ impl Layout {
         }
         self.rewrite_index(&mut index, manifests)?;
         tracing::debug!(layout = %self.root.display(), tags = ?names, "tagged");
-        Ok(())
+        Ok(tags)
     }
 
     /// Drop these tags (the blobs stay until `gc`); unknown names are ignored.
     pub fn remove_tags(&self, tags: &[String]) -> Result<()> {
+        let _lock = index_lock(&self.root)?;
         let mut index = self.index()?;
         let manifests = index
             .manifests()
@@ -104,6 +130,20 @@ impl Layout {
         index.set_manifests(manifests);
         self.write_index(index)
     }
+}
+
+/// The lock around a read-modify-write of the index of the layout at
+/// `root` (and around making a new layout there): a `flock` on the
+/// layout's directory. It is held for as long as one rewrite takes, so a
+/// wait is said only when a holder seems stuck.
+pub(crate) fn index_lock(root: &Path) -> Result<crate::lock::Lock> {
+    use crate::lock::{acquire, Mode, Subject, Wait};
+    let subject = Subject {
+        what: format!("the index of the layout {}", root.display()),
+        why: "another genoci is writing it".to_string(),
+    };
+    let wait = Wait::Quietly(Duration::from_secs(1));
+    Ok(acquire(root, Mode::Exclusive, wait, &subject)?)
 }
 
 /// The image-spec grammar of a ref name, as far as a file name and tools care:
@@ -153,6 +193,49 @@ mod tests {
             serde_json::from_slice(&fs::read(l.root().join("index.json")).unwrap()).unwrap();
         assert_eq!(raw["schemaVersion"], 2);
         assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    }
+
+    /// Each thread opens the layout on its own, as another process would:
+    /// the index lock is a `flock`, which threads take from one another too.
+    #[test]
+    fn tags_set_at_once_by_many_writers_are_all_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("oci");
+        Layout::open_or_create(&root).unwrap();
+        std::thread::scope(|s| {
+            for w in 0..8u8 {
+                let root = &root;
+                s.spawn(move || {
+                    let l = Layout::open(root).unwrap();
+                    for n in 0..25u8 {
+                        l.update_tags(|existing| {
+                            assert!(existing.len() < 200);
+                            vec![(format!("w{w}-{n}"), desc(n))]
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let l = Layout::open(&root).unwrap();
+        assert_eq!(l.tags().unwrap().len(), 8 * 25);
+    }
+
+    #[test]
+    fn a_layout_made_by_several_writers_at_once_is_one_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("oci");
+        std::thread::scope(|s| {
+            for w in 0..8u8 {
+                let root = &root;
+                s.spawn(move || {
+                    let l = Layout::open_or_create(root).unwrap();
+                    l.set_tags(&[(format!("w{w}"), desc(w))]).unwrap();
+                });
+            }
+        });
+        let l = Layout::open(&root).unwrap();
+        assert_eq!(l.tags().unwrap().len(), 8);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The OCI image layout: blobs, the index and its tags, manifests and
-//! configs, layer tarballs, garbage collection and the lock.
+//! configs, layer tarballs and garbage collection.
 //!
 //! Every write goes to a temp file in the layout, is fsynced and renamed, so
 //! a reader (or a crash) only ever sees whole blobs and a whole index.
@@ -10,7 +10,6 @@ pub mod gc;
 pub mod image;
 pub mod index;
 pub mod layer;
-pub mod lock;
 pub mod platform;
 pub mod unpack;
 
@@ -23,9 +22,9 @@ use oci_spec::image::{ImageIndex, MediaType, OciLayout, OciLayoutBuilder};
 use serde::Serialize;
 
 use crate::io_error::IoError;
+use crate::lock::{Lock, Mode, Subject, Wait};
 
 pub use compress::Compression;
-pub use lock::{lock, Lock};
 pub use platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +51,8 @@ pub enum LayoutError {
         entry: String,
         reason: String,
     },
-    #[error("{0}")]
-    Locked(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -87,6 +86,12 @@ impl Layout {
             return Layout::open(root);
         }
         fs::create_dir_all(root).map_err(LayoutError::io("create directory", root))?;
+        // Another genoci may be making the same layout at this moment: one
+        // makes it, the other then finds it made.
+        let _lock = index::index_lock(root)?;
+        if root.join(OCI_LAYOUT_FILE).exists() {
+            return Layout::open(root);
+        }
         let mut entries = fs::read_dir(root).map_err(LayoutError::io("read directory", root))?;
         if entries.next().is_some() {
             return Err(LayoutError::NotALayout(root.to_path_buf()));
@@ -142,6 +147,25 @@ impl Layout {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Hold the layout for a whole command: `Shared` by every command that
+    /// reads or adds blobs, `Exclusive` by gc, which must not remove a blob
+    /// a build has written and not tagged yet. The lock is on `blobs/`
+    /// (behind the gate `blobs/sha256/`), as the layout's own directory
+    /// carries the short index lock.
+    pub fn hold(&self, mode: Mode, wait: Wait, why: &str) -> Result<Lock> {
+        let subject = Subject {
+            what: format!("the layout {}", self.root.display()),
+            why: why.to_string(),
+        };
+        Ok(crate::lock::acquire_fair(
+            &self.root.join("blobs"),
+            &self.blobs_dir(),
+            mode,
+            wait,
+            &subject,
+        )?)
     }
 
     fn blobs_dir(&self) -> PathBuf {

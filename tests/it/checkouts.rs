@@ -171,9 +171,15 @@ fn a_running_build_in_a_shared_store_keeps_its_tree(a: &Store) {
     }
     let tree = tree_dir(&a.root(), &build_tree().expect("the build's tree"));
     b.ok(&["status"]);
-    b.ok(&["gc"]);
+    // B's gc waits for A's build (they share the btrfs store).
+    let gc = b.cmd(&["gc"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     assert!(tree.exists(), "B removed A's running build's tree");
     assert!(child.wait().unwrap().success(), "A's build failed");
+    assert!(
+        gc.wait_with_output().unwrap().status.success(),
+        "B's gc failed"
+    );
     assert!(a.tags().contains(&"slow".to_string()));
     // A tree whose process is gone is still cleared by the next command.
     assert!(work_entries(&a.root()).is_empty());

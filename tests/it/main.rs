@@ -8,6 +8,7 @@ mod cache;
 mod cachekey;
 mod checkouts;
 mod compression;
+mod concurrent;
 mod config;
 mod confine;
 mod core;

@@ -313,7 +313,19 @@ fn the_default_is_plain_where_the_store_cannot_hold_overlays() {
     );
     env.ok(&["spec.yaml"]);
     assert!(dirs[3].join("store/snapshots").is_dir(), "a plain store");
-    assert!(!dirs[3].join("store/overlay/probe").exists());
+    let probes = fs::read_dir(dirs[3].join("store/overlay"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("probe")
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(probes, 0, "the probe's dirs are left");
     let out = env.genoci(&["--driver", "overlay", "status"]);
     assert!(out.status.success(), "the overlay store opens");
     let out = env.genoci(&["--driver", "overlay", "checkout", "bb"]);

@@ -79,13 +79,25 @@ impl OverlayDriver {
     }
 
     /// A snapshot assembled by a checkin that was killed before its final
-    /// rename is not one: the store is opened under its lock, so no
-    /// checkin is under way.
+    /// rename is not one. Other processes may be checking in meanwhile:
+    /// the staging dir of a tree whose owner lives (its record stays until
+    /// the checkin is done) is theirs.
     fn remove_unfinished_checkins(&self) -> Result<()> {
+        let live: std::collections::BTreeSet<String> = self
+            .trees
+            .list(|dir| dir.join("root"))?
+            .into_iter()
+            .filter(|t| !t.owner.is_abandoned())
+            .map(|t| worktree::store_name(&t.name))
+            .collect();
         let dir = self.root.join("snapshots");
         for entry in fs::read_dir(&dir).map_err(DriverError::io("read directory", &dir))? {
             let entry = entry.map_err(DriverError::io("read directory", &dir))?;
-            if entry.file_name().to_string_lossy().starts_with(STAGING) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix(STAGING)
+                .is_some_and(|tree| !live.contains(tree))
+            {
                 remove_tree(&entry.path())?;
             }
         }
@@ -119,7 +131,10 @@ impl OverlayDriver {
     /// dir (xattrs, whiteouts). Mounts and unmounts a scratch overlay there.
     pub fn probe(storedir: &Path) -> std::result::Result<(), String> {
         mount::supported()?;
-        let probe = storedir.join("overlay").join("probe");
+        // One per process: several genoci may open the store at once.
+        let probe = storedir
+            .join("overlay")
+            .join(format!("probe-{}", std::process::id()));
         let _ = remove_tree(&probe);
         let result = probe_in(&probe);
         let _ = remove_tree(&probe);
@@ -238,8 +253,23 @@ impl SnapshotDriver for OverlayDriver {
 
     /// A read-only overlay mount under `views/`, kept until the snapshot is
     /// removed, so the path stays good after the command (`unpack`).
+    ///
+    /// Several genoci may ask for the same view at once (`unpack` in two
+    /// terminals): the check and the mount are made under a lock on
+    /// `views/`, or the view would be mounted twice, one over the other.
     fn snapshot_path(&self, id: &ChainId) -> Result<PathBuf> {
-        self.mount_view(id, &self.root.join("views").join(id.store_name()))
+        use crate::lock::{acquire, LockError, Mode, Subject, Wait};
+        let views = self.root.join("views");
+        let subject = Subject {
+            what: format!("the overlay views in {}", views.display()),
+            why: "another genoci is mounting one".to_string(),
+        };
+        let wait = Wait::Quietly(std::time::Duration::from_secs(1));
+        let _lock = acquire(&views, Mode::Exclusive, wait, &subject).map_err(|e| match e {
+            LockError::Io { path, source } => DriverError::io("lock", path)(source),
+            _ => DriverError::Interrupted,
+        })?;
+        self.mount_view(id, &views.join(id.store_name()))
     }
 
     fn checkout_as(&self, base: &ChainId, name: &str, owner: &Owner) -> Result<WorkTree> {
@@ -321,7 +351,13 @@ impl SnapshotDriver for OverlayDriver {
         fs::write(&parent, tree.base.store_name()).map_err(DriverError::io("write", &parent))?;
         let upper = dir.join("upper");
         fs::rename(&upper, staging.join("diff")).map_err(DriverError::io("rename", &upper))?;
-        fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging))?;
+        if let Err(e) = fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging)) {
+            // Another build committed the same ChainID since the check.
+            if !e.lost_commit_race(&dest) {
+                return Err(e);
+            }
+            remove_tree(&staging)?;
+        }
         self.remove_work(&tree.name)
     }
 

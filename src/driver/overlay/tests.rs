@@ -196,7 +196,12 @@ fn the_probe_mounts_and_leaves_nothing() {
     let store = TestStore::new();
     OverlayDriver::probe(store.dir.path()).unwrap();
     assert_eq!(store.mounts(), Vec::<PathBuf>::new());
-    assert!(!store.dir.path().join("overlay/probe").exists());
+    let left: Vec<_> = fs::read_dir(store.dir.path().join("overlay"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("probe"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
@@ -301,4 +306,35 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     let base = driver.snapshot_path(&two).unwrap();
     assert_eq!(driver.changes(&tree).unwrap(), diff::full_compare(&base, t));
     driver.discard(tree).unwrap();
+}
+
+#[test]
+fn equal_checkins_at_once_all_succeed() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
+}
+
+/// Another process opening the store leaves the staging dir of a checkin
+/// under way (its tree's owner lives) and removes one a dead process left.
+#[test]
+fn opening_the_store_keeps_the_checkins_of_live_processes() {
+    use crate::driver::worktree;
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let d = store.driver();
+    let live = d.checkout(&ChainId::empty(), "live").unwrap();
+    let snapshots = store.dir.path().join("overlay/snapshots");
+    let staging = |name: &str| snapshots.join(format!("new-{}", worktree::store_name(name)));
+    for name in ["live", "dead"] {
+        fs::create_dir(staging(name)).unwrap();
+    }
+    drop(store.driver());
+    assert!(staging("live").is_dir());
+    assert!(!staging("dead").exists());
+    d.discard(live).unwrap();
 }

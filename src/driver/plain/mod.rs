@@ -58,8 +58,10 @@ impl PlainDriver {
             root: canonical,
         };
         let empty = driver.snapshot_dir(&ChainId::empty());
-        if !empty.exists() {
-            fs::create_dir(&empty).map_err(DriverError::io("create directory", &empty))?;
+        match fs::create_dir(&empty) {
+            // Made before, or by another genoci opening the new store at once.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            made => made.map_err(DriverError::io("create directory", &empty))?,
         }
         driver.trees.retire_legacy(
             |from, to| {
@@ -508,6 +510,60 @@ mod tests {
         assert!(!trees[0].is_abandoned());
         assert_eq!(trees[1].owner, Owner::this_process());
         assert!(!trees[1].is_abandoned());
+    }
+
+    /// Another process sharing the store lists the work trees (to remove
+    /// those left by dead processes) while a checkout copies: it must never
+    /// see a tree in the making as abandoned.
+    #[test]
+    fn a_tree_in_the_making_is_never_taken_for_an_abandoned_one() {
+        let (_t, d) = store();
+        let (big, _) = commit(&d, &ChainId::empty(), "a", |root| {
+            for n in 0..1000 {
+                fs::write(root.join(format!("f{n}")), "x").unwrap();
+            }
+        });
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 0..3 {
+                    let tree = d.checkout(&big, &format!("t{n}")).unwrap();
+                    d.discard(tree).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for tree in d.work_trees().unwrap() {
+                    assert!(!tree.is_abandoned(), "{tree:?} taken for abandoned");
+                    seen += 1;
+                }
+            }
+            seen
+        });
+        assert!(seen > 0, "no listing caught a checkout under way");
+        assert!(matches!(
+            d.checkout_as(&big, "x", &Owner::this_process())
+                .and_then(|_| d.checkout(&big, "x")),
+            Err(DriverError::Busy(_))
+        ));
+    }
+
+    /// A process killed while it put a record in place leaves its temp
+    /// file: the next listing removes it, and never one of a live process.
+    #[test]
+    fn temp_records_of_dead_processes_are_removed() {
+        let (t, d) = store();
+        let work = t.path().join("store/work");
+        let me = super::super::Process::current();
+        let dead = work.join(format!(".record-{}-{}-b", me.pid, me.start + 1));
+        let live = work.join(format!(".record-{}-{}-c", me.pid, me.start));
+        for file in [&dead, &live] {
+            fs::write(file, "{").unwrap();
+        }
+        assert!(d.work_trees().unwrap().is_empty());
+        assert!(!dead.exists());
+        assert!(live.exists());
     }
 
     #[test]
