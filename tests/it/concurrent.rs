@@ -4,63 +4,36 @@
 //! builds (and says so), or fails at once with `--no-wait`; a checkout and
 //! a checkin run beside a build.
 
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::oci;
-use crate::stores::{assert_layout_valid, work_entries, Btrfs, Overlay};
+use crate::stores::{
+    assert_layout_valid, driver_tests, tree_dir, work_entries, Btrfs, Driver, Overlay, Store,
+};
 use crate::util::{stderr, Env};
 
-/// One test dir per driver, each with its own store.
-enum Store {
-    Plain(Env),
-    Overlay(Overlay),
-    Btrfs(Btrfs),
+/// What these tests do with a store beyond [`Store`]'s own.
+trait Concurrent {
+    fn build_tree(&self, pid: u32, target: &str) -> PathBuf;
+    fn spawn(&self, args: &[&str]) -> Child;
+    fn assert_no_work_trees(&self);
 }
 
-impl Deref for Store {
-    type Target = Env;
-    fn deref(&self) -> &Env {
-        match self {
-            Store::Plain(env) => env,
-            Store::Overlay(env) => env,
-            Store::Btrfs(env) => env,
-        }
-    }
-}
-
-impl Store {
-    /// Where the driver keeps `work/`.
-    fn root(&self) -> PathBuf {
-        match self {
-            Store::Plain(env) => env.path().join(".genoci"),
-            Store::Overlay(env) => env.root(),
-            Store::Btrfs(env) => env.mountpoint(),
-        }
-    }
-
+impl Concurrent for Store {
     /// The root of the tree in which process `pid` builds `target`.
     fn build_tree(&self, pid: u32, target: &str) -> PathBuf {
-        let tree = self.root().join(format!("work/build-{pid}-{target}"));
-        match self {
-            Store::Overlay(_) => tree.join("root"),
+        let tree = tree_dir(&self.root(), &format!("build-{pid}-{target}"));
+        match self.driver() {
+            Driver::Overlay => tree.join("root"),
             _ => tree,
         }
     }
 
     /// A genoci run in the background, its output kept.
     fn spawn(&self, args: &[&str]) -> Child {
-        Store::spawn_in(self, args)
-    }
-
-    fn spawn_in(env: &Env, args: &[&str]) -> Child {
-        env.cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start genoci")
+        spawn_in(self, args)
     }
 
     /// No work tree (nor its record) is left in the store.
@@ -70,32 +43,15 @@ impl Store {
     }
 }
 
-/// Each test once per driver: `NAME::plain`, `NAME::overlay`, `NAME::btrfs`.
-macro_rules! on_every_driver {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn plain() {
-                crate::util::require_root!();
-                super::$name(&super::Store::Plain(crate::util::Env::new()));
-            }
-
-            #[test]
-            fn overlay() {
-                crate::util::require_root!();
-                super::$name(&super::Store::Overlay(crate::stores::Overlay::new()));
-            }
-
-            #[test]
-            fn btrfs() {
-                crate::stores::require_btrfs!();
-                super::$name(&super::Store::Btrfs(crate::stores::Btrfs::new()));
-            }
-        }
-    )*};
+fn spawn_in(env: &Env, args: &[&str]) -> Child {
+    env.cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start genoci")
 }
 
-on_every_driver!(
+driver_tests!(
     four_builds_started_together_all_succeed_and_keep_every_tag,
     ls_and_status_answer_at_once_while_a_build_runs,
     a_gc_during_a_build_waits_for_it_and_loses_nothing,
@@ -396,9 +352,7 @@ fn unpacks_at_once_mount_each_overlay_view_once() {
     );
     store.ok(&["spec.yaml"]);
     for round in 0..5 {
-        let unpacks: Vec<Child> = (0..SPECS)
-            .map(|_| Store::spawn_in(&store, &["unpack"]))
-            .collect();
+        let unpacks: Vec<Child> = (0..SPECS).map(|_| spawn_in(&store, &["unpack"])).collect();
         for unpack in unpacks {
             let out = wait_within(unpack, Duration::from_secs(60));
             assert!(out.status.success(), "{}", stderr(&out));
@@ -432,7 +386,7 @@ fn a_gc_in_another_dir_sharing_the_btrfs_store_waits_for_its_builds() {
         ),
     );
     let build = start_slow_build(&a);
-    let mut gc = Store::spawn_in(&b, &["gc"]);
+    let mut gc = spawn_in(&b, &["gc"]);
     std::thread::sleep(Duration::from_secs(1));
     assert!(gc.try_wait().unwrap().is_none(), "gc did not wait");
     finish_slow_build(&a, build);
