@@ -76,15 +76,6 @@ impl Scratch {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Whether genoci added anything here.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn note_mtime(&mut self) -> Result<(), ScratchError> {
         let meta = fs::symlink_metadata(&self.dir).map_err(wrap("stat", &self.dir))?;
         self.mtime_ours = FileTime::from_last_modification_time(&meta);

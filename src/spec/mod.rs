@@ -127,24 +127,6 @@ pub struct Target {
     pub stanza: String,
 }
 
-impl Target {
-    /// Host files this target reads (for the build cache): tarballs, copy
-    /// sources, local packages and run scripts.
-    pub fn input_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self.expand.clone();
-        files.extend(self.copy.iter().map(|c| c.src.clone()));
-        files.extend(self.install.iter().filter_map(|p| match p {
-            Package::File(f) => Some(f.clone()),
-            Package::Url(_) => None,
-        }));
-        files.extend(self.run.iter().filter_map(|r| match r {
-            RunItem::File(f) => Some(f.clone()),
-            RunItem::Script(_) => None,
-        }));
-        files
-    }
-}
-
 /// Every problem found in a spec; `Display` gives one line each.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]

@@ -883,8 +883,13 @@ tool:
             os.stanza,
             r#"{"base":"empty","expand":"./rootfs.tar extra.tar.gz","install":["pkgs/a.deb","https://example.com/b.rpm"]}"#
         );
+        let copied = app.copy.iter().map(|c| c.src.clone());
+        let scripts = app.run.iter().filter_map(|r| match r {
+            RunItem::File(f) => Some(f.clone()),
+            RunItem::Script(_) => None,
+        });
         assert_eq!(
-            app.input_files(),
+            copied.chain(scripts).collect::<Vec<_>>(),
             [
                 root.join("conf/app.conf"),
                 root.join("my file"),
