@@ -91,9 +91,24 @@ pub fn devices_backing(file: &Path) -> Result<Vec<PathBuf>> {
 /// Detach `device` from its backing file.
 pub fn detach(device: &Path) -> Result<()> {
     let handle = LoopDevice::open(device).map_err(DriverError::io("open", device))?;
-    handle
-        .detach()
-        .map_err(DriverError::io("detach loop device", device))?;
+    let detached = handle.detach();
+    drop(handle);
+    wait_detached(device);
+    detached.map_err(DriverError::io("detach loop device", device))?;
     tracing::debug!(device = %device.display(), "detached loop device");
     Ok(())
+}
+
+/// The kernel releases a loop device whose last user just went (an unmount
+/// of an autoclear device, or a detach while busy) in the background: wait
+/// a little for that, so that `unsetup` leaves no device behind when it ends.
+fn wait_detached(device: &Path) {
+    let Some(name) = device.file_name() else {
+        return;
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while backing.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -97,6 +97,10 @@ struct Unpacker<'a> {
     /// Times of directories this archive does not carry but writes into
     /// (relative paths): restored at the end, as the image has them.
     kept_times: Vec<(PathBuf, FileTime, FileTime)>,
+    /// Directories made for entries below them that the archive does not
+    /// carry (relative paths): they get the time 0, not the time of the
+    /// unpack, so that every unpack of the same layers is the same tree.
+    implied: Vec<PathBuf>,
     kept: HashSet<PathBuf>,
 }
 
@@ -109,6 +113,7 @@ impl<'a> Unpacker<'a> {
             written: HashSet::new(),
             dirs: Vec::new(),
             kept_times: Vec::new(),
+            implied: Vec::new(),
             kept: HashSet::new(),
         }
     }
@@ -140,6 +145,12 @@ impl<'a> Unpacker<'a> {
             }
             if let Some(full) = self.real_dir(&rel) {
                 filetime::set_symlink_file_times(&full, atime, mtime)
+                    .map_err(LayoutError::io("set times", &full))?;
+            }
+        }
+        for rel in std::mem::take(&mut self.implied) {
+            if let Some(full) = self.real_dir(&rel) {
+                filetime::set_symlink_file_times(&full, FileTime::zero(), FileTime::zero())
                     .map_err(LayoutError::io("set times", &full))?;
             }
         }
@@ -246,6 +257,7 @@ impl<'a> Unpacker<'a> {
                     fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
                         .map_err(LayoutError::io("chmod", &full))?;
                     self.written.insert(cur.clone());
+                    self.implied.push(cur.clone());
                 }
             }
         }
