@@ -31,9 +31,10 @@ dockerd_stop() {
   [ -f "$work/docker/mypid" ] || return 0
   local pid i
   pid=$(cat "$work/docker/mypid")
-  kill "$pid" 2>/dev/null
+  # Each step may fail (the daemon already gone): none may end the bench.
+  kill "$pid" 2>/dev/null || true
   for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  kill -9 "$pid" 2>/dev/null
+  kill -9 "$pid" 2>/dev/null || true
   rm -f "$work/docker/mypid"
 }
 cleanup() {
