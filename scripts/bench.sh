@@ -25,6 +25,18 @@ mkdir -m 700 "$work"
 log=$work/log
 # buildah's own default storage as root: overlay.
 buildah_args=(--root "$work/buildah/root" --runroot "$work/buildah/run" --storage-driver overlay)
+# Our own dockerd (see BuildKit below), by its PID; it takes its managed
+# containerd along.
+dockerd_stop() {
+  [ -f "$work/docker/mypid" ] || return 0
+  local pid i
+  pid=$(cat "$work/docker/mypid")
+  # Each step may fail (the daemon already gone): none may end the bench.
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$work/docker/mypid"
+}
 cleanup() {
   set +e
   if [ -f "$work/btrfs/atom_config.yaml" ]; then
@@ -34,6 +46,7 @@ cleanup() {
     buildah "${buildah_args[@]}" rm --all >/dev/null 2>&1
     buildah "${buildah_args[@]}" rmi --all --force >/dev/null 2>&1
   fi
+  dockerd_stop
   # Whatever is still mounted below the work dir (overlay trees of a run cut short), deepest first.
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work"
@@ -226,6 +239,67 @@ else
   say "buildah not installed or failing here: skipped"
 fi
 
+# --- BuildKit (dockerd's own, started here): FROM base + COPY one file -------
+# A dockerd of its own: data, exec root, pid file and socket in the work dir,
+# no bridge, no iptables rules, overlay2. Debian 12's docker.io (20.10) has
+# no OCI exporter in its built-in BuildKit: images go to its image store.
+
+dk() { DOCKER_HOST="unix://$work/docker/sock" DOCKER_BUILDKIT=1 /usr/bin/docker "$@"; }
+dockerd_start() {
+  if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/bin/docker ]; then
+    say "installing docker.io (dockerd, BuildKit)"
+    # Started here, never as a system service: deny service starts meanwhile.
+    local deny=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && deny=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io >>"$log" 2>&1
+    local rc=$?
+    [ -n "$deny" ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || return 1
+  fi
+  mkdir -p "$work/docker/data" "$work/docker/exec" "$work/docker/ctx" &&
+    echo '{}' >"$work/docker/daemon.json" || return 1
+  /usr/sbin/dockerd --config-file "$work/docker/daemon.json" \
+    --data-root "$work/docker/data" --exec-root "$work/docker/exec" \
+    --pidfile "$work/docker/pid" -H "unix://$work/docker/sock" \
+    --bridge=none --iptables=false --ip-masq=false --storage-driver overlay2 \
+    >>"$work/docker/log" 2>&1 &
+  echo $! >"$work/docker/mypid"
+  local i
+  for i in $(seq 1 60); do
+    dk version >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  return 1
+}
+buildkit_import() {
+  mkdir -p "$work/docker/import" &&
+    cp "$work/in/base.tar.gz" "$work/docker/import/" &&
+    printf 'FROM scratch\nADD base.tar.gz /\n' >"$work/docker/import/Dockerfile" &&
+    dk build -q --no-cache -t import "$work/docker/import"
+}
+buildkit_one() {
+  date +%s%N >"$work/docker/ctx/file" && dk build -q -t new "$work/docker/ctx"
+}
+if dockerd_start; then
+  say "BuildKit: base import, one-file rebuild"
+  # The base as genoci built it, loaded into the image store once.
+  if skopeo copy -q "oci:$work/overlay/oci:base" "docker-archive:$work/docker/base.tar:base:latest" >>"$log" 2>&1 &&
+    dk load -i "$work/docker/base.tar" >>"$log" 2>&1; then
+    printf 'FROM base:latest\nCOPY file /etc/genoci-bench\n' >"$work/docker/ctx/Dockerfile"
+    T[import_buildkit]=$(bench "" buildkit_import) || T[import_buildkit]=""
+    buildkit_one >>"$log" 2>&1
+    T[one_buildkit]=$(bench "" buildkit_one) || T[one_buildkit]=""
+  else
+    say "loading the base into dockerd failed: BuildKit skipped"
+  fi
+else
+  say "dockerd did not start: BuildKit skipped"
+  tail -5 "$work/docker/log" >&2 || true
+fi
+dockerd_stop
+
 # --- peak memory: base imports of ~100 MB and ~1 GB of random data -----------
 
 rss_import() {
@@ -266,14 +340,14 @@ echo
 echo "Medians of $RUNS runs, wall time. Debian bookworm minbase rootfs: $(du -h "$tarball" | cut -f1) tarball."
 echo
 O=${T[import_overlay]:-}
-echo "| operation | genoci plain | genoci overlay | genoci btrfs | umoci | buildah (overlay) | other | ratios |"
-echo "|---|---|---|---|---|---|---|---|"
-echo "| base import (\`base: empty\` + \`expand\`) | $(secs "$P") | $(secs "$O") | $(secs "$B") | $(secs "${T[import_umoci]:-}") | $(secs "${T[import_buildah]:-}") | $(secs "${T[import_base]}") tar -xzf + tar -c \| gzip -6 | plain ÷ extract+compress $(ratio "$P" "${T[import_base]}"); overlay ÷ extract+compress $(ratio "$O" "${T[import_base]}"); btrfs ÷ extract+compress $(ratio "$B" "${T[import_base]}") |"
-echo "| one-file rebuild | $(secs "${T[one_plain]}") | $(secs "${T[one_overlay]:-}") | $(secs "${T[one_btrfs]:-}") | $(secs "${T[one_umoci]:-}") | $(secs "${T[one_buildah]:-}") | | buildah ÷ overlay $(ratio "${T[one_buildah]:-}" "${T[one_overlay]:-}"); buildah ÷ btrfs $(ratio "${T[one_buildah]:-}" "${T[one_btrfs]:-}"); umoci ÷ overlay $(ratio "${T[one_umoci]:-}" "${T[one_overlay]:-}"); umoci ÷ plain $(ratio "${T[one_umoci]:-}" "${T[one_plain]}") |"
-echo "| one-file rebuild, 40,000 more files in the base | $(secs "${T[many_plain]}") | $(secs "${T[many_overlay]:-}") | $(secs "${T[many_btrfs]:-}") | | | | with ÷ without: overlay $(ratio "${T[many_overlay]:-}" "${T[one_overlay]:-}"), btrfs $(ratio "${T[many_btrfs]:-}" "${T[one_btrfs]:-}") |"
-echo "| no-op rebuild | $(secs "${T[noop_plain]}") | $(secs "${T[noop_overlay]:-}") | $(secs "${T[noop_btrfs]:-}") | | | | |"
-echo "| 10-target spec, full build (\`--no-cache\`) | $(secs "${T[tenfull_plain]}") | $(secs "${T[tenfull_overlay]:-}") | $(secs "${T[tenfull_btrfs]:-}") | | | | overlay ÷ btrfs $(ratio "${T[tenfull_overlay]:-}" "${T[tenfull_btrfs]:-}") |"
-echo "| 10-target spec, no-op rebuild | $(secs "${T[tennoop_plain]}") | $(secs "${T[tennoop_overlay]:-}") | $(secs "${T[tennoop_btrfs]:-}") | | | | full ÷ no-op: plain $(ratio "${T[tenfull_plain]}" "${T[tennoop_plain]}"), overlay $(ratio "${T[tenfull_overlay]:-}" "${T[tennoop_overlay]:-}"), btrfs $(ratio "${T[tenfull_btrfs]:-}" "${T[tennoop_btrfs]:-}") |"
+echo "| operation | genoci plain | genoci overlay | genoci btrfs | umoci | buildah (overlay) | BuildKit (dockerd, overlay2) | other | ratios |"
+echo "|---|---|---|---|---|---|---|---|---|"
+echo "| base import (\`base: empty\` + \`expand\`) | $(secs "$P") | $(secs "$O") | $(secs "$B") | $(secs "${T[import_umoci]:-}") | $(secs "${T[import_buildah]:-}") | $(secs "${T[import_buildkit]:-}") | $(secs "${T[import_base]}") tar -xzf + tar -c \| gzip -6 | plain ÷ extract+compress $(ratio "$P" "${T[import_base]}"); overlay ÷ extract+compress $(ratio "$O" "${T[import_base]}"); btrfs ÷ extract+compress $(ratio "$B" "${T[import_base]}") |"
+echo "| one-file rebuild | $(secs "${T[one_plain]}") | $(secs "${T[one_overlay]:-}") | $(secs "${T[one_btrfs]:-}") | $(secs "${T[one_umoci]:-}") | $(secs "${T[one_buildah]:-}") | $(secs "${T[one_buildkit]:-}") | | buildah ÷ overlay $(ratio "${T[one_buildah]:-}" "${T[one_overlay]:-}"); BuildKit ÷ overlay $(ratio "${T[one_buildkit]:-}" "${T[one_overlay]:-}"); buildah ÷ btrfs $(ratio "${T[one_buildah]:-}" "${T[one_btrfs]:-}"); umoci ÷ overlay $(ratio "${T[one_umoci]:-}" "${T[one_overlay]:-}"); umoci ÷ plain $(ratio "${T[one_umoci]:-}" "${T[one_plain]}") |"
+echo "| one-file rebuild, 40,000 more files in the base | $(secs "${T[many_plain]}") | $(secs "${T[many_overlay]:-}") | $(secs "${T[many_btrfs]:-}") | | | | | with ÷ without: overlay $(ratio "${T[many_overlay]:-}" "${T[one_overlay]:-}"), btrfs $(ratio "${T[many_btrfs]:-}" "${T[one_btrfs]:-}") |"
+echo "| no-op rebuild | $(secs "${T[noop_plain]}") | $(secs "${T[noop_overlay]:-}") | $(secs "${T[noop_btrfs]:-}") | | | | | |"
+echo "| 10-target spec, full build (\`--no-cache\`) | $(secs "${T[tenfull_plain]}") | $(secs "${T[tenfull_overlay]:-}") | $(secs "${T[tenfull_btrfs]:-}") | | | | | overlay ÷ btrfs $(ratio "${T[tenfull_overlay]:-}" "${T[tenfull_btrfs]:-}") |"
+echo "| 10-target spec, no-op rebuild | $(secs "${T[tennoop_plain]}") | $(secs "${T[tennoop_overlay]:-}") | $(secs "${T[tennoop_btrfs]:-}") | | | | | full ÷ no-op: plain $(ratio "${T[tenfull_plain]}" "${T[tennoop_plain]}"), overlay $(ratio "${T[tenfull_overlay]:-}" "${T[tennoop_overlay]:-}"), btrfs $(ratio "${T[tenfull_btrfs]:-}" "${T[tennoop_btrfs]:-}") |"
 if [ ${#mem[@]} -gt 0 ]; then
   echo
   echo "Peak memory (max RSS, /usr/bin/time) of a base import of incompressible data, plain driver, one run:"

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use crate::io_error::IoError;
 use crate::layout::Compression;
 
+/// The subvolume genoci makes for its store in `btrfsmount` with
+/// `lofile: none`; `unsetup` deletes it and nothing else.
+pub const BTRFS_STORE: &str = "genoci-store";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DriverKind {
     /// No `driver` given: `overlay` where the kernel and the store's
@@ -21,7 +25,9 @@ pub enum DriverKind {
 pub struct Config {
     pub driver: DriverKind,
     pub layoutdir: PathBuf,
-    pub lofile: PathBuf,
+    /// The btrfs loopback file; `None` (`lofile: none`): no loopback, the
+    /// store is a subvolume on the btrfs filesystem `btrfsmount` is part of.
+    pub lofile: Option<PathBuf>,
     /// Bytes.
     pub losize: u64,
     pub btrfsmount: PathBuf,
@@ -36,7 +42,7 @@ impl Default for Config {
         Config {
             driver: DriverKind::Auto,
             layoutdir: PathBuf::from("./oci"),
-            lofile: PathBuf::from("./btrfs.img"),
+            lofile: Some(PathBuf::from("./btrfs.img")),
             losize: 20 << 30,
             btrfsmount: PathBuf::from("./btrfs"),
             storedir: PathBuf::from("./.genoci"),
@@ -114,13 +120,18 @@ impl Config {
 
         for path in [
             &mut config.layoutdir,
-            &mut config.lofile,
             &mut config.btrfsmount,
             &mut config.storedir,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.lofile.as_mut())
+        {
             *path = absolute(cwd, path);
         }
         config.source = source;
+        if config.driver == DriverKind::Btrfs && config.lofile.is_none() {
+            config.check_existing_btrfs()?;
+        }
         tracing::debug!(
             source = ?config.source,
             driver = ?config.driver,
@@ -163,6 +174,57 @@ impl Config {
                     message,
                 })?;
         }
+        // Checked once every key is read, whatever their order.
+        if self.lofile.is_none() && map.contains_key("losize") {
+            return Err(ConfigError::Key {
+                path: path.to_path_buf(),
+                key: "losize".into(),
+                message: "it sizes the loopback file, and `lofile: none` has none: \
+                          remove one of the two keys"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The directory of the btrfs store: `btrfsmount` itself on the
+    /// loopback filesystem, else genoci's subvolume [`BTRFS_STORE`] in it.
+    pub fn btrfs_store(&self) -> PathBuf {
+        match self.lofile {
+            Some(_) => self.btrfsmount.clone(),
+            None => self.btrfsmount.join(BTRFS_STORE),
+        }
+    }
+
+    /// With `lofile: none`, `btrfsmount` must be a directory of a mounted
+    /// btrfs filesystem: said here, as a config error, rather than later
+    /// as a failed subvolume call.
+    fn check_existing_btrfs(&self) -> Result<(), ConfigError> {
+        let dir = &self.btrfsmount;
+        let wrong = |message: String| ConfigError::Key {
+            path: self.source.clone().unwrap_or_default(),
+            key: "btrfsmount".into(),
+            message,
+        };
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            wrong(format!(
+                "{}: {e}; with `lofile: none` it must be a directory of a mounted btrfs filesystem",
+                dir.display()
+            ))
+        })?;
+        if !meta.is_dir() {
+            return Err(wrong(format!("{} is not a directory", dir.display())));
+        }
+        let fs_type = crate::mountinfo::fs_type(dir)
+            .map_err(|e| wrong(format!("finding the filesystem of {}: {e}", dir.display())))?;
+        if fs_type.as_deref() != Some("btrfs") {
+            return Err(wrong(format!(
+                "{} is on {}, not btrfs: `lofile: none` stores subvolumes on an existing btrfs \
+                 filesystem (give a directory of one, or a loopback `lofile`)",
+                dir.display(),
+                fs_type.as_deref().unwrap_or("an unknown filesystem")
+            )));
+        }
         Ok(())
     }
 
@@ -197,7 +259,12 @@ impl Config {
                 }
             }
             "layoutdir" => self.layoutdir = PathBuf::from(text()?),
-            "lofile" => self.lofile = PathBuf::from(text()?),
+            "lofile" => {
+                self.lofile = match text()? {
+                    "none" => None,
+                    file => Some(PathBuf::from(file)),
+                }
+            }
             "btrfsmount" => self.btrfsmount = PathBuf::from(text()?),
             "storedir" => self.storedir = PathBuf::from(text()?),
             _ => {
@@ -300,7 +367,7 @@ mod tests {
             config,
             Config {
                 layoutdir: cwd.join("oci"),
-                lofile: cwd.join("btrfs.img"),
+                lofile: Some(cwd.join("btrfs.img")),
                 btrfsmount: cwd.join("btrfs"),
                 storedir: cwd.join(".genoci"),
                 ..Config::default()
@@ -323,7 +390,7 @@ mod tests {
             Config {
                 driver: DriverKind::Btrfs,
                 layoutdir: "/srv/oci".into(),
-                lofile: cwd.join("img/b.img"),
+                lofile: Some(cwd.join("img/b.img")),
                 losize: 512 << 20,
                 btrfsmount: cwd.join("mnt"),
                 storedir: cwd.join("../store"),
@@ -361,6 +428,23 @@ mod tests {
     #[case::size_zero("losize: 0", "losize", "must not be zero")]
     #[case::size_negative("losize: -1", "losize", "invalid size")]
     #[case::size_list("losize: [1]", "losize", "expected a size like 20G, got [1]")]
+    #[case::size_without_lofile("lofile: none\nlosize: 1G", "losize", "remove one")]
+    #[case::size_before_no_lofile("losize: 1G\nlofile: none", "losize", "`lofile: none`")]
+    #[case::existing_not_btrfs(
+        "driver: btrfs\nlofile: none\nbtrfsmount: /proc",
+        "btrfsmount",
+        "/proc is on proc, not btrfs"
+    )]
+    #[case::existing_missing(
+        "driver: btrfs\nlofile: none\nbtrfsmount: /nonexistent/genoci",
+        "btrfsmount",
+        "a directory of a mounted btrfs filesystem"
+    )]
+    #[case::existing_a_file(
+        "driver: btrfs\nlofile: none\nbtrfsmount: /proc/self/status",
+        "btrfsmount",
+        "is not a directory"
+    )]
     fn bad_keys_name_file_and_key(#[case] yaml: &str, #[case] key: &str, #[case] message: &str) {
         let dirs = Dirs::new();
         let file = dirs.cwd_file(yaml);
@@ -389,6 +473,36 @@ mod tests {
             ConfigError::Parse { path, .. } => assert_eq!(path, file),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn lofile_none_puts_the_store_in_a_subvolume_of_btrfsmount() {
+        let dirs = Dirs::new();
+        dirs.cwd_file("lofile: none\nbtrfsmount: ./fs/builds\n");
+        let config = dirs.load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.lofile, None);
+        let mnt = dirs.cwd.path().join("fs/builds");
+        assert_eq!(config.btrfs_store(), mnt.join(BTRFS_STORE));
+        // The loopback store is the mount itself.
+        assert_eq!(Config::default().btrfs_store(), PathBuf::from("./btrfs"));
+    }
+
+    #[test]
+    fn the_filesystem_check_waits_for_the_btrfs_driver() {
+        let dirs = Dirs::new();
+        // A plain build with a btrfs-on-ext4 config left in place loads...
+        dirs.cwd_file("driver: plain\nlofile: none\nbtrfsmount: /proc\n");
+        dirs.load(None, &Overrides::default()).unwrap();
+        // ...and `--driver btrfs` on it is refused.
+        let btrfs = Overrides {
+            driver: Some(DriverKind::Btrfs),
+            ..Overrides::default()
+        };
+        let e = dirs.load(None, &btrfs).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Key { key, .. } if key == "btrfsmount"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -485,7 +599,7 @@ mod tests {
         );
         let config = Config::load(Some(&file), &Overrides::default()).unwrap();
         assert_eq!(config.driver, DriverKind::Btrfs);
-        assert_eq!(config.lofile, PathBuf::from("/x/b.img"));
+        assert_eq!(config.lofile, Some(PathBuf::from("/x/b.img")));
         assert_eq!(
             config.layoutdir,
             std::env::current_dir().unwrap().join("oci")

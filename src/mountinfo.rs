@@ -26,6 +26,35 @@ pub fn parse(table: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The filesystem type (`btrfs`, `ext4`, ...) of the mount that holds
+/// `path`; `None` when no mount does (a path outside this namespace's root).
+pub fn fs_type(path: &Path) -> io::Result<Option<String>> {
+    let path = std::fs::canonicalize(path)?;
+    Ok(fs_type_in(&std::fs::read_to_string(PATH)?, &path))
+}
+
+/// [`fs_type`] in a mountinfo table: the deepest mount point above `path`,
+/// the last one of equal depth (a mount stacked on another hides it).
+fn fs_type_in(table: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4).map(|f| unescape(f)) else {
+            continue;
+        };
+        // Optional fields end at a lone `-`; the type follows it.
+        let kind = fields.iter().skip(6).skip_while(|f| **f != "-").nth(1);
+        let (Some(kind), true) = (kind, path.starts_with(&point)) else {
+            continue;
+        };
+        let depth = point.components().count();
+        if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+            best = Some((depth, kind.to_string()));
+        }
+    }
+    best.map(|(_, kind)| kind)
+}
+
 /// Decode the octal escapes (`\040` for a space) of a mountinfo field.
 fn unescape(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
@@ -98,6 +127,19 @@ mod tests {
         assert_eq!(unescape(r"/a\040b\011c\\d"), PathBuf::from("/a b\tc\\\\d"));
         assert_eq!(unescape(r"/x\134y"), PathBuf::from("/x\\y"));
         assert_eq!(unescape(r"/plain\"), PathBuf::from(r"/plain\"));
+    }
+
+    #[test]
+    fn the_type_is_that_of_the_deepest_mount_holding_the_path() {
+        let table = "1 0 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+                     2 1 7:0 / /srv/b rw - btrfs /dev/loop0 rw\n\
+                     3 1 0:5 / /srv/bb rw - tmpfs t rw\n\
+                     4 2 7:1 / /srv/b rw master:2 - xfs /dev/loop1 rw\n";
+        let of = |p: &str| fs_type_in(table, Path::new(p));
+        assert_eq!(of("/srv/b/x/y").as_deref(), Some("xfs"));
+        assert_eq!(of("/srv/bb").as_deref(), Some("tmpfs"));
+        assert_eq!(of("/srv/bc").as_deref(), Some("ext4"));
+        assert_eq!(fs_type_in("", Path::new("/x")), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! types, modes, contents, link targets, device numbers, xattrs (file
 //! capabilities among them), hard-link structure and mtimes (clamped as the
 //! layer clamps them), but not its owners: copies are owned by root.
-//! Tarballs, packages and scripts count by content.
+//! Tarballs, packages and scripts count by content (their digests are
+//! remembered between builds: [`super::inputs`]).
 //!
 //! The key is kept on the index entry of the target's tag
 //! ([`CACHE_KEY_ANNOTATION`]), so it lives and moves with the layout: two
@@ -18,13 +19,14 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use oci_spec::image::Descriptor;
 use sha2::{Digest, Sha256};
 
+use super::inputs::InputDigests;
 use crate::spec::{Package, RunItem, Target};
 
 /// The index annotation holding the cache key a tag's image was built for.
@@ -54,12 +56,13 @@ pub fn key(
     target: &Target,
     options: &str,
     clamp: Option<i64>,
+    inputs: &InputDigests,
 ) -> io::Result<String> {
     let mut h = Sha256::new();
     for part in [base_manifest, &meaning(target), options] {
         put(&mut h, part.as_bytes());
     }
-    let mut hasher = Hasher { h, clamp };
+    let mut hasher = Hasher { h, clamp, inputs };
     for tarball in &target.expand {
         hasher.content(tarball)?;
     }
@@ -123,24 +126,20 @@ fn put(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-struct Hasher {
+struct Hasher<'a> {
     h: Sha256,
     clamp: Option<i64>,
+    inputs: &'a InputDigests,
 }
 
-impl Hasher {
-    /// A file read for its bytes (through a symlink, as the action reads it).
+impl Hasher<'_> {
+    /// A file by its bytes (through a symlink, as the action reads it),
+    /// counted by their digest: remembered for an unchanged large file.
     fn content(&mut self, path: &Path) -> io::Result<()> {
-        let mut f = fs::File::open(path)?;
-        self.h.update(f.metadata()?.len().to_le_bytes());
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.h.update(&buf[..n]);
-        }
+        let (digest, len) = self.inputs.digest(path)?;
+        self.h.update(len.to_le_bytes());
+        self.h.update(digest);
+        Ok(())
     }
 
     /// A copy SRC: followed if a symlink, as `copy` does. A directory's
@@ -231,7 +230,14 @@ mod tests {
         let file = dir.join("s.yaml");
         fs::write(&file, spec).unwrap();
         let plan = crate::spec::load(&file, &|_| false).unwrap();
-        key("base", &plan.targets[0], "opts", clamp).unwrap()
+        key(
+            "base",
+            &plan.targets[0],
+            "opts",
+            clamp,
+            &InputDigests::in_memory(),
+        )
+        .unwrap()
     }
 
     const SPEC: &str = "app:\n  base: empty\n  copy: ./d /srv\n  env:\n    A: \"1\"\n";

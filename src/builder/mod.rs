@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod commit;
 pub mod image_config;
+pub mod inputs;
 pub mod materialize;
 pub mod tags;
 
@@ -100,6 +101,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Targets built at the same time.
     pub jobs: usize,
+    /// Where the digests of input files are remembered between builds
+    /// (see [`inputs`]); `None`: not kept.
+    pub input_digests: Option<PathBuf>,
 }
 
 /// What became of one target.
@@ -122,15 +126,21 @@ pub struct Builder<'a> {
     /// Targets on the same base missing from the store would rebuild it in
     /// the same work tree at once: one materialises, the others then find it.
     materializing: Mutex<()>,
+    inputs: inputs::InputDigests,
 }
 
 impl<'a> Builder<'a> {
     pub fn new(layout: &'a Layout, driver: &'a dyn SnapshotDriver, opts: BuildOptions) -> Self {
+        let inputs = match &opts.input_digests {
+            Some(path) => inputs::InputDigests::load(path),
+            None => inputs::InputDigests::in_memory(),
+        };
         Builder {
             layout,
             driver,
             opts,
             materializing: Mutex::new(()),
+            inputs,
         }
     }
 
@@ -198,6 +208,15 @@ impl<'a> Builder<'a> {
             }
         });
 
+        // Only a cache: a record that cannot be written costs a re-read.
+        if let Err(e) = self.inputs.save() {
+            let record = self.opts.input_digests.as_deref().unwrap_or(Path::new(""));
+            tracing::warn!(file = %record.display(), "input digests not saved: {e}");
+        }
+        tracing::debug!(
+            files = self.inputs.reads(),
+            "input files read for cache keys"
+        );
         if failures.is_empty() {
             Ok(outcomes)
         } else {
@@ -224,6 +243,7 @@ impl<'a> Builder<'a> {
             t,
             &self.options_key(),
             self.opts.source_date_epoch,
+            &self.inputs,
         )
         .map_err(|e| BuildError::step(name, "hashing inputs")(e.into()))?;
         if let Some(cached) = self.cached(name, &key)? {

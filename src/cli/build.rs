@@ -50,6 +50,8 @@ pub fn run(g: &GlobalArgs, args: &BuildArgs) -> anyhow::Result<()> {
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // In the store dir: the session holds its lock for the whole build.
+        input_digests: Some(session.config.storedir.join(crate::builder::inputs::FILE)),
     };
     match Builder::new(layout, session.driver.as_ref(), opts).build(&plan, &args.targets) {
         Ok(outcomes) => {

@@ -95,7 +95,7 @@ pub fn open_images(session: &Session) -> anyhow::Result<Vec<Descriptor>> {
         let exists = match kind {
             DriverKind::Plain => other.storedir.join("work").is_dir(),
             DriverKind::Overlay => other.storedir.join("overlay/work").is_dir(),
-            DriverKind::Btrfs => other.btrfsmount.join("work").is_dir(),
+            DriverKind::Btrfs => other.btrfs_store().join("work").is_dir(),
             DriverKind::Auto => false,
         };
         if kind == session.config.driver || !exists {

@@ -446,7 +446,10 @@ pub fn open_driver(config: &Config) -> anyhow::Result<Box<dyn crate::driver::Sna
         DriverKind::Overlay => Box::new(crate::driver::overlay::OverlayDriver::open(
             &config.storedir,
         )?),
-        DriverKind::Btrfs => Box::new(crate::driver::btrfs::BtrfsDriver::open(&config.btrfsmount)?),
+        DriverKind::Btrfs => Box::new(match config.lofile {
+            Some(_) => crate::driver::btrfs::BtrfsDriver::open(&config.btrfsmount)?,
+            None => crate::driver::btrfs::BtrfsDriver::open_subvolume(&config.btrfs_store())?,
+        }),
     })
 }
 

@@ -20,7 +20,9 @@ pub fn setup(g: &GlobalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let _hold = hold_store(&config, Access::Alone("setup"), g.wait())?;
-    let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
+    let (Some(lofile), mnt) = (&config.lofile, &config.btrfsmount) else {
+        return setup_subvolume(&config);
+    };
     let outcome = btrfs::setup_store(lofile, config.losize, mnt).with_context(|| {
         format!(
             "setting up the btrfs store {} at {}",
@@ -62,12 +64,11 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let _hold = hold_store(&config, Access::Alone("unsetup"), g.wait())?;
-    let (lofile, mnt) = (&config.lofile, &config.btrfsmount);
+    let (Some(lofile), mnt) = (&config.lofile, &config.btrfsmount) else {
+        return unsetup_subvolume(&config, args.force);
+    };
     let outcome = match btrfs::unsetup_store(lofile, mnt, args.force) {
-        Err(DriverError::Busy(name)) => anyhow::bail!(
-            "a {name} is in progress in {}: check it in or abort it, or run `genoci unsetup --force` to lose it",
-            mnt.display()
-        ),
+        Err(DriverError::Busy(name)) => return Err(busy(&name, mnt)),
         other => other.with_context(|| {
             format!(
                 "removing the btrfs store {} at {}",
@@ -89,4 +90,49 @@ pub fn unsetup(g: &GlobalArgs, args: &UnsetupArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `lofile: none`: the store is a subvolume genoci makes in `btrfsmount`,
+/// on a btrfs filesystem that someone else mounted.
+fn setup_subvolume(config: &crate::config::Config) -> anyhow::Result<()> {
+    let store = config.btrfs_store();
+    let outcome = btrfs::setup_subvolume(&store)
+        .with_context(|| format!("creating the btrfs store subvolume {}", store.display()))?;
+    match outcome {
+        SetupOutcome::AlreadySetUp => println!("already set up at {}", store.display()),
+        _ => println!(
+            "created the subvolume {} on the btrfs filesystem of {}",
+            store.display(),
+            config.btrfsmount.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Delete genoci's store subvolume; the filesystem and everything else on
+/// it stay as they are.
+fn unsetup_subvolume(config: &crate::config::Config, force: bool) -> anyhow::Result<()> {
+    let store = config.btrfs_store();
+    let outcome = match btrfs::unsetup_subvolume(&store, force) {
+        Err(DriverError::Busy(name)) => return Err(busy(&name, &store)),
+        other => other
+            .with_context(|| format!("removing the btrfs store subvolume {}", store.display()))?,
+    };
+    match outcome {
+        UnsetupOutcome::Removed => println!(
+            "deleted the subvolume {} (the filesystem stays mounted)",
+            store.display()
+        ),
+        UnsetupOutcome::NothingThere => {
+            println!("no btrfs store at {}: nothing to do", store.display())
+        }
+    }
+    Ok(())
+}
+
+fn busy(name: &str, store: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "a {name} is in progress in {}: check it in or abort it, or run `genoci unsetup --force` to lose it",
+        store.display()
+    )
 }

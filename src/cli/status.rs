@@ -24,13 +24,18 @@ pub fn run(g: &GlobalArgs) -> anyhow::Result<()> {
                 c.storedir.join("overlay").display()
             )
         }
-        crate::config::DriverKind::Btrfs => {
-            println!(
-                "store:     {} (btrfs on {})",
-                c.btrfsmount.display(),
-                c.lofile.display()
-            )
-        }
+        crate::config::DriverKind::Btrfs => match &c.lofile {
+            Some(lofile) => println!(
+                "store:     {} (btrfs on the loopback file {})",
+                c.btrfs_store().display(),
+                lofile.display()
+            ),
+            None => println!(
+                "store:     {} (btrfs subvolume on the existing filesystem of {}, no loopback)",
+                c.btrfs_store().display(),
+                c.btrfsmount.display()
+            ),
+        },
     }
     println!("snapshots: {}", session.driver.snapshots()?.len());
     match session.driver.work_tree(&tree_name(&session.layout))? {

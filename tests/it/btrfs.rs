@@ -345,3 +345,182 @@ fn images_copied_in_by_skopeo_are_bases_for_every_driver() {
     );
     store.finish();
 }
+
+/// A btrfs filesystem that genoci did not make: a loop file formatted and
+/// mounted by the test in its temp dir. Dropping it unmounts it and
+/// detaches its loop device, even when the test failed.
+struct ForeignBtrfs {
+    image: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+}
+
+impl ForeignBtrfs {
+    fn new(env: &Env) -> ForeignBtrfs {
+        let fs = ForeignBtrfs {
+            image: env.path().join("theirs.img"),
+            mnt: env.path().join("fs"),
+        };
+        fs::File::create(&fs.image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        run_ok(Command::new("mkfs.btrfs").arg("-q").arg(&fs.image));
+        fs::create_dir(&fs.mnt).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "btrfs", "-o", "loop"])
+                .arg(&fs.image)
+                .arg(&fs.mnt),
+        );
+        fs
+    }
+
+    fn mounted(&self) -> bool {
+        let out = Command::new("findmnt")
+            .args(["-n", "-o", "FSTYPE"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "btrfs"
+    }
+}
+
+impl Drop for ForeignBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        for device in loops_backing(&self.image) {
+            let _ = Command::new("losetup").arg("-d").arg(&device).status();
+        }
+    }
+}
+
+/// Every file below `dir` with its bytes, by relative path.
+fn files_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let out = run_ok(Command::new("find").arg(dir).args(["-type", "f"]));
+    let mut files: Vec<(String, Vec<u8>)> = out
+        .lines()
+        .map(|p| (p.to_string(), fs::read(p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn lofile_none_uses_an_existing_btrfs_and_unsetup_leaves_the_rest_of_it() {
+    require_btrfs!();
+    let env = Env::new();
+    let theirs = ForeignBtrfs::new(&env);
+    let mnt = &theirs.mnt;
+    fs::write(mnt.join("unrelated.txt"), "not genoci's\n").unwrap();
+    run_ok(
+        Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(mnt.join("vol")),
+    );
+    fs::write(mnt.join("vol/data"), vec![42u8; 100_000]).unwrap();
+    fs::create_dir(mnt.join("builds")).unwrap();
+    fs::write(mnt.join("builds/keep"), "also not genoci's\n").unwrap();
+    let before = files_under(mnt);
+    let vol_uuid = || {
+        run_ok(
+            Command::new("btrfs")
+                .args(["subvolume", "show"])
+                .arg(mnt.join("vol")),
+        )
+    };
+    let vol_before = vol_uuid();
+
+    env.write(
+        "atom_config.yaml",
+        "driver: btrfs\nlayoutdir: ./oci\nstoredir: ./.genoci\nlofile: none\nbtrfsmount: ./fs/builds\n",
+    );
+    let out = env.ok(&["setup"]);
+    assert!(out.contains("created the subvolume"), "{out}");
+    assert!(env.ok(&["setup"]).contains("already set up"));
+    let status = env.ok(&["status"]);
+    assert!(status.contains("driver:    btrfs"), "{status}");
+    assert!(status.contains("no loopback"), "{status}");
+    assert_eq!(
+        subvolumes(mnt)[..2],
+        ["builds/genoci-store", "builds/genoci-store/snapshots/empty"]
+    );
+
+    write_spec(&env);
+    env.ok(&["build", "spec.yaml"]);
+    assert!(
+        env.tags().contains(&"undone".to_string()),
+        "{:?}",
+        env.tags()
+    );
+    let tree = std::path::PathBuf::from(env.ok(&["checkout", "undone"]).trim());
+    assert!(
+        tree.starts_with(mnt.join("builds/genoci-store/work")),
+        "{}",
+        tree.display()
+    );
+    fs::write(tree.join("by-hand"), "edited by hand\n").unwrap();
+    let busy = env.genoci(&["unsetup"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(stderr(&busy).contains("checkout"), "{}", stderr(&busy));
+    env.ok(&["checkin", "by-hand"]);
+    assert_eq!(
+        fs::read_to_string(env.unpack("by-hand").join("by-hand")).unwrap(),
+        "edited by hand\n"
+    );
+    fs::write(
+        env.layout().join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    env.ok(&["gc"]);
+    assert_eq!(
+        subvolumes(mnt),
+        [
+            "builds/genoci-store",
+            "builds/genoci-store/snapshots/empty",
+            "vol"
+        ]
+    );
+
+    env.ok(&["build", "spec.yaml"]);
+    let out = env.ok(&["unsetup"]);
+    assert!(out.contains("deleted the subvolume"), "{out}");
+    assert!(
+        theirs.mounted(),
+        "unsetup unmounted a filesystem it did not mount"
+    );
+    assert_eq!(subvolumes(mnt), ["vol"]);
+    assert_eq!(files_under(mnt), before);
+    assert_eq!(vol_uuid(), vol_before);
+    assert!(env.ok(&["unsetup"]).contains("nothing to do"));
+    drop(theirs);
+    assert_released(env.path());
+}
+
+#[test]
+fn lofile_none_on_a_filesystem_that_is_not_btrfs_is_a_config_error() {
+    require_btrfs!();
+    let env = Env::new();
+    fs::create_dir(env.path().join("builds")).unwrap();
+    env.write(
+        "atom_config.yaml",
+        "driver: btrfs\nlofile: none\nbtrfsmount: ./builds\n",
+    );
+    let found = run_ok(
+        Command::new("findmnt")
+            .args(["-n", "-o", "FSTYPE", "-T"])
+            .arg(env.path()),
+    );
+    for cmd in ["setup", "build", "unsetup", "status"] {
+        let out = env.genoci(&[cmd, "spec.yaml"][..if cmd == "build" { 2 } else { 1 }]);
+        // A config error is a usage error.
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = stderr(&out);
+        assert!(err.contains("key btrfsmount"), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!("is on {}, not btrfs", found.trim())),
+            "{cmd}: {err}"
+        );
+    }
+    assert_eq!(fs::read_dir(env.path().join("builds")).unwrap().count(), 0);
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use crate::util::{require_root, run_ok, Env};
@@ -226,4 +226,76 @@ fn moved_tag_is_rebuilt() {
         m
     });
     assert!(env.unpack("one").join("x").exists());
+}
+
+/// An uncompressed tarball of one 100,000-byte file of `byte`: the same
+/// size whatever the byte.
+fn tarball_of(env: &Env, name: &str, byte: u8) {
+    let tree = env.path().join(format!("tree-{byte}"));
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("data"), vec![byte; 100_000]).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args([
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+            ])
+            .arg(env.path().join(name))
+            .arg("-C")
+            .arg(&tree)
+            .arg("data"),
+    );
+}
+
+#[test]
+fn an_unchanged_tarball_is_not_read_again_and_a_rewrite_keeping_size_and_mtime_is_seen() {
+    require_root!();
+    let env = Env::new();
+    tarball_of(&env, "t.tar", b'a');
+    tarball_of(&env, "other.tar", b'b');
+    // Older than a timestamp tick when hashed: a digest is remembered.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.write("spec.yaml", "os:\n  base: empty\n  expand: ./t.tar\n");
+    assert_eq!(build(&env, "spec.yaml"), built(&["os"]));
+
+    let out = env.genoci(&["-v", "build", "spec.yaml"]);
+    assert!(out.status.success());
+    assert_eq!(
+        outcomes(&String::from_utf8_lossy(&out.stdout)),
+        cached(&["os"])
+    );
+    let log = crate::util::stderr(&out);
+    assert!(
+        log.contains("input files read for cache keys files=0"),
+        "{log}"
+    );
+
+    // The same size, the bytes of the other tarball, the old mtime back.
+    let tarball = env.path().join("t.tar");
+    let before = fs::metadata(&tarball).unwrap();
+    fs::write(&tarball, fs::read(env.path().join("other.tar")).unwrap()).unwrap();
+    let mtime = format!("@{}.{:09}", before.mtime(), before.mtime_nsec());
+    run_ok(
+        Command::new("touch")
+            .args(["-m", "-d", &mtime])
+            .arg(&tarball),
+    );
+    let after = fs::metadata(&tarball).unwrap();
+    assert_eq!(
+        (after.len(), after.mtime(), after.mtime_nsec(), after.ino()),
+        (
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec(),
+            before.ino()
+        )
+    );
+    assert_eq!(build(&env, "spec.yaml"), built(&["os"]));
+    assert_eq!(
+        fs::read(env.unpack("os").join("data")).unwrap(),
+        vec![b'b'; 100_000]
+    );
 }

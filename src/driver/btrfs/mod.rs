@@ -20,7 +20,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use store::{setup_store, unsetup_store, SetupOutcome, UnsetupOutcome};
+pub use store::{
+    setup_store, setup_subvolume, unsetup_store, unsetup_subvolume, SetupOutcome, UnsetupOutcome,
+};
 pub use sys::{Kernel, System};
 
 use super::worktree::Trees;
@@ -57,6 +59,24 @@ impl BtrfsDriver {
         if !sys.is_btrfs_mount(&root)? {
             return Err(DriverError::NotSetUp(mountpoint.to_path_buf()));
         }
+        Self::open_root(root, sys)
+    }
+
+    /// The store in genoci's subvolume `store` of a btrfs filesystem that
+    /// genoci did not make (`lofile: none`).
+    pub fn open_subvolume(store: &Path) -> Result<BtrfsDriver> {
+        Self::open_subvolume_with(store, Arc::new(Kernel))
+    }
+
+    pub fn open_subvolume_with(store: &Path, sys: Arc<dyn System>) -> Result<BtrfsDriver> {
+        let root = store::checked_mountpoint(store)?;
+        if !sys.is_subvolume(&root)? {
+            return Err(DriverError::NotSetUp(store.to_path_buf()));
+        }
+        Self::open_root(root, sys)
+    }
+
+    fn open_root(root: PathBuf, sys: Arc<dyn System>) -> Result<BtrfsDriver> {
         let driver = BtrfsDriver {
             trees: trees_in(&root),
             root,

@@ -180,3 +180,75 @@ pub fn unsetup_store_with(
     tracing::debug!(lofile = %lofile.display(), mountpoint = %target.display(), ?outcome, "store removed");
     Ok(outcome)
 }
+
+/// Make genoci's store subvolume `store` (with the store's layout inside)
+/// on the btrfs filesystem its parent directory is on (`lofile: none`).
+pub fn setup_subvolume(store: &Path) -> Result<SetupOutcome> {
+    setup_subvolume_with(Arc::new(Kernel), store)
+}
+
+pub fn setup_subvolume_with(sys: Arc<dyn System>, store: &Path) -> Result<SetupOutcome> {
+    let target = checked_mountpoint(store)?;
+    if sys.is_subvolume(&target)? {
+        BtrfsDriver::open_subvolume_with(&target, sys)?;
+        return Ok(SetupOutcome::AlreadySetUp);
+    }
+    if exists(&target)? {
+        return Err(DriverError::UnsafePath(
+            target,
+            "it exists and is not a subvolume".into(),
+        ));
+    }
+    sys.create_subvolume(&target)?;
+    if let Err(e) = BtrfsDriver::open_subvolume_with(&target, sys.clone()) {
+        // Leave nothing half made on a filesystem that is not genoci's.
+        let _ = sys.delete_subvolume(&target);
+        return Err(e);
+    }
+    tracing::debug!(store = %target.display(), "store subvolume set up");
+    Ok(SetupOutcome::Created)
+}
+
+/// Delete genoci's store subvolume `store` and the snapshots and work
+/// trees in it, and nothing else: the filesystem stays mounted. Refused
+/// while a work tree someone owns is there, unless `force`, and for a
+/// path that does not hold a genoci store.
+pub fn unsetup_subvolume(store: &Path, force: bool) -> Result<UnsetupOutcome> {
+    unsetup_subvolume_with(&Kernel, store, force)
+}
+
+pub fn unsetup_subvolume_with(
+    sys: &dyn System,
+    store: &Path,
+    force: bool,
+) -> Result<UnsetupOutcome> {
+    let target = checked_mountpoint(store)?;
+    if !exists(&target)? {
+        return Ok(UnsetupOutcome::NothingThere);
+    }
+    if !sys.is_subvolume(&target)? || !holds_a_store(&target)? {
+        return Err(DriverError::UnsafePath(
+            target,
+            "it is not a subvolume holding a genoci store: left alone".into(),
+        ));
+    }
+    if !force && exists(&target.join(super::WORK))? {
+        let trees = super::trees_in(&target).list(Path::to_path_buf)?;
+        if let Some(owned) = trees.into_iter().find(|t| !t.is_abandoned()) {
+            return Err(DriverError::Busy(owned.name));
+        }
+    }
+    sys.delete_subvolume(&target)?;
+    tracing::debug!(store = %target.display(), "store subvolume deleted");
+    Ok(UnsetupOutcome::Removed)
+}
+
+/// A store subvolume holds the store's layout, or nothing yet (a setup
+/// killed between making the subvolume and its layout).
+fn holds_a_store(dir: &Path) -> Result<bool> {
+    if exists(&dir.join(super::SNAPSHOTS))? {
+        return Ok(true);
+    }
+    let mut entries = fs::read_dir(dir).map_err(DriverError::io("read directory", dir))?;
+    Ok(entries.next().is_none())
+}

@@ -19,6 +19,14 @@ pub fn create(path: &Path) -> Result<()> {
     libbtrfsutil::create_subvolume(path).map_err(wrap("create subvolume", path))
 }
 
+/// Whether `path` is a subvolume; `false` when it is missing or not on btrfs.
+pub fn is_subvolume(path: &Path) -> Result<bool> {
+    if !path.try_exists().map_err(DriverError::io("stat", path))? {
+        return Ok(false);
+    }
+    libbtrfsutil::is_subvolume(path).map_err(wrap("check for a subvolume", path))
+}
+
 pub fn snapshot(source: &Path, dest: &Path, read_only: bool) -> Result<()> {
     CreateSnapshotOptions::new()
         .readonly(read_only)

@@ -23,6 +23,8 @@ pub trait System: Send + Sync + fmt::Debug {
     /// Whether a btrfs filesystem is mounted exactly at `target`.
     fn is_btrfs_mount(&self, target: &Path) -> Result<bool>;
     fn create_subvolume(&self, path: &Path) -> Result<()>;
+    /// Whether `path` is a subvolume (`false` if missing or not on btrfs).
+    fn is_subvolume(&self, path: &Path) -> Result<bool>;
     fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<()>;
     /// Delete a subvolume with any nested in it.
     fn delete_subvolume(&self, path: &Path) -> Result<()>;
@@ -83,6 +85,10 @@ impl System for Kernel {
 
     fn create_subvolume(&self, path: &Path) -> Result<()> {
         subvol::create(path)
+    }
+
+    fn is_subvolume(&self, path: &Path) -> Result<bool> {
+        subvol::is_subvolume(path)
     }
 
     fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<()> {

@@ -341,6 +341,9 @@ impl System for Recording {
         self.log(format!("create {}", name(path)));
         fs::create_dir(path).map_err(DriverError::io("create", path))
     }
+    fn is_subvolume(&self, path: &Path) -> Result<bool> {
+        Ok(path.is_dir())
+    }
     fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<()> {
         self.log(format!(
             "snapshot {} {} {read_only}",

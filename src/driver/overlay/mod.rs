@@ -120,6 +120,7 @@ impl OverlayDriver {
         let overlay = Overlay {
             lowers: &lowers,
             upper: Some((&upper, &work)),
+            volatile: false,
         };
         overlay
             .mount(&tree.path)
@@ -213,6 +214,7 @@ impl OverlayDriver {
             let overlay = Overlay {
                 lowers: &lowers,
                 upper: None,
+                volatile: false,
             };
             overlay
                 .mount(target)
@@ -284,9 +286,12 @@ impl SnapshotDriver for OverlayDriver {
                 fs::create_dir_all(d).map_err(DriverError::io("create directory", *d))
             })
             .and_then(|()| {
+                // A checkout kept for a layout may be mounted again (after a
+                // reboot); a build's tree is mounted once.
                 let overlay = Overlay {
                     lowers: &lowers,
                     upper: Some((&upper, &work)),
+                    volatile: owner.layout.is_none(),
                 };
                 overlay
                     .mount(&root)
@@ -432,6 +437,7 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     let overlay = Overlay {
         lowers: &[dirs[0].clone()],
         upper: Some((&dirs[1], &dirs[2])),
+        volatile: false,
     };
     overlay.mount(&dirs[3])?;
     mount::unmount(&dirs[3])

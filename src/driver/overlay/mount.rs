@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 pub struct Overlay<'a> {
     pub lowers: &'a [PathBuf],
     pub upper: Option<(&'a Path, &'a Path)>,
+    /// Mount with `volatile`: no sync of the upper filesystem when the
+    /// overlay is unmounted. A plain unmount syncs the whole filesystem
+    /// the upper dir is on (every dirty page of it, not only the tree's),
+    /// which made checking in a freshly expanded base cost seconds. Not for
+    /// an upper dir that is mounted again later: the kernel refuses to
+    /// remount one a volatile mount used.
+    pub volatile: bool,
 }
 
 /// Options fixed for every genoci overlay. A directory of a lower layer can
@@ -87,6 +94,14 @@ impl Overlay<'_> {
         }
         for (key, value) in FIXED {
             set_string(fs, key, value.as_bytes())?;
+        }
+        if self.volatile && self.upper.is_some() {
+            let key = c"volatile".to_owned();
+            match set(fs, libc::FSCONFIG_SET_FLAG, Some(&key), None) {
+                // A kernel before 5.10 has no `volatile`: it syncs, as before.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -308,6 +308,17 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     driver.discard(tree).unwrap();
 }
 
+/// The mount options of the mount at `path`.
+fn mount_options(path: &Path) -> String {
+    let table = fs::read_to_string(crate::mountinfo::PATH).unwrap();
+    table
+        .lines()
+        .find(|l| l.split(' ').nth(4) == path.to_str())
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn equal_checkins_at_once_all_succeed() {
     if !can_run() {
@@ -337,4 +348,40 @@ fn opening_the_store_keeps_the_checkins_of_live_processes() {
     assert!(staging("live").is_dir());
     assert!(!staging("dead").exists());
     d.discard(live).unwrap();
+}
+
+#[test]
+fn a_builds_tree_is_volatile_and_a_kept_checkout_is_not() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    // A build's tree: unmounting it must not sync the store's filesystem.
+    let build = driver
+        .checkout_as(&ChainId::empty(), "build-1", &Owner::default())
+        .unwrap();
+    assert!(
+        mount_options(&build.path).contains("volatile"),
+        "{}",
+        mount_options(&build.path)
+    );
+    write(&build.path, "f", "x");
+    driver.checkin(build, &chain(1)).unwrap();
+    assert_eq!(
+        fs::read_to_string(driver.diff_dir(&chain(1)).join("f")).unwrap(),
+        "x"
+    );
+    // A checkout kept for a layout may be mounted again after a reboot,
+    // which the kernel refuses for an upper dir a volatile mount used.
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver.checkout_as(&chain(1), "checkout-x", &kept).unwrap();
+    let options = mount_options(&tree.path);
+    assert!(
+        options.contains("upperdir") && !options.contains("volatile"),
+        "{options}"
+    );
 }
