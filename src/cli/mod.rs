@@ -385,9 +385,10 @@ impl Session {
         // Project dirs with storedirs of their own may name one btrfs
         // filesystem: it is held too, once mounted (the driver is open).
         if config.driver == DriverKind::Btrfs {
-            let what = format!("the btrfs store {}", config.btrfsmount.display());
-            let gate = config.btrfsmount.join("snapshots");
-            holds.push(hold(&config.btrfsmount, &gate, &what, access, wait)?);
+            let store = config.btrfs_store();
+            let what = format!("the btrfs store {}", store.display());
+            let gate = store.join("snapshots");
+            holds.push(hold(&store, &gate, &what, access, wait)?);
         }
         for stale in driver.work_trees()? {
             if stale.is_abandoned() {
