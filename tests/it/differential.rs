@@ -287,10 +287,7 @@ fn run_on(env: &Env, driver: &str) {
 fn random_changes_give_images_equal_to_the_trees_that_built_them() {
     crate::util::require_root!();
     crate::util::require_tool!("umoci");
-    // Not overlay yet: its layers lose a hard link whose other name lies
-    // outside the upper dir (as in `fidelity::hard_links_mean_the_same_*`).
-    use crate::stores::Driver;
-    for driver in [Driver::Plain, Driver::Btrfs] {
+    for driver in crate::stores::DRIVERS {
         if let Some(store) = crate::stores::Store::new(driver) {
             run_on(&store, &format!("{driver:?}"));
             store.finish();

@@ -302,3 +302,12 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     assert_eq!(driver.changes(&tree).unwrap(), diff::full_compare(&base, t));
     driver.discard(tree).unwrap();
 }
+
+#[test]
+fn renamed_dirs_keep_their_links() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::renamed_dirs_keep_their_links(&store.driver());
+}
