@@ -325,7 +325,13 @@ impl SnapshotDriver for OverlayDriver {
         fs::write(&parent, tree.base.store_name()).map_err(DriverError::io("write", &parent))?;
         let upper = dir.join("upper");
         fs::rename(&upper, staging.join("diff")).map_err(DriverError::io("rename", &upper))?;
-        fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging))?;
+        if let Err(e) = fs::rename(&staging, &dest).map_err(DriverError::io("rename", &staging)) {
+            // Another build committed the same ChainID since the check.
+            if !e.lost_commit_race(&dest) {
+                return Err(e);
+            }
+            remove_tree(&staging)?;
+        }
         self.remove_work(&tree.name)
     }
 

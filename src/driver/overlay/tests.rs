@@ -311,3 +311,12 @@ fn renamed_dirs_keep_their_links() {
     let store = TestStore::new();
     contract::renamed_dirs_keep_their_links(&store.driver());
 }
+
+#[test]
+fn equal_checkins_at_once_all_succeed() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::equal_checkins_race(&store.driver(), 16, 20);
+}
