@@ -159,6 +159,38 @@ pub fn changes_equal_a_full_comparison(
     got
 }
 
+/// Hard links through renamed directories: a directory holding one name
+/// of a linked file is renamed, and a file below another renamed directory
+/// gets a new name outside it. `changes` equals the full comparison and
+/// writes every name of both files, so the layer links them.
+pub fn renamed_dirs_keep_their_links(driver: &dyn SnapshotDriver) {
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    let t = &tree.path;
+    write(t, "d/sub/f", "in");
+    fs::hard_link(t.join("d/sub/f"), t.join("g")).unwrap();
+    write(t, "m/file", "moved, then linked");
+    write(t, "quiet/x", "untouched");
+    driver.checkin(tree, &chain(1)).unwrap();
+
+    let tree = driver.checkout(&chain(1), "top").unwrap();
+    let t = &tree.path;
+    fs::rename(t.join("d"), t.join("e")).unwrap();
+    fs::rename(t.join("m"), t.join("n")).unwrap();
+    fs::hard_link(t.join("n/file"), t.join("to-n")).unwrap();
+    let base = driver.snapshot_path(&chain(1)).unwrap();
+    let got = driver.changes(&tree).unwrap();
+    assert_eq!(got, diff::full_compare(&base, t));
+    for name in ["e/sub/f", "g", "n/file", "to-n"] {
+        let change = Change::Write(name.into());
+        assert!(got.contains(&change), "{change:?} missing from {got:#?}");
+    }
+    assert!(
+        !got.iter().any(|c| c.path().starts_with("quiet")),
+        "{got:#?}"
+    );
+    driver.discard(tree).unwrap();
+}
+
 /// `rounds` times, `threads` work trees with equal content are checked
 /// in as one `id` at the same moment: every checkin succeeds, and one
 /// snapshot with that content and no work tree remain.

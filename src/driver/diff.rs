@@ -129,6 +129,108 @@ impl LinkGroups {
     }
 }
 
+/// Add every name, in each tree, of a multiply-linked non-directory among
+/// the candidates, until no new one turns up, as [`compare`] needs them.
+/// A driver's own candidates miss such names when the link did not change
+/// the name itself: a link to a file below a moved directory keeps its old
+/// ctime (plain), a name below a renamed directory is not in an overlay
+/// upper dir. Both trees are walked only when a candidate is such a file,
+/// so a change that touches no linked file costs no walk.
+pub fn add_link_names(base: &Path, tree: &Path, candidates: &mut BTreeSet<PathBuf>) -> Result<()> {
+    if !any_linked(base, tree, candidates)? {
+        return Ok(());
+    }
+    let links = [LinkNames::of(base)?, LinkNames::of(tree)?];
+    let mut todo: Vec<PathBuf> = candidates
+        .iter()
+        .filter(|p| links.iter().any(|l| l.inode.contains_key(*p)))
+        .cloned()
+        .collect();
+    while let Some(rel) = todo.pop() {
+        for l in &links {
+            for name in l.others(&rel) {
+                if candidates.insert(name.clone()) {
+                    todo.push(name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a candidate is a multiply-linked non-directory in either tree.
+fn any_linked(base: &Path, tree: &Path, candidates: &BTreeSet<PathBuf>) -> Result<bool> {
+    for root in [base, tree] {
+        let mut view = TreeView::new(root);
+        for rel in candidates {
+            if view
+                .lstat(rel)?
+                .is_some_and(|m| !m.is_dir() && m.nlink() > 1)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The names of each multiply-linked non-directory of a whole tree.
+struct LinkNames {
+    inode: HashMap<PathBuf, u64>,
+    names: HashMap<u64, Vec<PathBuf>>,
+}
+
+impl LinkNames {
+    fn of(root: &Path) -> Result<LinkNames> {
+        let mut l = LinkNames {
+            inode: HashMap::new(),
+            names: HashMap::new(),
+        };
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            crate::signals::check().map_err(|_| DriverError::Interrupted)?;
+            for name in list(&root.join(&dir))? {
+                let rel = dir.join(name);
+                let full = root.join(&rel);
+                let m = fs::symlink_metadata(&full).map_err(DriverError::io("stat", &full))?;
+                if m.is_dir() {
+                    stack.push(rel);
+                } else if m.nlink() > 1 {
+                    l.inode.insert(rel.clone(), m.ino());
+                    l.names.entry(m.ino()).or_default().push(rel);
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    fn others(&self, rel: &Path) -> Vec<PathBuf> {
+        self.inode
+            .get(rel)
+            .map_or_else(Vec::new, |ino| self.names[ino].clone())
+    }
+}
+
+/// The names in directory `dir`, sorted; none when it is absent or not a
+/// directory.
+pub(super) fn list(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
+    let mut names = BTreeSet::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                names.insert(
+                    e.map_err(DriverError::io("read directory", dir))?
+                        .file_name(),
+                );
+            }
+        }
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+        Err(e) => return Err(DriverError::io("read directory", dir.to_path_buf())(e)),
+    }
+    Ok(names)
+}
+
 fn is_plain_relative(p: &Path) -> bool {
     p.components().all(|c| matches!(c, Component::Normal(_)))
 }
@@ -386,6 +488,27 @@ mod tests {
         let got = diff(&a, &b);
         assert!(got.contains(&Change::Delete(PathBuf::from("etc/sub"))));
         assert!(!got.contains(&Change::Delete(PathBuf::from("etc/sub/one"))));
+    }
+
+    #[test]
+    fn link_names_come_from_both_trees_and_only_for_linked_candidates() {
+        let (_t, a, b) = pair();
+        // Base: passwd = x; tree: passwd = y = z (x gone), sub/one = sub/two.
+        fs::hard_link(a.join("etc/passwd"), a.join("x")).unwrap();
+        fs::hard_link(b.join("etc/passwd"), b.join("y")).unwrap();
+        fs::hard_link(b.join("y"), b.join("z")).unwrap();
+        fs::remove_file(b.join("etc/sub/two")).unwrap();
+        fs::hard_link(b.join("etc/sub/one"), b.join("etc/sub/two")).unwrap();
+        let set =
+            |names: &[&str]| -> BTreeSet<PathBuf> { names.iter().map(PathBuf::from).collect() };
+
+        let mut none_linked = set(&["etc", "absent"]);
+        add_link_names(&a, &b, &mut none_linked).unwrap();
+        assert_eq!(none_linked, set(&["etc", "absent"]));
+
+        let mut from_base = set(&["x"]);
+        add_link_names(&a, &b, &mut from_base).unwrap();
+        assert_eq!(from_base, set(&["etc/passwd", "x", "y", "z"]));
     }
 
     #[test]

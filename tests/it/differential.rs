@@ -179,19 +179,17 @@ fn block(text: &str) -> String {
     out
 }
 
-/// The spec of one case: a seed tree under /t (with a hard link if
-/// `links`), then one target per op list.
-fn spec(case: u32, targets: &[Vec<Op>], links: bool) -> String {
-    let link = if links { "ln" } else { "cp -p" };
+/// The spec of one case: a seed tree under /t, then one target per op list.
+fn spec(case: u32, targets: &[Vec<Op>]) -> String {
     let mut s = format!(
         "c{case}-seed:\n  base: bb\n  run: {}",
-        block(&format!(
+        block(
             "mkdir -p /t && cd /t\n\
              for x in a b c; do for y in a b c; do mkdir -p $x/$y\n\
              for z in a b; do echo $x$y$z > $x/$y/$z; done; done; done\n\
              echo same > a/c/c && cp -p a/c/c b/c/c && touch -r a/c/c b/c/c\n\
-             {link} a/a/a c/c/c && ln -s a/b b/b/c"
-        ))
+             ln a/a/a c/c/c && ln -s a/b b/b/c"
+        )
     );
     let mut base = format!("c{case}-seed");
     for (n, ops) in targets.iter().enumerate() {
@@ -209,9 +207,9 @@ fn spec(case: u32, targets: &[Vec<Op>], links: bool) -> String {
 /// Build one case on `env`'s store in a layout of its own, then compare
 /// each tag's snapshot with what umoci unpacks from its layers. (The
 /// comparison with genoci's own reader runs after the build, in `genoci`.)
-fn check_case(env: &Env, case: u32, targets: &[Vec<Op>], links: bool) {
+fn check_case(env: &Env, case: u32, targets: &[Vec<Op>]) {
     let spec_name = format!("spec-{case}.yaml");
-    env.write(&spec_name, &spec(case, targets, links));
+    env.write(&spec_name, &spec(case, targets));
     let layout = format!("./oci-{case}");
     env.ok(&["--layout", &layout, "build", &spec_name]);
     let snapshots = unpack_tags(env, &["--layout", &layout]).expect("unpack");
@@ -244,8 +242,7 @@ fn cases() -> u32 {
         .unwrap_or(CASES)
 }
 
-/// `links: false` leaves hard links out of the trees (the seed's and `ln`).
-fn run_on(env: &Env, driver: &str, links: bool) {
+fn run_on(env: &Env, driver: &str) {
     env.busybox("busybox.tar.gz");
     env.write(
         "bb.yaml",
@@ -260,10 +257,7 @@ fn run_on(env: &Env, driver: &str, links: bool) {
         },
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
     );
-    let op = op().prop_filter("no hard links", move |o| {
-        links || !matches!(o, Op::Link(..))
-    });
-    let strategy = prop::collection::vec(prop::collection::vec(op, 1..12), TARGETS);
+    let strategy = prop::collection::vec(prop::collection::vec(op(), 1..12), TARGETS);
     let case = std::cell::Cell::new(0u32);
     let ops = std::cell::Cell::new(0usize);
     let started = std::time::Instant::now();
@@ -274,7 +268,7 @@ fn run_on(env: &Env, driver: &str, links: bool) {
         // Each case builds on `bb` in a layout of its own.
         let layout = format!("./oci-{case}");
         env.ok(&["--layout", &layout, "build", "bb.yaml"]);
-        check_case(env, case, &targets, links);
+        check_case(env, case, &targets);
         Ok(())
     });
     eprintln!(
@@ -293,13 +287,9 @@ fn run_on(env: &Env, driver: &str, links: bool) {
 fn random_changes_give_images_equal_to_the_trees_that_built_them() {
     crate::util::require_root!();
     crate::util::require_tool!("umoci");
-    // Overlay without hard links: renaming a base directory that holds one
-    // name of a linked file loses the link in the overlay driver's layer
-    // (as in `fidelity::hard_links_mean_the_same_*`).
-    use crate::stores::Driver;
     for driver in crate::stores::DRIVERS {
         if let Some(store) = crate::stores::Store::new(driver) {
-            run_on(&store, &format!("{driver:?}"), driver != Driver::Overlay);
+            run_on(&store, &format!("{driver:?}"));
             store.finish();
         }
     }

@@ -102,6 +102,15 @@ fn equal_checkins_at_once_all_succeed() {
 }
 
 #[test]
+fn renamed_dirs_keep_their_links() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::renamed_dirs_keep_their_links(&store.driver());
+}
+
+#[test]
 fn changes_equal_a_full_comparison() {
     if !can_run() {
         return;

@@ -13,15 +13,16 @@
 //!
 //! Checking out mounts `diff` dirs of the chain as lower dirs and a fresh
 //! upper; checking in unmounts and renames the upper into place as the new
-//! snapshot's `diff`. `changes` reads only the upper dir (the entries the
-//! build touched) and hands them to the shared comparison against a
-//! read-only mount of the base, so copied-up but equal entries drop out and
-//! the list equals the other drivers'.
+//! snapshot's `diff`. `changes` reads the upper dir (the entries the build
+//! touched), adds the other names of any linked file among them (which may
+//! lie outside it, below a renamed directory), and hands them to the shared
+//! comparison against a read-only mount of the base, so copied-up but equal
+//! entries drop out and the list equals the other drivers'.
 //!
 //! A file with several names in the base loses that link when one name is
-//! written (overlay copies up one name), where plain and btrfs write through
-//! every name. A renamed base directory is an upper dir with a redirect to
-//! its old path; mounts of later layers follow it.
+//! written or moved (overlay copies up one name), where plain and btrfs
+//! write through every name. A renamed base directory is an upper dir with
+//! a redirect to its old path; mounts of later layers follow it.
 
 mod mount;
 mod upper;
@@ -323,7 +324,10 @@ impl SnapshotDriver for OverlayDriver {
         let base_mount = dir.join("base");
         let base = self.mount_view(&tree.base, &base_mount)?;
         let result =
-            upper::candidates(&dir.join("upper"), &base, &tree.path).and_then(|candidates| {
+            upper::candidates(&dir.join("upper"), &base, &tree.path).and_then(|mut candidates| {
+                // The other names of a linked file may lie outside the upper
+                // dir (below a renamed directory, or never touched).
+                diff::add_link_names(&base, &tree.path, &mut candidates)?;
                 let changes = diff::compare(&base, &tree.path, &candidates)?;
                 tracing::debug!(
                     tree = %tree.name,

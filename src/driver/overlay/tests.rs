@@ -308,6 +308,15 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     driver.discard(tree).unwrap();
 }
 
+#[test]
+fn renamed_dirs_keep_their_links() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::renamed_dirs_keep_their_links(&store.driver());
+}
+
 /// The mount options of the mount at `path`.
 fn mount_options(path: &Path) -> String {
     let table = fs::read_to_string(crate::mountinfo::PATH).unwrap();

@@ -27,8 +27,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::diff::{self, list};
 use super::worktree::{self, Trees};
-use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use super::{ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
 use crate::fsutil::{copy_tree, CopyOptions};
 
@@ -180,7 +181,7 @@ impl SnapshotDriver for PlainDriver {
         };
         let mut candidates = BTreeSet::new();
         walk.collect(Path::new(""), false, &mut candidates)?;
-        add_link_names(&base, &tree.path, &mut candidates)?;
+        diff::add_link_names(&base, &tree.path, &mut candidates)?;
         diff::compare(&base, &tree.path, &candidates)
     }
 
@@ -324,83 +325,6 @@ impl Walk<'_> {
     }
 }
 
-/// Every name, in each tree, of a multiply-linked file among the
-/// candidates (as [`diff::compare`] needs them): a file linked to one below
-/// a moved directory has its old ctime.
-fn add_link_names(base: &Path, tree: &Path, candidates: &mut BTreeSet<PathBuf>) -> Result<()> {
-    let links = [LinkNames::of(base)?, LinkNames::of(tree)?];
-    let mut todo: Vec<PathBuf> = candidates
-        .iter()
-        .filter(|p| links.iter().any(|l| l.inode.contains_key(*p)))
-        .cloned()
-        .collect();
-    while let Some(rel) = todo.pop() {
-        for l in &links {
-            for name in l.others(&rel) {
-                if candidates.insert(name.clone()) {
-                    todo.push(name);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The names of each multiply-linked non-directory of a whole tree.
-struct LinkNames {
-    inode: HashMap<PathBuf, u64>,
-    names: HashMap<u64, Vec<PathBuf>>,
-}
-
-impl LinkNames {
-    fn of(root: &Path) -> Result<LinkNames> {
-        let mut l = LinkNames {
-            inode: HashMap::new(),
-            names: HashMap::new(),
-        };
-        let mut stack = vec![PathBuf::new()];
-        while let Some(dir) = stack.pop() {
-            crate::signals::check().map_err(|_| DriverError::Interrupted)?;
-            for name in list(&root.join(&dir))? {
-                let rel = dir.join(name);
-                let full = root.join(&rel);
-                let m = fs::symlink_metadata(&full).map_err(DriverError::io("stat", &full))?;
-                if m.is_dir() {
-                    stack.push(rel);
-                } else if m.nlink() > 1 {
-                    l.inode.insert(rel.clone(), m.ino());
-                    l.names.entry(m.ino()).or_default().push(rel);
-                }
-            }
-        }
-        Ok(l)
-    }
-
-    fn others(&self, rel: &Path) -> Vec<PathBuf> {
-        self.inode
-            .get(rel)
-            .map_or_else(Vec::new, |ino| self.names[ino].clone())
-    }
-}
-
-fn list(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
-    let mut names = BTreeSet::new();
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for e in entries {
-                names.insert(
-                    e.map_err(DriverError::io("read directory", dir))?
-                        .file_name(),
-                );
-            }
-        }
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {}
-        Err(e) => return Err(DriverError::io("read directory", dir.to_path_buf())(e)),
-    }
-    Ok(names)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +373,12 @@ mod tests {
         );
         d.discard(tree).unwrap();
         assert!(d.work_trees().unwrap().is_empty());
+    }
+
+    #[test]
+    fn renamed_dirs_keep_their_links() {
+        let (_t, d) = store();
+        crate::driver::contract::renamed_dirs_keep_their_links(&d);
     }
 
     #[test]
