@@ -5,14 +5,14 @@
 //! a checkin run beside a build.
 
 use std::path::PathBuf;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::oci;
 use crate::stores::{
     assert_layout_valid, driver_tests, tree_dir, work_entries, Btrfs, Driver, Overlay, Store,
 };
-use crate::util::{stderr, Env};
+use crate::util::{stderr, wait_within, Env};
 
 /// What these tests do with a store beyond [`Store`]'s own.
 trait Concurrent {
@@ -288,14 +288,7 @@ fn start_slow_build(store: &Store) -> Child {
     );
     let mut build = store.spawn(&["build", "slow.yaml"]);
     let started = store.build_tree(build.id(), "slow").join("started");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started.exists() {
-        if let Some(status) = build.try_wait().unwrap() {
-            panic!("the build ended before its run step: {status}");
-        }
-        assert!(Instant::now() < deadline, "the run step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_for_marker(&mut build, &started, Duration::from_secs(60));
     build
 }
 
@@ -322,20 +315,6 @@ impl Store {
             .collect();
         assert!(left.is_empty(), "work trees left: {left:?}");
     }
-}
-
-/// Wait for `child`, at most `limit`; kill it and fail past that.
-fn wait_within(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    rx.recv_timeout(limit).unwrap_or_else(|_| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        panic!("genoci (pid {pid}) did not finish within {limit:?}")
-    })
 }
 
 /// Overlay: `unpack` in several terminals at once mounts each tag's view

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::oci::{self, find, paths, top_entries};
 use crate::tarball::{self, Kind, Tarball};
-use crate::util::{mounts_under, require_root, require_tool, run_ok, stderr, Env};
+use crate::util::{mounts_under, require_root, require_tool, run_ok, stderr, wait_within, Env};
 
 /// Enough `..` to climb from any work tree to `/`.
 const UP: &str = "../../../../../../../../../../../..";
@@ -372,29 +372,8 @@ slow:
         &format!("build-{}-slow", child.id()),
     );
     let marker = tree.join("started");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the build ended before its run step: {status}");
-        }
-        assert!(Instant::now() < deadline, "the run step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_for_marker(&mut child, &marker, Duration::from_secs(30));
     child
-}
-
-/// Wait for `child`, at most `limit`; kill it and fail past that.
-fn wait_within(child: Child, limit: Duration) -> std::process::Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    rx.recv_timeout(limit).unwrap_or_else(|_| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        panic!("genoci (pid {pid}) did not finish within {limit:?}")
-    })
 }
 
 #[test]

@@ -232,3 +232,33 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Wait until `marker` exists (a run step's sign that it started), at most
+/// `limit`; fail if `child` ends first or the time runs out.
+pub fn wait_for_marker(child: &mut std::process::Child, marker: &Path, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the build ended before its run step: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Wait for `child`, at most `limit`; kill it and fail past that.
+pub fn wait_within(child: std::process::Child, limit: std::time::Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        panic!("genoci (pid {pid}) did not finish within {limit:?}")
+    })
+}
