@@ -20,15 +20,16 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("no checkout in progress: run `genoci checkout TAG` first"))?;
     let base = record.image(&session.layout)?;
 
-    let existing: Vec<String> = session.layout.tags()?.into_iter().map(|(t, _)| t).collect();
-    let tag = match &args.tag {
-        Some(t) => {
-            if let Some(problem) = crate::spec::plan::tag_name_problem(t) {
-                anyhow::bail!("tag {t}: {problem}");
-            }
-            t.clone()
+    if let Some(t) = &args.tag {
+        if let Some(problem) = crate::spec::plan::tag_name_problem(t) {
+            anyhow::bail!("tag {t}: {problem}");
         }
-        None => tags::next_checkin(&tags::today(), &existing),
+    }
+    // A default tag is picked under the index lock when the image is
+    // tagged (below), so two checkins at once never pick the same one.
+    let created_by = match &args.tag {
+        Some(t) => format!("genoci checkin {t} (from {})", record.tag),
+        None => format!("genoci checkin (from {})", record.tag),
     };
     for mount in crate::mountinfo::release_mounts_under(&tree.path, session.driver.tree_is_mount())?
     {
@@ -41,13 +42,18 @@ pub fn run(g: &GlobalArgs, args: &CheckinArgs) -> anyhow::Result<()> {
         Some(&base),
         &commit::Commit {
             keys: &ConfigKeys::default(),
-            created_by: format!("genoci checkin {tag} (from {})", record.tag),
+            created_by,
             created: commit::created(sde),
             layer: commit::layer_options(session.config.compression, sde),
         },
     )
     .context("checking in")?;
-    session.layout.set_tags(&[(tag.clone(), manifest)])?;
+    let today = tags::today();
+    let set = session.layout.update_tags(|existing| {
+        let tag = (args.tag.clone()).unwrap_or_else(|| tags::next_checkin(&today, existing));
+        vec![(tag, manifest)]
+    })?;
+    let tag = &set[0].0;
     match layer {
         Some(l) => println!("{tag}: {} entries changed", l.entries),
         None => println!("{tag}: no changes"),

@@ -63,6 +63,42 @@ fn a_checkout_on_another_driver_never_changes_what_the_first_commits() {
     store.finish();
 }
 
+/// Bug: a checkin without a tag picked the next `YYYY-MM-DD_vN` before
+/// committing and tagged after, so two checkins at once (two drivers'
+/// checkouts of one layout) took the same name and one image was lost.
+#[test]
+fn two_checkins_at_once_pick_different_dated_tags() {
+    require_btrfs!();
+    let store = Btrfs::new();
+    build_two(&store);
+    for round in 0..3 {
+        let plain = checkout(&store, &["--driver", "plain", "checkout", "t"]);
+        let btrfs = checkout(&store, &["checkout", "u"]);
+        for (tree, name) in [(&plain, "p"), (&btrfs, "b")] {
+            for i in 0..200 {
+                fs::write(tree.join(format!("{name}{i}")), format!("{round} {i}\n")).unwrap();
+            }
+        }
+        let children = [
+            store
+                .cmd(&["--driver", "plain", "checkin"])
+                .spawn()
+                .unwrap(),
+            store.cmd(&["checkin"]).spawn().unwrap(),
+        ];
+        for child in children {
+            assert!(child.wait_with_output().unwrap().status.success());
+        }
+        let dated: Vec<String> = store
+            .tags()
+            .into_iter()
+            .filter(|t| t.contains("_v"))
+            .collect();
+        assert_eq!(dated.len(), 2 * (round + 1), "dated tags: {dated:?}");
+    }
+    store.finish();
+}
+
 /// Check out `t`, rebuild it so its tag moves and the checked-out image is
 /// reached only by an older dated tag, and gc: the checkout still checks in.
 /// Bug: the checked-out image's blobs went with gc, and checkin said it
@@ -171,7 +207,7 @@ fn a_running_build_in_a_shared_store_keeps_its_tree(a: &Store) {
     }
     let tree = tree_dir(&a.root(), &build_tree().expect("the build's tree"));
     b.ok(&["status"]);
-    // B's gc waits for A's build (they share the btrfs store).
+    // B's gc waits for A's build (they share the store).
     let gc = b.cmd(&["gc"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(tree.exists(), "B removed A's running build's tree");
@@ -185,15 +221,7 @@ fn a_running_build_in_a_shared_store_keeps_its_tree(a: &Store) {
     assert!(work_entries(&a.root()).is_empty());
 }
 
-/// Only btrfs here: two project dirs sharing a plain or overlay store share
-/// its lock too, so B's commands cannot run during A's build.
-#[test]
-fn a_running_build_in_a_shared_btrfs_store_keeps_its_tree() {
-    crate::stores::run_on(
-        Driver::Btrfs,
-        a_running_build_in_a_shared_store_keeps_its_tree,
-    );
-}
+driver_tests!(a_running_build_in_a_shared_store_keeps_its_tree);
 
 /// What the previous store format kept: `work/NAME` and `work/NAME.json`,
 /// the base as bare hex on the directory stores, no name in the record.
