@@ -80,6 +80,7 @@ fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
         output: Output::Prefixed("test".into()),
         privileged: false,
         user: None,
+        tree: None,
     }
 }
 
@@ -570,4 +571,80 @@ fn steps_start_and_end_under_a_parent_with_busy_threads() {
     assert_eq!(ran, (0..STEPS).collect::<Vec<_>>());
     assert!(rounds > 0, "the threads were not busy");
     eprintln!("{STEPS} steps under 4 busy threads ({rounds} rounds of theirs)");
+}
+
+/// Detaches every mount below its path when dropped, even when a test
+/// panics.
+struct DetachBelow(PathBuf);
+
+impl Drop for DetachBelow {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0).iter().rev() {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn an_overlay_tree_runs_in_a_user_namespace_on_an_overlay_of_its_own() {
+    use crate::driver::overlay::OverlayDriver;
+    use crate::driver::{ChainId, SnapshotDriver, TreeOf};
+    use crate::fsutil::{copy_tree, CopyOptions};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let _mounts = DetachBelow(store.canonicalize().unwrap());
+    let driver = OverlayDriver::open(&store).unwrap();
+    let base = driver.checkout(&ChainId::empty(), "base").unwrap();
+    for entry in fs::read_dir(&busybox).unwrap() {
+        let entry = entry.unwrap();
+        let to = base.path.join(entry.file_name());
+        copy_tree(&entry.path(), &to, CopyOptions::default()).unwrap();
+    }
+    let chain = ChainId::of(&[format!("sha256:{}", "ab".repeat(32))]);
+    driver.checkin(base, &chain).unwrap();
+    let tree = driver.checkout(&chain, "step").unwrap();
+    let mounted = || mounts_under(&tree.path) == [tree.path.display().to_string()];
+
+    let mut o = opts(
+        &tree.path,
+        "cat /proc/self/uid_map > /map; echo x > /f; chown 1000:1001 /f\n\
+         mknod /n c 1 3; rm /bin/true; mv /root /root.old",
+    );
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    // The driver's mount is back and shows what the step wrote, with the
+    // ids it used.
+    assert!(mounted(), "{:?}", mounts_under(&tree.path));
+    let map = fs::read_to_string(tree.path.join("map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1900000000", "65536"]
+    );
+    let f = fs::metadata(tree.path.join("f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (1000, 1001));
+    let n = fs::symlink_metadata(tree.path.join("n")).unwrap();
+    assert!(n.file_type().is_char_device());
+    assert_eq!((n.uid(), n.rdev()), (0, libc::makedev(1, 3)));
+    assert!(!tree.path.join("bin/true").exists() && tree.path.join("bin/sh").exists());
+    assert!(!tree.path.join("root").exists() && tree.path.join("root.old").is_dir());
+
+    // A failed step: mounted again all the same, its writes kept.
+    o.argv = vec!["/bin/sh".into(), "-c".into(), "echo y > /g; exit 3".into()];
+    assert_eq!(run(&o).unwrap().code(), Some(3));
+    assert!(mounted());
+    assert!(tree.path.join("g").exists());
+    let changes = driver.changes(&tree).unwrap();
+    use crate::change::Change;
+    for want in [Change::Write("g".into()), Change::Delete("bin/true".into())] {
+        assert!(changes.contains(&want), "{want:?} in {changes:?}");
+    }
+    driver.discard(tree).unwrap();
 }
