@@ -585,28 +585,48 @@ impl Drop for DetachBelow {
     }
 }
 
+/// An overlay store in `tmp` whose top snapshot is the busybox tree under
+/// `layers - 1` layers of one directory each, and a work tree of it.
+fn overlay_tree(
+    tmp: &Path,
+    busybox: &Path,
+    layers: u32,
+) -> (
+    crate::driver::overlay::OverlayDriver,
+    crate::driver::WorkTree,
+) {
+    use crate::driver::{ChainId, SnapshotDriver};
+    use crate::fsutil::{copy_tree, CopyOptions};
+    let store = tmp.join("store");
+    let driver = crate::driver::overlay::OverlayDriver::open(&store).unwrap();
+    let mut chain = ChainId::empty();
+    for n in 0..layers {
+        let tree = driver.checkout(&chain, "layer").unwrap();
+        if n == 0 {
+            for entry in fs::read_dir(busybox).unwrap() {
+                let entry = entry.unwrap();
+                let to = tree.path.join(entry.file_name());
+                copy_tree(&entry.path(), &to, CopyOptions::default()).unwrap();
+            }
+        } else {
+            fs::create_dir_all(tree.path.join(format!("layers/{n}"))).unwrap();
+        }
+        chain = chain.push(&format!("sha256:{:064x}", n));
+        driver.checkin(tree, &chain).unwrap();
+    }
+    let tree = driver.checkout(&chain, "step").unwrap();
+    (driver, tree)
+}
+
 #[test]
 fn an_overlay_tree_runs_in_a_user_namespace_on_an_overlay_of_its_own() {
-    use crate::driver::overlay::OverlayDriver;
-    use crate::driver::{ChainId, SnapshotDriver, TreeOf};
-    use crate::fsutil::{copy_tree, CopyOptions};
+    use crate::driver::{SnapshotDriver, TreeOf};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Some((tmp, busybox)) = busybox_tree() else {
         return;
     };
-    let store = tmp.path().join("store");
-    fs::create_dir(&store).unwrap();
-    let _mounts = DetachBelow(store.canonicalize().unwrap());
-    let driver = OverlayDriver::open(&store).unwrap();
-    let base = driver.checkout(&ChainId::empty(), "base").unwrap();
-    for entry in fs::read_dir(&busybox).unwrap() {
-        let entry = entry.unwrap();
-        let to = base.path.join(entry.file_name());
-        copy_tree(&entry.path(), &to, CopyOptions::default()).unwrap();
-    }
-    let chain = ChainId::of(&[format!("sha256:{}", "ab".repeat(32))]);
-    driver.checkin(base, &chain).unwrap();
-    let tree = driver.checkout(&chain, "step").unwrap();
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 1);
     let mounted = || mounts_under(&tree.path) == [tree.path.display().to_string()];
 
     let mut o = opts(
@@ -646,5 +666,31 @@ fn an_overlay_tree_runs_in_a_user_namespace_on_an_overlay_of_its_own() {
     for want in [Change::Write("g".into()), Change::Delete("bin/true".into())] {
         assert!(changes.contains(&want), "{want:?} in {changes:?}");
     }
+    driver.discard(tree).unwrap();
+}
+
+#[test]
+fn a_150_layer_overlay_tree_runs_in_a_user_namespace() {
+    use crate::driver::{SnapshotDriver, TreeOf};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 150);
+    let mut o = opts(
+        &tree.path,
+        "ls /layers | wc -l > /count; cat /proc/self/uid_map > /map",
+    );
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    let count = fs::read_to_string(tree.path.join("count")).unwrap();
+    assert_eq!(count.trim(), "149", "every layer shows");
+    assert!(fs::read_to_string(tree.path.join("map"))
+        .unwrap()
+        .contains("1900000000"));
     driver.discard(tree).unwrap();
 }
