@@ -31,7 +31,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::worktree::{self, Trees};
+use super::worktree::{self, Process, Trees};
 use super::{diff, ChainId, DriverError, Layers, Lent, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
 use mount::Overlay;
@@ -113,7 +113,7 @@ impl OverlayDriver {
         let dir = self.trees.dir_of(&tree.name);
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let empty = fs::read_dir(&tree.path).is_ok_and(|mut d| d.next().is_none());
-        if !empty || !upper.is_dir() || !work.is_dir() {
+        if !empty || !upper.is_dir() || !work.is_dir() || lent_to_a_live_process(&dir) {
             return Ok(());
         }
         tracing::info!(tree = %tree.name, "mounting the work tree again");
@@ -443,8 +443,13 @@ impl SnapshotDriver for OverlayDriver {
                 io::Error::other("its overlay is not mounted"),
             ));
         }
-        nix::mount::umount2(&tree.path, nix::mount::MntFlags::empty())
-            .map_err(|e| DriverError::io("unmount", tree.path.clone())(e.into()))?;
+        let mark = self.trees.dir_of(&tree.name).join(LENT);
+        let current = serde_json::to_vec(&Process::current()).expect("a process serializes");
+        fs::write(&mark, current).map_err(DriverError::io("write", &mark))?;
+        if let Err(e) = nix::mount::umount2(&tree.path, nix::mount::MntFlags::empty()) {
+            let _ = fs::remove_file(&mark);
+            return Err(DriverError::io("unmount", tree.path.clone())(e.into()));
+        }
         let cleared = clear_volatile(&layers.work);
         let path = tree.path.clone();
         let restore = move || {
@@ -455,7 +460,8 @@ impl SnapshotDriver for OverlayDriver {
                 volatile: layers.volatile,
             }
             .mount(&path)
-            .map_err(DriverError::io("mount overlay at", &path))
+            .map_err(DriverError::io("mount overlay at", &path))?;
+            fs::remove_file(&mark).map_err(DriverError::io("remove", &mark))
         };
         match cleared {
             Ok(()) => Ok(Lent::new(restore)),
@@ -494,6 +500,20 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     };
     overlay.mount(&dirs[3])?;
     mount::unmount(&dirs[3])
+}
+
+/// The file in a work tree's dir naming the process its mount is lent to
+/// (see `lend`): while that process lives, another genoci must not take
+/// the unmounted tree for a kept checkout after a reboot and mount it
+/// again beside the lender's own mount of its layers.
+const LENT: &str = "lent";
+
+/// Whether the tree in `dir` is lent to a process that still runs.
+fn lent_to_a_live_process(dir: &Path) -> bool {
+    fs::read(dir.join(LENT))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Process>(&bytes).ok())
+        .is_some_and(|p| p.is_alive())
 }
 
 /// Where a `volatile` overlay marks its work dir (`WORKDIR/work/incompat/

@@ -461,3 +461,46 @@ fn a_busy_tree_is_not_lent() {
     driver.lend(&tree).unwrap().restore().unwrap();
     driver.discard(tree).unwrap();
 }
+
+#[test]
+fn a_lent_checkout_is_not_mounted_again_by_another_listing() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver
+        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
+        .unwrap();
+    write(&tree.path, "edited", "by hand");
+    let lent = driver.lend(&tree).unwrap();
+    // Another genoci lists the trees meanwhile: the tree is lent to a
+    // live process, not left unmounted by a reboot.
+    let other = OverlayDriver::open(store.dir.path()).unwrap();
+    other.work_trees().unwrap();
+    assert!(
+        !mount::is_mounted(&tree.path).unwrap(),
+        "mounted beside the lender"
+    );
+    lent.restore().unwrap();
+    assert!(mount::is_mounted(&tree.path).unwrap());
+    assert!(tree.path.join("edited").exists());
+    // A lender killed before it restored the tree: the next listing
+    // mounts it again.
+    let lent = driver.lend(&tree).unwrap();
+    let dead = worktree::Process {
+        pid: u32::MAX,
+        start: 0,
+    };
+    let mark = driver.trees.dir_of(&tree.name).join(LENT);
+    fs::write(&mark, serde_json::to_vec(&dead).unwrap()).unwrap();
+    std::mem::forget(lent);
+    other.work_trees().unwrap();
+    assert!(mount::is_mounted(&tree.path).unwrap());
+    assert!(tree.path.join("edited").exists());
+    driver.discard(tree).unwrap();
+}
