@@ -694,3 +694,30 @@ fn a_150_layer_overlay_tree_runs_in_a_user_namespace() {
         .contains("1900000000"));
     driver.discard(tree).unwrap();
 }
+
+#[test]
+fn an_overlay_tree_that_cannot_be_lent_keeps_host_ids() {
+    use crate::driver::{SnapshotDriver, TreeOf};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 1);
+    // A file held open in the tree: its mount cannot be taken down.
+    let open = fs::File::create(tree.path.join("held")).unwrap();
+    let mut o = opts(&tree.path, "cat /proc/self/uid_map > /map");
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    let map = fs::read_to_string(tree.path.join("map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "host ids"
+    );
+    drop(open);
+    driver.discard(tree).unwrap();
+}
