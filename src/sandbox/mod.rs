@@ -187,8 +187,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         command: command.clone(),
         source,
     })?;
-    // Made in the tree before the driver's mount of it is lent, as the
-    // mount points and files above; mounted again before they go.
+    // The driver's mount of the tree is lent only now, once the mount
+    // points and files above are in it, and mounted again before they go.
     let (userns, lent) = user_namespace_for(opts, &root);
     let request = Request {
         root: root.clone(),
