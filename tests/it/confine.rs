@@ -538,8 +538,14 @@ fn debian_steps_on(env: &Env, driver: &str) {
     let steps = DEBIAN_STEPS.replace("SETCAP", SETCAP);
     let mut spec = "debian:\n  base: empty\n  expand: ./debian.tar.gz\n".to_string();
     for network in NETWORKS {
+        // `touched` changes base files, the capped one too (a chmod keeps
+        // its capability): on overlay, copied up with their xattrs through
+        // the idmapped upper layer.
         spec.push_str(&format!(
-            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}"
+            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}\
+             touched-{network}:\n  base: users-{network}\n  network: {network}\n  run: |\n    \
+             chmod 750 /usr/bin/capped\n    \
+             echo more >> /etc/passwd && touch /usr/share/tiny/hi.txt\n"
         ));
     }
     env.write("spec.yaml", &spec);
@@ -575,10 +581,22 @@ fn debian_steps_on(env: &Env, driver: &str) {
             "{case}"
         );
         fs::remove_dir_all(root.parent().unwrap()).unwrap();
+        let root = env.unpack(&format!("touched-{network}"));
+        let capped = root.join("usr/bin/capped");
+        let cap = xattr(&capped, "security.capability");
+        assert_eq!(
+            cap.get(..8),
+            Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]),
+            "{case}"
+        );
+        let meta = fs::metadata(&capped).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o750, "{case}");
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
     }
     // In the user namespace or not, the same bytes.
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
     assert_eq!(layers("users-host"), layers("users-none"), "{driver}");
+    assert_eq!(layers("touched-host"), layers("touched-none"), "{driver}");
 }
 
 /// The `-v` log of a build says that its `network: none` step ran in a
