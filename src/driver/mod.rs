@@ -207,6 +207,12 @@ impl DriverError {
         move |source| at(source).into()
     }
 
+    /// Whether the cause is a mount in use (EBUSY): a tree that
+    /// [`SnapshotDriver::lend`] leaves as it was.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, DriverError::Io(IoError { source, .. }) if source.raw_os_error() == Some(libc::EBUSY))
+    }
+
     /// Whether committing a snapshot at `dest` failed only because another
     /// build committed the same ChainID there meanwhile: a success, since
     /// equal ChainIDs mean equal content.
@@ -335,7 +341,8 @@ pub trait SnapshotDriver: Send + Sync {
     /// mount its [`layers`](Self::layers) itself; the [`Lent`] guard mounts
     /// it again, also when the caller fails. Meanwhile `tree.path` is an
     /// empty directory. A tree that is no mount has nothing to take down.
-    /// Fails, leaving the tree mounted, when the mount is busy.
+    /// Fails with [`DriverError::is_busy`], the tree left mounted, when its
+    /// mount is in use; after another failure the tree may be unmounted.
     fn lend(&self, _tree: &WorkTree) -> Result<Lent<'_>> {
         Ok(Lent { restore: None })
     }

@@ -124,6 +124,12 @@ pub enum SandboxError {
         #[source]
         source: ScratchError,
     },
+    #[error("cannot take the tree's mount down for `{command}`")]
+    Lend {
+        command: String,
+        #[source]
+        source: DriverError,
+    },
     #[error("cannot mount the tree again after `{command}`")]
     Restore {
         command: String,
@@ -189,7 +195,19 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
     })?;
     // The driver's mount of the tree is lent only now, once the mount
     // points and files above are in it, and mounted again before they go.
-    let (userns, lent) = user_namespace_for(opts, &root);
+    let (userns, lent) = match user_namespace_for(opts, &root) {
+        Ok(found) => found,
+        Err(source) => {
+            let error = SandboxError::Lend { command, source };
+            return Err(match prepared.remove(&root) {
+                Ok(()) => error,
+                Err(cleanup) => SandboxError::AndCleanup {
+                    error: Box::new(error),
+                    cleanup,
+                },
+            });
+        }
+    };
     let request = Request {
         root: root.clone(),
         argv: opts.argv.clone(),
@@ -247,42 +265,46 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
 fn user_namespace_for<'t>(
     opts: &RunOptions<'t>,
     root: &Path,
-) -> (bool, Option<(Layers, Lent<'t>)>) {
+) -> Result<WithUserns<'t>, DriverError> {
     let wanted = !opts.privileged && opts.network == Network::None;
     if !wanted {
-        return (false, None);
+        return Ok((false, None));
     }
     tree_for_userns(opts.tree, root)
 }
 
+/// Whether a step runs in a user namespace, and the overlay layers it
+/// mounts itself with the tree lent for it.
+type WithUserns<'t> = (bool, Option<(Layers, Lent<'t>)>);
+
 /// Whether a step in `root` can run in a user namespace, and for an
 /// overlay work tree (`tree`), its layers with the tree lent: an overlay
 /// mount takes no idmap, so the sandbox mounts the layers itself. A tree
-/// whose mount cannot be lent (a process inside it, a hook's mount in it)
-/// keeps host ids, said with the reason.
+/// whose mount is busy (a process inside it, a hook's mount in it) keeps
+/// host ids, said with the reason; any other failure to lend it is an
+/// error, as the tree may be unmounted then.
 fn tree_for_userns<'t>(
     tree: Option<TreeOf<'t>>,
     root: &Path,
-) -> (bool, Option<(Layers, Lent<'t>)>) {
+) -> Result<WithUserns<'t>, DriverError> {
+    let no_userns = |e: &DriverError| {
+        tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(e));
+        Ok((false, None))
+    };
     let layers = match tree.map(|t| t.layers()).transpose() {
         Ok(layers) => layers.flatten(),
-        Err(e) => {
-            tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(&e));
-            return (false, None);
-        }
+        Err(e) => return no_userns(&e),
     };
     let (Some(tree), Some(layers)) = (tree, layers) else {
-        return (user_namespaces_work(root, None), None);
+        return Ok((user_namespaces_work(root, None), None));
     };
     if !user_namespaces_work(root, Some(&layers)) {
-        return (false, None);
+        return Ok((false, None));
     }
     match tree.lend() {
-        Ok(lent) => (true, Some((layers, lent))),
-        Err(e) => {
-            tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(&e));
-            (false, None)
-        }
+        Ok(lent) => Ok((true, Some((layers, lent)))),
+        Err(e) if e.is_busy() => no_userns(&e),
+        Err(e) => Err(e),
     }
 }
 
