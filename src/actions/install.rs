@@ -347,6 +347,7 @@ fn install_copies(
             output: Output::Prefixed(ctx.target.to_string()),
             privileged: ctx.privileged,
             user: None,
+            tree: ctx.tree,
         })
         .map_err(|source| match source {
             SandboxError::NotFound { program, .. } => InstallError::NoManager { program },
@@ -392,6 +393,7 @@ mod tests {
             privileged: false,
             user: String::new(),
             foreign: None,
+            tree: None,
         }
     }
 

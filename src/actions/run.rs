@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::driver::TreeOf;
 use crate::sandbox::scratch::{self, Scratch, ScratchError};
 use crate::sandbox::Network;
 use crate::sandbox::{self, Output, RunOptions, SandboxError};
@@ -25,6 +26,9 @@ pub struct RunContext<'a> {
     /// The image's platform (`linux/arm64`) when this machine cannot run
     /// its programs: a failed exec is then explained by it.
     pub foreign: Option<String>,
+    /// The work tree steps run in, with its driver (see
+    /// [`RunOptions::tree`]); `None`: the tree is used as it is.
+    pub tree: Option<TreeOf<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +161,7 @@ fn run_step(tree: &Path, step: usize, item: &RunItem, ctx: &RunContext) -> Resul
         output: Output::Prefixed(ctx.target.to_string()),
         privileged: ctx.privileged,
         user: Some(ctx.user.clone()),
+        tree: ctx.tree,
     });
     let copied_exists = copied.is_some();
     let cleanup = copied.map_or(Ok(()), Scratch::remove);
@@ -266,6 +271,7 @@ mod tests {
             privileged: false,
             user: String::new(),
             foreign: None,
+            tree: None,
         }
     }
 

@@ -336,7 +336,7 @@ impl<'a> Builder<'a> {
         spec_dir: &Path,
     ) -> Result<(), BuildError> {
         let name = t.name.as_str();
-        let filled = self.run_actions(t, keys, tree.path.as_path(), base, spec_dir);
+        let filled = self.run_actions(t, keys, tree, base, spec_dir);
         // A hook may leave something mounted in the tree (a bind-mounted
         // resolv.conf): it must not reach the diff, and discarding a failed
         // tree must not delete through it into the host.
@@ -377,11 +377,12 @@ impl<'a> Builder<'a> {
         &self,
         t: &Target,
         keys: &ConfigKeys,
-        root: &Path,
+        tree: &WorkTree,
         base: Option<&Image>,
         spec_dir: &Path,
     ) -> Result<(), BuildError> {
         let name = t.name.as_str();
+        let root = tree.path.as_path();
         let interrupted =
             || crate::signals::check().map_err(|_| BuildError::Interrupted(name.to_string()));
         let image = base.map_or_else(image_config::empty_config, |b| b.config.clone());
@@ -401,6 +402,10 @@ impl<'a> Builder<'a> {
             privileged: t.privileged,
             user: run_config.user().clone().unwrap_or_default(),
             foreign: (!platform.runs_here()).then(|| platform.to_string()),
+            tree: Some(crate::driver::TreeOf {
+                driver: self.driver,
+                tree,
+            }),
         };
         if t.privileged && !(t.install.is_empty() && t.run.is_empty()) {
             tracing::warn!(

@@ -78,6 +78,10 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         output: Output::Inherit,
         privileged: false,
         user: None,
+        tree: Some(crate::driver::TreeOf {
+            driver,
+            tree: &tree,
+        }),
     };
     // The command has the terminal: Ctrl-C is for it, not for genoci.
     let status = crate::signals::while_foreground(|| sandbox::run(&opts));

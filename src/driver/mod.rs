@@ -105,6 +105,81 @@ impl WorkTree {
     }
 }
 
+/// The layers an overlay work tree is made of, for a caller that mounts
+/// the tree itself (the sandbox mounts them idmapped for a step in a user
+/// namespace, as an overlay mount itself cannot be idmapped).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layers {
+    /// The read-only layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// The upper and work dirs; the kernel wants them on one mount, and
+    /// they are siblings in one directory.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Whether the driver mounts the tree `volatile` (no sync of the store
+    /// when it is unmounted); another mount of these layers does the same.
+    pub volatile: bool,
+}
+
+/// A work tree whose driver mount is taken down for as long as another
+/// mount of its [`Layers`] is in use (see [`SnapshotDriver::lend`]): two
+/// overlays on one upper dir are undefined. The tree is mounted again by
+/// [`Lent::restore`], or when this is dropped (a failure, a panic).
+pub struct Lent<'a> {
+    restore: Option<Box<dyn FnOnce() -> Result<()> + Send + 'a>>,
+}
+
+impl<'a> Lent<'a> {
+    /// A tree taken down, that `restore` mounts again.
+    pub fn new(restore: impl FnOnce() -> Result<()> + Send + 'a) -> Lent<'a> {
+        Lent {
+            restore: Some(Box::new(restore)),
+        }
+    }
+
+    /// Mount the tree again.
+    pub fn restore(mut self) -> Result<()> {
+        self.restore.take().map_or(Ok(()), |restore| restore())
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(restore) = self.restore.take() {
+            if let Err(e) = restore() {
+                tracing::error!(
+                    "mounting a lent work tree again: {}",
+                    crate::error_chain(&e)
+                );
+            }
+        }
+    }
+}
+
+/// A work tree with its driver: what a caller needs to ask how the tree
+/// may be mounted (see [`SnapshotDriver::layers`]).
+#[derive(Clone, Copy)]
+pub struct TreeOf<'a> {
+    pub driver: &'a dyn SnapshotDriver,
+    pub tree: &'a WorkTree,
+}
+
+impl std::fmt::Debug for TreeOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} tree {}", self.driver.name(), self.tree.name)
+    }
+}
+
+impl<'a> TreeOf<'a> {
+    pub fn layers(&self) -> Result<Option<Layers>> {
+        self.driver.layers(self.tree)
+    }
+
+    pub fn lend(&self) -> Result<Lent<'a>> {
+        self.driver.lend(self.tree)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
@@ -130,6 +205,12 @@ impl DriverError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let at = IoError::at(op, path);
         move |source| at(source).into()
+    }
+
+    /// Whether the cause is a mount in use (EBUSY): a tree that
+    /// [`SnapshotDriver::lend`] leaves as it was.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, DriverError::Io(IoError { source, .. }) if source.raw_os_error() == Some(libc::EBUSY))
     }
 
     /// Whether committing a snapshot at `dest` failed only because another
@@ -248,6 +329,23 @@ pub trait SnapshotDriver: Send + Sync {
 
     /// Every open work tree, by name, with its base.
     fn work_trees(&self) -> Result<Vec<WorkTree>>;
+
+    /// How a caller that mounts trees itself may view `tree`: `None`, its
+    /// path as it is (a directory, a subvolume); or the overlay [`Layers`]
+    /// it is a mount of. Changes nothing.
+    fn layers(&self, _tree: &WorkTree) -> Result<Option<Layers>> {
+        Ok(None)
+    }
+
+    /// Take the driver's own mount of `tree` down so that the caller may
+    /// mount its [`layers`](Self::layers) itself; the [`Lent`] guard mounts
+    /// it again, also when the caller fails. Meanwhile `tree.path` is an
+    /// empty directory. A tree that is no mount has nothing to take down.
+    /// Fails with [`DriverError::is_busy`], the tree left mounted, when its
+    /// mount is in use; after another failure the tree may be unmounted.
+    fn lend(&self, _tree: &WorkTree) -> Result<Lent<'_>> {
+        Ok(Lent { restore: None })
+    }
 
     /// The open work tree called `name`, if any.
     fn work_tree(&self, name: &str) -> Result<Option<WorkTree>> {

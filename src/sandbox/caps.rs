@@ -112,6 +112,16 @@ pub fn limit_root() -> io::Result<()> {
 /// Make the effective set `mask` (which must lie within the permitted
 /// set), keeping the permitted set.
 pub fn set_effective(mask: u64) -> io::Result<()> {
+    capset(mask, capget()?.1)
+}
+
+/// The effective set.
+pub fn effective() -> io::Result<u64> {
+    Ok(capget()?.0)
+}
+
+/// The effective and permitted sets.
+fn capget() -> io::Result<(u64, u64)> {
     let header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -119,8 +129,8 @@ pub fn set_effective(mask: u64) -> io::Result<()> {
     let mut data = [CapData::default(); 2];
     // SAFETY: capget(2) writes two data words into `data`.
     check(unsafe { libc::syscall(libc::SYS_capget, &header, data.as_mut_ptr()) as libc::c_int })?;
-    let permitted = u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32;
-    capset(mask, permitted)
+    let word = |f: fn(&CapData) -> u32| u64::from(f(&data[0])) | u64::from(f(&data[1])) << 32;
+    Ok((word(|d| d.effective), word(|d| d.permitted)))
 }
 
 /// Set the effective and permitted sets; inheritable becomes empty.

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::net::UnixStream;
 
 use super::{caps, confine, mknod, seccomp, user, userns};
+use crate::driver::Layers;
 
 /// The helper's descriptor for failure reports (set up by genoci).
 pub const REPORT_FD: i32 = 3;
@@ -68,6 +69,11 @@ pub struct Request {
     /// Only find out whether `userns` can work for `root`: exit 0 if so,
     /// else report why (see [`userns::probe`]).
     pub probe: bool,
+    /// With `userns`: `root` is an overlay work tree whose mount the driver
+    /// took down; the sandbox mounts these layers there itself (see
+    /// [`userns::idmapped_overlay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Layers>,
 }
 
 impl Request {
@@ -167,7 +173,7 @@ pub fn main(request: &Request) -> ! {
     }
 
     if request.probe {
-        userns::probe(&request.root).or_fail(|| "user namespace".into());
+        userns::probe(&request.root, request.layers.as_ref()).or_fail(|| "user namespace".into());
         std::process::exit(0);
     }
     let userns = request
@@ -449,11 +455,7 @@ fn mount_at(
 fn enter_root(request: &Request, userns: Option<BorrowedFd>) {
     let root = &request.root;
     if let Some(ns) = userns {
-        // Idmapped and nodev in one step; the etc binds below come from
-        // inside the tree, so through this mount, idmapped too.
-        userns::idmapped_tree(root, ns, userns::MOUNT_ATTR_NODEV)
-            .and_then(|tree| userns::attach(tree, root))
-            .or_fail(|| format!("idmapped mount of {}", root.display()));
+        idmapped_root(request, ns);
     } else {
         mount_at(
             Some(root),
@@ -495,6 +497,20 @@ fn enter_root(request: &Request, userns: Option<BorrowedFd>) {
     if unistd::chdir(request.workdir.as_str()).is_err() {
         unistd::chdir("/").or_fail(|| "enter /".into());
     }
+}
+
+/// The tree as the step's user namespace needs it: idmapped and nodev in
+/// one step. The etc binds come from inside the tree, so through this
+/// mount, idmapped too. An overlay work tree is mounted anew over idmapped
+/// layers, as no overlay mount can be idmapped.
+fn idmapped_root(request: &Request, ns: BorrowedFd) {
+    let root = &request.root;
+    match &request.layers {
+        Some(layers) => userns::idmapped_overlay(layers, root, ns),
+        None => userns::idmapped_tree(root, ns, userns::MOUNT_ATTR_NODEV)
+            .and_then(|tree| userns::attach(tree, root)),
+    }
+    .or_fail(|| format!("idmapped mount of {}", root.display()));
 }
 
 /// A tmpfs with the host's harmless devices, a private devpts and the usual

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use crate::driver::{DriverError, Layers, Lent, TreeOf};
 use helper::{EtcBind, Failure, Request, REPORT_FD};
 use output::Prefixer;
 use scratch::{Scratch, ScratchError};
@@ -67,6 +68,12 @@ pub struct RunOptions<'a> {
     /// `/etc/group` with `HOME` from passwd, as docker does for `RUN`.
     /// `None`: root with the environment as given (genoci's own steps).
     pub user: Option<String>,
+    /// The work tree `root` is, with its driver: for an overlay work tree,
+    /// a step in a user namespace gets an overlay of its own over idmapped
+    /// layers, with the driver's mount lent for the step (see
+    /// [`SnapshotDriver::lend`](crate::driver::SnapshotDriver::lend)).
+    /// `None`: `root` is used as it is.
+    pub tree: Option<TreeOf<'a>>,
 }
 
 /// Where the command's output goes.
@@ -116,6 +123,23 @@ pub enum SandboxError {
         command: String,
         #[source]
         source: ScratchError,
+    },
+    #[error("cannot take the tree's mount down for `{command}`")]
+    Lend {
+        command: String,
+        #[source]
+        source: DriverError,
+    },
+    #[error("cannot mount the tree again after `{command}`")]
+    Restore {
+        command: String,
+        #[source]
+        source: DriverError,
+    },
+    #[error("{}; mounting the tree again failed too: {}", crate::error_chain(error.as_ref()), crate::error_chain(restore))]
+    AndRestore {
+        error: Box<SandboxError>,
+        restore: DriverError,
     },
     #[error("{}; cleaning up afterwards failed too: {}", crate::error_chain(error.as_ref()), crate::error_chain(cleanup))]
     AndCleanup {
@@ -169,6 +193,21 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         command: command.clone(),
         source,
     })?;
+    // The driver's mount of the tree is lent only now, once the mount
+    // points and files above are in it, and mounted again before they go.
+    let (userns, lent) = match user_namespace_for(opts, &root) {
+        Ok(found) => found,
+        Err(source) => {
+            let error = SandboxError::Lend { command, source };
+            return Err(match prepared.remove(&root) {
+                Ok(()) => error,
+                Err(cleanup) => SandboxError::AndCleanup {
+                    error: Box::new(error),
+                    cleanup,
+                },
+            });
+        }
+    };
     let request = Request {
         root: root.clone(),
         argv: opts.argv.clone(),
@@ -180,16 +219,29 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         etc_binds: prepared.binds.clone(),
         console: console_for(&opts.output),
         parent: std::process::id() as i32,
-        userns: user_namespace_for(opts, &root),
+        userns,
         probe: false,
+        layers: lent.as_ref().map(|(layers, _)| layers.clone()),
     };
     tracing::debug!(
         root = %root.display(),
         command = %command,
         user_namespace = request.userns,
+        own_overlay = request.layers.is_some(),
         "sandbox run"
     );
     let result = spawn_and_wait(&request, &opts.output, &command);
+    let result = match (result, lent.map_or(Ok(()), |(_, lent)| lent.restore())) {
+        (result, Ok(())) => result,
+        (Ok(_), Err(source)) => Err(SandboxError::Restore {
+            command: command.clone(),
+            source,
+        }),
+        (Err(e), Err(restore)) => Err(SandboxError::AndRestore {
+            error: Box::new(e),
+            restore,
+        }),
+    };
     match (result, prepared.remove(&root)) {
         (Ok(status), Ok(())) => Ok(status),
         (Ok(_), Err(source)) => Err(SandboxError::Cleanup { command, source }),
@@ -207,41 +259,122 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
 /// namespace: from another one, NET_RAW (ping) and ports below 1024 would
 /// stop working there, so such a step keeps host ids (docker likewise
 /// refuses `--network=host` with a remapped user namespace).
-fn user_namespace_for(opts: &RunOptions, root: &Path) -> bool {
-    !opts.privileged && opts.network == Network::None && user_namespaces_work(root)
+///
+/// With it, the layers of an overlay work tree and the driver's mount of
+/// the tree lent for the step (see [`tree_for_userns`]).
+fn user_namespace_for<'t>(
+    opts: &RunOptions<'t>,
+    root: &Path,
+) -> Result<WithUserns<'t>, DriverError> {
+    let wanted = !opts.privileged && opts.network == Network::None;
+    if !wanted {
+        return Ok((false, None));
+    }
+    tree_for_userns(opts.tree, root)
+}
+
+/// Whether a step runs in a user namespace, and the overlay layers it
+/// mounts itself with the tree lent for it.
+type WithUserns<'t> = (bool, Option<(Layers, Lent<'t>)>);
+
+/// Whether a step in `root` can run in a user namespace, and for an
+/// overlay work tree (`tree`), its layers with the tree lent: an overlay
+/// mount takes no idmap, so the sandbox mounts the layers itself. A tree
+/// whose mount is busy (a process inside it, a hook's mount in it) keeps
+/// host ids, said with the reason; any other failure to lend it is an
+/// error, as the tree may be unmounted then.
+fn tree_for_userns<'t>(
+    tree: Option<TreeOf<'t>>,
+    root: &Path,
+) -> Result<WithUserns<'t>, DriverError> {
+    let no_userns = |e: &DriverError| {
+        tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(e));
+        Ok((false, None))
+    };
+    let layers = match tree.map(|t| t.layers()).transpose() {
+        Ok(layers) => layers.flatten(),
+        Err(e) => return no_userns(&e),
+    };
+    let (Some(tree), Some(layers)) = (tree, layers) else {
+        return Ok((user_namespaces_work(root, None), None));
+    };
+    if !user_namespaces_work(root, Some(&layers)) {
+        return Ok((false, None));
+    }
+    match tree.lend() {
+        Ok(lent) => Ok((true, Some((layers, lent)))),
+        Err(e) if e.is_busy() => no_userns(&e),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether user namespaces and idmapped mounts work for trees on `root`'s
-/// filesystem; found out once per filesystem type and process (a probe in
-/// the helper), with the reason logged where they do not.
-fn user_namespaces_work(root: &Path) -> bool {
+/// filesystem, or for an overlay of `layers` (idmapped layers on theirs);
+/// found out once per filesystem type and process (a probe in the helper),
+/// with the reason logged where they do not.
+fn user_namespaces_work(root: &Path, layers: Option<&Layers>) -> bool {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static KNOWN: Mutex<Option<HashMap<i64, bool>>> = Mutex::new(None);
-    let fs_type = match nix::sys::statfs::statfs(root) {
+    static KNOWN: Mutex<Option<HashMap<(bool, i64), bool>>> = Mutex::new(None);
+    let on = layers.map_or(root, |l| l.upper.as_path());
+    let fs_type = match nix::sys::statfs::statfs(on) {
         Ok(st) => st.filesystem_type().0,
         Err(_) => return false,
     };
     let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
     let known = known.get_or_insert_with(HashMap::new);
-    *known.entry(fs_type).or_insert_with(|| {
-        let works = probe_user_namespace(root);
+    *known.entry((layers.is_some(), fs_type)).or_insert_with(|| {
+        let works = match layers {
+            None => probe_user_namespace(root, None),
+            Some(layers) => probe_overlay(layers),
+        };
+        let what = if layers.is_some() {
+            "overlay layers"
+        } else {
+            "trees"
+        };
         match &works {
             Ok(()) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),
-                "run steps with network: none get a user namespace"
+                "run steps with network: none get a user namespace on {what} there"
             ),
             Err(reason) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),
                 %reason,
-                "no user namespace for run steps (confinement without it)"
+                "no user namespace for run steps on {what} there (confinement without it)"
             ),
         }
         works.is_ok()
     })
 }
 
-fn probe_user_namespace(root: &Path) -> Result<(), String> {
+/// [`probe_user_namespace`] for overlay trees: an overlay of idmapped
+/// scratch layers beside `layers`' upper dir, on the same filesystem, in a
+/// directory of the work tree's own (discarding the tree takes it along
+/// should genoci be killed meanwhile).
+fn probe_overlay(layers: &Layers) -> Result<(), String> {
+    let Some(parent) = layers.upper.parent() else {
+        return Err("the upper dir has no parent".into());
+    };
+    let dir = parent.join(scratch::unique_name("userns-probe"));
+    let made = ["lower", "upper", "work", "root"]
+        .iter()
+        .try_for_each(|d| fs::create_dir_all(dir.join(d)))
+        .map_err(|e| format!("create {}: {e}", dir.display()));
+    let result = made.and_then(|()| {
+        let scratch = Layers {
+            lowers: vec![dir.join("lower")],
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            volatile: true,
+        };
+        probe_user_namespace(&dir.join("root"), Some(scratch))
+    });
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn probe_user_namespace(root: &Path, layers: Option<Layers>) -> Result<(), String> {
     let request = Request {
         root: root.to_path_buf(),
         argv: vec![],
@@ -255,6 +388,7 @@ fn probe_user_namespace(root: &Path) -> Result<(), String> {
         parent: std::process::id() as i32,
         userns: true,
         probe: true,
+        layers,
     };
     let output = Output::Prefixed("probe".into());
     match spawn_and_wait(&request, &output, "user namespace probe") {

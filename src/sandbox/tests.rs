@@ -80,6 +80,7 @@ fn opts<'a>(tree: &'a Path, script: &str) -> RunOptions<'a> {
         output: Output::Prefixed("test".into()),
         privileged: false,
         user: None,
+        tree: None,
     }
 }
 
@@ -570,4 +571,153 @@ fn steps_start_and_end_under_a_parent_with_busy_threads() {
     assert_eq!(ran, (0..STEPS).collect::<Vec<_>>());
     assert!(rounds > 0, "the threads were not busy");
     eprintln!("{STEPS} steps under 4 busy threads ({rounds} rounds of theirs)");
+}
+
+/// Detaches every mount below its path when dropped, even when a test
+/// panics.
+struct DetachBelow(PathBuf);
+
+impl Drop for DetachBelow {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0).iter().rev() {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// An overlay store in `tmp` whose top snapshot is the busybox tree under
+/// `layers - 1` layers of one directory each, and a work tree of it.
+fn overlay_tree(
+    tmp: &Path,
+    busybox: &Path,
+    layers: u32,
+) -> (
+    crate::driver::overlay::OverlayDriver,
+    crate::driver::WorkTree,
+) {
+    use crate::driver::{ChainId, SnapshotDriver};
+    use crate::fsutil::{copy_tree, CopyOptions};
+    let store = tmp.join("store");
+    let driver = crate::driver::overlay::OverlayDriver::open(&store).unwrap();
+    let mut chain = ChainId::empty();
+    for n in 0..layers {
+        let tree = driver.checkout(&chain, "layer").unwrap();
+        if n == 0 {
+            for entry in fs::read_dir(busybox).unwrap() {
+                let entry = entry.unwrap();
+                let to = tree.path.join(entry.file_name());
+                copy_tree(&entry.path(), &to, CopyOptions::default()).unwrap();
+            }
+        } else {
+            fs::create_dir_all(tree.path.join(format!("layers/{n}"))).unwrap();
+        }
+        chain = chain.push(&format!("sha256:{:064x}", n));
+        driver.checkin(tree, &chain).unwrap();
+    }
+    let tree = driver.checkout(&chain, "step").unwrap();
+    (driver, tree)
+}
+
+#[test]
+fn an_overlay_tree_runs_in_a_user_namespace_on_an_overlay_of_its_own() {
+    use crate::driver::{SnapshotDriver, TreeOf};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 1);
+    let mounted = || mounts_under(&tree.path) == [tree.path.display().to_string()];
+
+    let mut o = opts(
+        &tree.path,
+        "cat /proc/self/uid_map > /map; echo x > /f; chown 1000:1001 /f\n\
+         mknod /n c 1 3; rm /bin/true; mv /root /root.old",
+    );
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    // The driver's mount is back and shows what the step wrote, with the
+    // ids it used.
+    assert!(mounted(), "{:?}", mounts_under(&tree.path));
+    let map = fs::read_to_string(tree.path.join("map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1900000000", "65536"]
+    );
+    let f = fs::metadata(tree.path.join("f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (1000, 1001));
+    let n = fs::symlink_metadata(tree.path.join("n")).unwrap();
+    assert!(n.file_type().is_char_device());
+    assert_eq!((n.uid(), n.rdev()), (0, libc::makedev(1, 3)));
+    assert!(!tree.path.join("bin/true").exists() && tree.path.join("bin/sh").exists());
+    assert!(!tree.path.join("root").exists() && tree.path.join("root.old").is_dir());
+
+    // A failed step: mounted again all the same, its writes kept.
+    o.argv = vec!["/bin/sh".into(), "-c".into(), "echo y > /g; exit 3".into()];
+    assert_eq!(run(&o).unwrap().code(), Some(3));
+    assert!(mounted());
+    assert!(tree.path.join("g").exists());
+    let changes = driver.changes(&tree).unwrap();
+    use crate::change::Change;
+    for want in [Change::Write("g".into()), Change::Delete("bin/true".into())] {
+        assert!(changes.contains(&want), "{want:?} in {changes:?}");
+    }
+    driver.discard(tree).unwrap();
+}
+
+#[test]
+fn a_150_layer_overlay_tree_runs_in_a_user_namespace() {
+    use crate::driver::{SnapshotDriver, TreeOf};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 150);
+    let mut o = opts(
+        &tree.path,
+        "ls /layers | wc -l > /count; cat /proc/self/uid_map > /map",
+    );
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    let count = fs::read_to_string(tree.path.join("count")).unwrap();
+    assert_eq!(count.trim(), "149", "every layer shows");
+    assert!(fs::read_to_string(tree.path.join("map"))
+        .unwrap()
+        .contains("1900000000"));
+    driver.discard(tree).unwrap();
+}
+
+#[test]
+fn an_overlay_tree_that_cannot_be_lent_keeps_host_ids() {
+    use crate::driver::{SnapshotDriver, TreeOf};
+    let Some((tmp, busybox)) = busybox_tree() else {
+        return;
+    };
+    let _mounts = DetachBelow(tmp.path().canonicalize().unwrap());
+    let (driver, tree) = overlay_tree(tmp.path(), &busybox, 1);
+    // A file held open in the tree: its mount cannot be taken down.
+    let open = fs::File::create(tree.path.join("held")).unwrap();
+    let mut o = opts(&tree.path, "cat /proc/self/uid_map > /map");
+    o.network = Network::None;
+    o.tree = Some(TreeOf {
+        driver: &driver,
+        tree: &tree,
+    });
+    assert!(run(&o).unwrap().success());
+    let map = fs::read_to_string(tree.path.join("map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "host ids"
+    );
+    drop(open);
+    driver.discard(tree).unwrap();
 }

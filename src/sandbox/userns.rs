@@ -12,17 +12,25 @@
 //! support it): through that mount, host id `HOST_BASE + n` reads and writes
 //! as id `n` on disk, so what the step writes as uid 0 or 1000 lands as 0 or
 //! 1000 and layers stay byte-identical to a step without the namespace.
+//! An overlay work tree cannot be idmapped (the kernel answers EINVAL for an
+//! overlay mount): the step gets an overlay of its own over idmapped layers
+//! instead ([`idmapped_overlay`]), while the driver's mount of the tree is
+//! lent to it.
 //!
 //! These calls run in the single-threaded helper (see `helper.rs`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use nix::mount::MsFlags;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{self, ForkResult};
+
+use crate::driver::overlay::mount::Overlay;
+use crate::driver::Layers;
 
 /// The host id of the namespace's id 0.
 pub const HOST_BASE: u32 = 1_900_000_000;
@@ -37,6 +45,7 @@ pub fn id_map() -> String {
 // From <linux/mount.h>; libc does not have them yet.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 /// `MOUNT_ATTR_NODEV`, the same bit as `MS_NODEV`.
 pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
@@ -110,7 +119,23 @@ fn map_and_open(pid: i32, ready: OwnedFd) -> io::Result<OwnedFd> {
 /// `userns`, with `attrs` (e.g. [`MOUNT_ATTR_NODEV`]) added to each; the
 /// filesystem's other flags (`ro`, `nosuid`, `noexec`) are kept.
 pub fn idmapped_tree(source: &Path, userns: BorrowedFd, attrs: u64) -> io::Result<OwnedFd> {
+    idmapped_clone(source, userns, attrs, true)
+}
+
+/// [`idmapped_tree`], of the one mount at `source` only (a bind mount of
+/// it) when not `recursive`.
+fn idmapped_clone(
+    source: &Path,
+    userns: BorrowedFd,
+    attrs: u64,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())?;
+    let recursive = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
     // SAFETY: open_tree(2) with a valid C string; the descriptor it returns
     // is owned right away.
     let tree = unsafe {
@@ -118,9 +143,9 @@ pub fn idmapped_tree(source: &Path, userns: BorrowedFd, attrs: u64) -> io::Resul
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive,
         ))
-        .map_err(|e| io::Error::new(e.kind(), format!("open_tree: {e}")))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("open_tree {}: {e}", source.display())))?;
         OwnedFd::from_raw_fd(fd as i32)
     };
     let attr = MountAttr {
@@ -144,6 +169,113 @@ pub fn idmapped_tree(source: &Path, userns: BorrowedFd, attrs: u64) -> io::Resul
     Ok(tree)
 }
 
+/// Mount at `root` (an empty directory: the driver's mount of the tree is
+/// down, see [`crate::driver::SnapshotDriver::lend`]) an overlay of
+/// `layers`, each layer an idmapped mount, with the driver's options and
+/// `nodev`. The kernel idmaps no overlay mount, but overlayfs takes
+/// idmapped layers (5.19 and later) and reads and writes through them, so
+/// the step's ids land on disk as on an idmapped plain tree.
+///
+/// The layer mounts are attached (overlayfs takes only layers it can
+/// reach) in a tmpfs laid over `root` for the moment, then detached with
+/// it: the overlay keeps private mounts of its own of them. Runs in the
+/// sandbox's mount namespace, so nothing of this reaches the host's.
+pub fn idmapped_overlay(layers: &Layers, root: &Path, userns: BorrowedFd) -> io::Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=700,size=64k"),
+    )
+    .map_err(|e| with_context(e, format!("mount a tmpfs on {}", root.display())))?;
+    let overlay = overlay_of_clones(layers, root, userns);
+    // The tmpfs and the layer mounts in it: the overlay holds its own.
+    let detached = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| with_context(e, "detach the layer mounts".into()));
+    let overlay = overlay?;
+    detached?;
+    attach(overlay, root)
+}
+
+fn with_context(e: nix::errno::Errno, what: String) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// The overlay of `layers` as a detached mount, its layers idmapped and
+/// attached below `place`: each lower one read-only, and the directory
+/// holding the upper and work dirs as one (the kernel wants them on one
+/// mount).
+fn overlay_of_clones(layers: &Layers, place: &Path, userns: BorrowedFd) -> io::Result<OwnedFd> {
+    let clone_at = |source: &Path, name: String, attrs: u64| -> io::Result<PathBuf> {
+        let at = place.join(name);
+        fs::create_dir(&at)?;
+        attach(idmapped_clone(source, userns, attrs, false)?, &at)?;
+        Ok(at)
+    };
+    let mut lowers = Vec::with_capacity(layers.lowers.len());
+    for (i, lower) in layers.lowers.iter().enumerate() {
+        lowers.push(clone_at(
+            lower,
+            format!("l{i}"),
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
+        )?);
+    }
+    let (Some(dir), Some(upper), Some(work)) = (
+        layers.upper.parent(),
+        layers.upper.file_name(),
+        layers.work.file_name(),
+    ) else {
+        return Err(io::Error::other("upper and work dirs must have a parent"));
+    };
+    if layers.work.parent() != Some(dir) {
+        return Err(io::Error::other("the upper and work dirs must be siblings"));
+    }
+    let rw = clone_at(dir, "rw".into(), MOUNT_ATTR_NODEV)?;
+    let (upper, work) = (rw.join(upper), rw.join(work));
+    let overlay = Overlay {
+        lowers: &lowers,
+        upper: Some((&upper, &work)),
+        volatile: layers.volatile,
+    };
+    let mount = as_namespace_root(|| overlay.detached(MOUNT_ATTR_NODEV))
+        .map_err(|e| io::Error::new(e.kind(), format!("mount the overlay: {e}")))?;
+    // Where its upper layer is not writable, overlayfs mounts read-only
+    // rather than fail (its reason is in the kernel log).
+    let statfs = nix::sys::statvfs::fstatvfs(&mount).map_err(io::Error::from)?;
+    if statfs
+        .flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+    {
+        return Err(io::Error::other(
+            "the overlay came up read-only: its upper layer is not writable through the idmapped mount",
+        ));
+    }
+    Ok(mount)
+}
+
+/// Run `f` with the fs ids of the namespace's root (host id
+/// [`HOST_BASE`]) and every capability. overlayfs keeps the credentials of
+/// whoever creates it and makes its work dir, whiteouts and copy-ups with
+/// them; through an idmapped layer only ids of the namespace can write
+/// (host root's 0 is none: EOVERFLOW), and their files land as its 0
+/// does, the owner a plain mount by root gives them.
+fn as_namespace_root<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let effective = super::caps::effective()?;
+    let base = unistd::Uid::from_raw(HOST_BASE);
+    unistd::setfsgid(unistd::Gid::from_raw(HOST_BASE));
+    unistd::setfsuid(base);
+    // An fsuid other than 0 took the fs capabilities out of the effective
+    // set (they stay permitted).
+    let result = super::caps::set_effective(effective).and_then(|()| f());
+    unistd::setfsuid(unistd::Uid::from_raw(0));
+    unistd::setfsgid(unistd::Gid::from_raw(0));
+    let restored = super::caps::set_effective(effective);
+    let value = result?;
+    restored?;
+    Ok(value)
+}
+
 /// Mount the detached `tree` on `target`.
 pub fn attach(tree: OwnedFd, target: &Path) -> io::Result<()> {
     let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
@@ -163,12 +295,26 @@ pub fn attach(tree: OwnedFd, target: &Path) -> io::Result<()> {
 }
 
 /// Whether a step in `root` can have a user namespace: one can be made and
-/// `root`'s filesystem takes an idmapped mount. Runs in the helper, in a
-/// mount namespace of its own; the copy it idmaps is never attached.
-pub fn probe(root: &Path) -> io::Result<()> {
+/// `root`'s filesystem takes an idmapped mount, or, for an overlay tree
+/// (`layers`: scratch ones of the store), an overlay of idmapped layers
+/// mounts at `root`. Runs in the helper, in a mount namespace of its own.
+pub fn probe(root: &Path, layers: Option<&Layers>) -> io::Result<()> {
     let ns = create()?;
     unshare(CloneFlags::CLONE_NEWNS)?;
-    idmapped_tree(root, ns.as_fd(), MOUNT_ATTR_NODEV).map(drop)
+    match layers {
+        // The copy it idmaps is never attached.
+        None => idmapped_tree(root, ns.as_fd(), MOUNT_ATTR_NODEV).map(drop),
+        Some(layers) => {
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            idmapped_overlay(layers, root, ns.as_fd())
+        }
+    }
 }
 
 /// Join `userns` as its root: after `setns` the ids are still host root's,

@@ -15,7 +15,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::stores::{Btrfs, Overlay};
+use crate::stores::{Driver, Store, DRIVERS};
 use crate::util::{require_root, run_ok, stderr, Env};
 
 /// The networks a step can have; `none` means a user namespace.
@@ -66,27 +66,38 @@ fn build_ok_on(env: &Env, script: &str, network: &str) {
 }
 
 /// Build the probe running `script` under each network, each in a test dir
-/// of its own, and hand it to `check`.
+/// of its own, and hand it to `check`: on a plain store, and on an overlay
+/// one (the default driver; in the user namespace, a step there runs on an
+/// overlay of its own).
 fn each_network(script: &str, check: impl Fn(&Env, &str)) {
-    for network in NETWORKS {
-        let env = Env::new();
-        build_ok_on(&env, script, network);
-        check(&env, network);
+    for driver in [Driver::Plain, Driver::Overlay] {
+        for network in NETWORKS {
+            let Some(store) = Store::new(driver) else {
+                return;
+            };
+            eprintln!("--- {driver:?}, network: {network}");
+            build_ok_on(&store, script, network);
+            check(&store, network);
+            store.assert_nothing_leaked();
+        }
     }
 }
 
 /// Run `body` on a test dir of each driver (btrfs where the machine can
-/// make a loopback btrfs).
+/// make a loopback btrfs), named as the config names it.
 fn each_driver(body: impl Fn(&Env, &str)) {
-    body(&Env::new(), "plain");
-    body(&Overlay::new(), "overlay");
-    if !crate::util::have("mkfs.btrfs") || !Path::new("/dev/loop-control").exists() {
-        crate::util::skip("needs mkfs.btrfs and loop devices");
-        return;
+    on_drivers(&DRIVERS, body);
+}
+
+/// [`each_driver`] on `drivers` only.
+fn on_drivers(drivers: &[Driver], body: impl Fn(&Env, &str)) {
+    for &driver in drivers {
+        if let Some(store) = Store::new(driver) {
+            body(&store, &format!("{driver:?}").to_lowercase());
+            store.assert_nothing_leaked();
+            store.finish();
+        }
     }
-    let store = Btrfs::new();
-    body(&store, "btrfs");
-    store.finish();
 }
 
 fn output(out: &Output) -> String {
@@ -333,14 +344,6 @@ echo b > /as-1000 && chown 1000:1000 /as-1000
 mkdir -p /srv/app && chown 1000:1001 /srv/app
 "#;
 
-/// Whether steps with `network: none` get a user namespace on `driver`'s
-/// work trees: an overlay mount takes no idmapped mount (the kernel answers
-/// EINVAL; overlayfs idmaps its layers only), so overlay work trees fall
-/// back to confinement with host ids.
-fn userns_on(driver: &str) -> bool {
-    driver != "overlay"
-}
-
 #[test]
 fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
     require_root!();
@@ -350,19 +353,19 @@ fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
             spec(env, IDS, &format!("  network: {network}\n"));
             let out = env.genoci(&["-v", "build", "spec.yaml"]);
             assert!(out.status.success(), "{case}: {}", output(&out));
-            let userns = network == "none" && userns_on(driver);
+            // Every driver: an overlay work tree gets an overlay of its
+            // own over idmapped layers.
+            let userns = network == "none";
             let err = stderr(&out);
             assert!(
                 err.contains(&format!("user_namespace={userns}")),
                 "{case}: {err}"
             );
-            if network == "none" && !userns {
-                assert!(
-                    err.contains("no user namespace for run steps")
-                        && err.contains("idmap the mount: Invalid argument"),
-                    "{case}: {err}"
-                );
-            }
+            assert_eq!(
+                err.contains("own_overlay=true"),
+                userns && driver == "overlay",
+                "{case}: {err}"
+            );
             let root = env.unpack("probe");
             for map in ["uid_map", "gid_map"] {
                 let seen = first_map(&fs::read_to_string(root.join(map)).unwrap());
@@ -392,10 +395,6 @@ fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
 fn mknod_through_symlinks_never_leaves_the_tree() {
     require_root!();
     each_driver(|env, driver| {
-        if !userns_on(driver) {
-            // The kernel makes the nodes there, in the step's root.
-            return;
-        }
         let outside = env.path().join("outside");
         fs::create_dir(&outside).unwrap();
         let o = outside.display();
@@ -526,7 +525,11 @@ const DEBIAN_STEPS: &str = r#"    - useradd -m -u 1234 app && chown -R app:app /
 #[test]
 fn useradd_and_file_capabilities_work_on_debian() {
     require_root!();
-    let env = Env::new();
+    // The test btrfs store (256 MiB) cannot hold a Debian tree.
+    on_drivers(&[Driver::Plain, Driver::Overlay], debian_steps_on);
+}
+
+fn debian_steps_on(env: &Env, driver: &str) {
     fs::copy(
         crate::util::fixture("debian"),
         env.path().join("debian.tar.gz"),
@@ -535,41 +538,145 @@ fn useradd_and_file_capabilities_work_on_debian() {
     let steps = DEBIAN_STEPS.replace("SETCAP", SETCAP);
     let mut spec = "debian:\n  base: empty\n  expand: ./debian.tar.gz\n".to_string();
     for network in NETWORKS {
+        // `touched` changes base files, the capped one too (a chmod keeps
+        // its capability): on overlay, copied up with their xattrs through
+        // the idmapped upper layer.
         spec.push_str(&format!(
-            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}"
+            "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}\
+             touched-{network}:\n  base: users-{network}\n  network: {network}\n  run: |\n    \
+             chmod 750 /usr/bin/capped\n    \
+             echo more >> /etc/passwd && touch /usr/share/tiny/hi.txt\n"
         ));
     }
     env.write("spec.yaml", &spec);
     let out = env
-        .cmd(&["build", "spec.yaml"])
+        .cmd(&["-v", "build", "spec.yaml"])
         .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{driver}: {}", output(&out));
+    assert_in_user_namespace(&stderr(&out), driver);
     for network in NETWORKS {
+        let case = format!("{driver}, network: {network}");
         let root = env.unpack(&format!("users-{network}"));
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(fs::metadata(root.join("home/app")).unwrap().uid(), 1234);
+        assert_eq!(
+            fs::metadata(root.join("home/app")).unwrap().uid(),
+            1234,
+            "{case}"
+        );
         let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
-        assert!(passwd.contains("app:x:1234:"), "{network}: {passwd}");
+        assert!(passwd.contains("app:x:1234:"), "{case}: {passwd}");
         let cap = xattr(&root.join("usr/bin/capped"), "security.capability");
         assert_eq!(
             cap.get(..8),
             Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]),
-            "{network}"
+            "{case}"
         );
         let hi = fs::metadata(root.join("usr/share/tiny/hi.txt")).unwrap();
-        assert_eq!((hi.uid(), hi.gid()), (1234, 1234), "{network}");
+        assert_eq!((hi.uid(), hi.gid()), (1234, 1234), "{case}");
         let status = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
         assert!(
             status.contains("Package: tiny\nStatus: install ok installed"),
-            "{network}"
+            "{case}"
         );
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
+        let root = env.unpack(&format!("touched-{network}"));
+        let capped = root.join("usr/bin/capped");
+        let cap = xattr(&capped, "security.capability");
+        assert_eq!(
+            cap.get(..8),
+            Some(&[1, 0, 0, 2, 0, 0x20, 0, 0][..]),
+            "{case}"
+        );
+        let meta = fs::metadata(&capped).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o750, "{case}");
         fs::remove_dir_all(root.parent().unwrap()).unwrap();
     }
     // In the user namespace or not, the same bytes.
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
-    assert_eq!(layers("users-host"), layers("users-none"));
+    assert_eq!(layers("users-host"), layers("users-none"), "{driver}");
+    assert_eq!(layers("touched-host"), layers("touched-none"), "{driver}");
+}
+
+/// The `-v` log of a build says that its `network: none` step ran in a
+/// user namespace, on overlay over an overlay of its own.
+fn assert_in_user_namespace(log: &str, driver: &str) {
+    assert!(log.contains("user_namespace=true"), "{driver}: {log}");
+    let own = log.contains("own_overlay=true");
+    assert_eq!(own, driver == "overlay", "{driver}: {log}");
+}
+
+/// Steps whose changes each driver records in its own way: a new link to
+/// a base file, a renamed base directory (overlay: a redirect) holding a
+/// file linked from outside it, a deletion (a whiteout), a directory
+/// removed and made again (opaque), owners, modes and a device node.
+const RECORDED: &str = r#"    - |
+      ln /f1 /f2
+      mv /d /e
+      rm /gone
+      rm -rf /op && mkdir /op && echo new > /op/new
+      chown 1000:1001 /owned && chmod 640 /owned
+      mknod /dev-node c 1 3
+"#;
+
+#[test]
+fn links_renames_whiteouts_and_opaque_dirs_read_back_alike_in_the_user_namespace() {
+    require_root!();
+    let digests = std::cell::RefCell::new(Vec::new());
+    each_driver(|env, driver| {
+        env.busybox("bb.tar.gz");
+        let mut spec = "base:
+  base: empty
+  expand: ./bb.tar.gz
+  run: |
+                 echo one > /f1 && mkdir -p /d/sub /op && echo in > /d/sub/f && ln /d/sub/f /g
+                 echo x > /gone && echo old > /op/old && echo o > /owned
+"
+        .to_string();
+        for network in NETWORKS {
+            spec.push_str(&format!(
+                "changed-{network}:
+  base: base
+  network: {network}
+  run:
+{RECORDED}"
+            ));
+        }
+        env.write("spec.yaml", &spec);
+        let out = env
+            .cmd(&["-v", "build", "spec.yaml"])
+            .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{driver}: {}", output(&out));
+        assert_in_user_namespace(&stderr(&out), driver);
+        let layers =
+            |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
+        assert_eq!(layers("changed-host"), layers("changed-none"), "{driver}");
+        let root = env.unpack("changed-none");
+        use std::os::unix::fs::MetadataExt;
+        let meta = |p: &str| fs::symlink_metadata(root.join(p)).unwrap();
+        assert_eq!(meta("f1").ino(), meta("f2").ino(), "{driver}");
+        assert_eq!(meta("g").ino(), meta("e/sub/f").ino(), "{driver}");
+        assert!(!root.join("d").exists() && !root.join("gone").exists());
+        assert!(!root.join("op/old").exists() && root.join("op/new").exists());
+        let owned = meta("owned");
+        assert_eq!(
+            (owned.uid(), owned.gid(), owned.mode() & 0o777),
+            (1000, 1001, 0o640)
+        );
+        assert_eq!(node(&root.join("dev-node")), ("c", 0o644, 0, 0, 1, 3));
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
+        digests
+            .borrow_mut()
+            .push((driver.to_string(), layers("changed-none")));
+    });
+    // Every driver, the same layers.
+    let digests = digests.into_inner();
+    for (driver, layers) in &digests {
+        assert_eq!(layers, &digests[0].1, "{driver} against {}", digests[0].0);
+    }
 }
 
 fn xattr(path: &Path, name: &str) -> Vec<u8> {
@@ -622,7 +729,10 @@ echo "$v" > /proc/sys/vm/swappiness
 #[test]
 fn confinement_does_not_change_the_layer() {
     require_root!();
-    let env = Env::new();
+    each_driver(confinement_on);
+}
+
+fn confinement_on(env: &Env, driver: &str) {
     env.busybox("bb.tar.gz");
     let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && mknod -m 600 /srv/sda b 8 0 && ln -s f /srv/a/l\n";
     // `isolated` runs in a user namespace, its nodes made by the supervisor.
@@ -637,10 +747,10 @@ fn confinement_does_not_change_the_layer() {
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", output(&out));
+    assert!(out.status.success(), "{driver}: {}", output(&out));
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
-    assert_eq!(layers("confined"), layers("free"));
-    assert_eq!(layers("isolated"), layers("free"));
+    assert_eq!(layers("confined"), layers("free"), "{driver}");
+    assert_eq!(layers("isolated"), layers("free"), "{driver}");
 }
 
 // ---- the image's user ----

@@ -5,6 +5,9 @@
 //! (the after-build check of `Env::genoci`) and by `umoci unpack`, must be
 //! the tree that built it.
 //!
+//! Every other target runs its steps with `network: none`, in a user
+//! namespace.
+//!
 //! Deterministic: a fixed seed and a bounded number of cases, so that it
 //! fits CI. `GENOCI_PROPTEST_CASES` raises the count for a longer hunt.
 
@@ -195,7 +198,15 @@ fn spec(case: u32, targets: &[Vec<Op>]) -> String {
     for (n, ops) in targets.iter().enumerate() {
         let (run, post) = scripts(ops);
         let name = format!("c{case}-t{n}");
-        write!(s, "{name}:\n  base: {base}\n  run: {}", block(&run)).unwrap();
+        // Every other target in a user namespace: on overlay, its steps
+        // run on an overlay of their own over idmapped layers.
+        let network = if n % 2 == 1 { "none" } else { "host" };
+        write!(
+            s,
+            "{name}:\n  base: {base}\n  network: {network}\n  run: {}",
+            block(&run)
+        )
+        .unwrap();
         if !post.is_empty() {
             write!(s, "  post: {}", block(&post)).unwrap();
         }

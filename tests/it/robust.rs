@@ -8,17 +8,21 @@ use std::time::{Duration, Instant};
 use crate::stores::{
     assert_layout_valid, driver_tests, tree_dir, unpack_snapshots, work_entries, Store,
 };
-use crate::util::{require_tool, Env};
+use crate::util::{mounts_under, require_tool, Env};
 
 const BASE: &str = "bb:\n  base: empty\n  expand: ./busybox.tar.gz\n";
 
-/// A target whose run step marks that it started and then sleeps.
-const SLOW: &str = "slow:\n  base: bb\n  run: |\n    touch /started\n    sleep 60\n";
+/// A target whose run step marks that it started and then sleeps. With
+/// `network: none` the step runs in a user namespace: on an overlay store,
+/// on an overlay of its own, the tree's mount lent to it.
+fn slow(network: &str) -> String {
+    format!("slow:\n  base: bb\n  network: {network}\n  run: |\n    touch /started\n    sleep 60\n")
+}
 
-fn prepare(env: &Env) {
+fn prepare(env: &Env, network: &str) {
     env.busybox("busybox.tar.gz");
     env.write("base.yaml", BASE);
-    env.write("slow.yaml", SLOW);
+    env.write("slow.yaml", &slow(network));
     env.ok(&["base.yaml"]);
 }
 
@@ -26,8 +30,13 @@ fn prepare(env: &Env) {
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
     let tree = tree_dir(store_root, &format!("build-{}-slow", child.id()));
-    // The overlay driver mounts the tree at `root` inside its work dir.
-    let started = [tree.join("started"), tree.join("root/started")];
+    // The overlay driver mounts the tree at `root` inside its work dir;
+    // lent to a step's own overlay, the tree shows only in its upper dir.
+    let started = [
+        tree.join("started"),
+        tree.join("root/started"),
+        tree.join("upper/started"),
+    ];
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started.iter().any(|s| s.exists()) {
         if Instant::now() > deadline {
@@ -89,8 +98,8 @@ fn check_after_interruption(env: &Env, store_root: &Path) {
     assert!(env.tags().contains(&"slow".to_string()));
 }
 
-fn sigkill_during_run(env: &Env, store_root: &Path) {
-    prepare(env);
+fn sigkill_during_run(env: &Env, store_root: &Path, network: &str) {
+    prepare(env, network);
     let mut child = start_slow_build(env, store_root);
     signal(&child, libc::SIGKILL);
     let status = child.wait().unwrap();
@@ -101,11 +110,16 @@ fn sigkill_during_run(env: &Env, store_root: &Path) {
     assert_no_sleepers(env);
     // The killed build could not clean up: its work tree is still there.
     assert!(!work_entries(store_root).is_empty());
+    if network == "none" {
+        // A lent overlay tree stays unmounted: the step's own overlay was
+        // in the sandbox's mount namespace, gone with it.
+        assert_eq!(mounts_under(&store_root.join("work")), Vec::<String>::new());
+    }
     check_after_interruption(env, store_root);
 }
 
-fn sigint_during_run(env: &Env, store_root: &Path) {
-    prepare(env);
+fn sigint_during_run(env: &Env, store_root: &Path, network: &str) {
+    prepare(env, network);
     let mut child = start_slow_build(env, store_root);
     let sent = Instant::now();
     signal(&child, libc::SIGINT);
@@ -194,7 +208,7 @@ fn sigkill_at_any_point(env: &Env, store_root: &Path) {
 /// Rebuild a target so its old tree is unreachable once gc drops the older
 /// dated tag; gc removes that snapshot and keeps every tagged one.
 fn gc_removes_unreachable_snapshots(env: &Env) {
-    prepare(env);
+    prepare(env, "host");
     env.write("t.yaml", "t:\n  base: bb\n  run: echo one > /v\n");
     env.ok(&["t.yaml"]);
     let old = unpack_snapshots(env)["t"].clone();
@@ -217,14 +231,26 @@ fn gc_removes_unreachable_snapshots(env: &Env) {
 
 fn sigkill_during_a_run_leaves_a_valid_layout(store: &Store) {
     require_tool!("umoci");
-    sigkill_during_run(store, &store.root());
+    sigkill_during_run(store, &store.root(), "host");
     store.ok(&["gc"]);
+    store.assert_nothing_leaked();
+}
+
+fn sigkill_during_a_userns_run_leaves_no_mount(store: &Store) {
+    require_tool!("umoci");
+    sigkill_during_run(store, &store.root(), "none");
     store.assert_nothing_leaked();
 }
 
 fn sigint_during_a_run_exits_130_and_cleans_up(store: &Store) {
     require_tool!("umoci");
-    sigint_during_run(store, &store.root());
+    sigint_during_run(store, &store.root(), "host");
+    store.assert_nothing_leaked();
+}
+
+fn sigint_during_a_userns_run_exits_130_and_cleans_up(store: &Store) {
+    require_tool!("umoci");
+    sigint_during_run(store, &store.root(), "none");
     store.assert_nothing_leaked();
 }
 
@@ -242,7 +268,9 @@ fn gc_removes_snapshots_no_tag_reaches(store: &Store) {
 
 driver_tests!(
     sigkill_during_a_run_leaves_a_valid_layout,
+    sigkill_during_a_userns_run_leaves_no_mount,
     sigint_during_a_run_exits_130_and_cleans_up,
+    sigint_during_a_userns_run_exits_130_and_cleans_up,
     sigkill_at_any_point_of_a_build,
     gc_removes_snapshots_no_tag_reaches,
 );

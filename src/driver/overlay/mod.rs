@@ -24,15 +24,15 @@
 //! write through every name. A renamed base directory is an upper dir with
 //! a redirect to its old path; mounts of later layers follow it.
 
-mod mount;
+pub mod mount;
 mod upper;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::worktree::{self, Trees};
-use super::{diff, ChainId, DriverError, Owner, Result, SnapshotDriver, WorkTree};
+use super::worktree::{self, Process, Trees};
+use super::{diff, ChainId, DriverError, Layers, Lent, Owner, Result, SnapshotDriver, WorkTree};
 use crate::change::Change;
 use mount::Overlay;
 
@@ -113,7 +113,7 @@ impl OverlayDriver {
         let dir = self.trees.dir_of(&tree.name);
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let empty = fs::read_dir(&tree.path).is_ok_and(|mut d| d.next().is_none());
-        if !empty || !upper.is_dir() || !work.is_dir() {
+        if !empty || !upper.is_dir() || !work.is_dir() || lent_to_a_live_process(&dir) {
             return Ok(());
         }
         tracing::info!(tree = %tree.name, "mounting the work tree again");
@@ -417,6 +417,61 @@ impl SnapshotDriver for OverlayDriver {
         remove_tree(&self.snapshot_dir(id))
     }
 
+    /// The base's `diff` dirs and the tree's upper and work dirs, mounted
+    /// `volatile` as the tree is (a build's, not a kept checkout).
+    fn layers(&self, tree: &WorkTree) -> Result<Option<Layers>> {
+        let dir = self.trees.dir_of(&tree.name);
+        Ok(Some(Layers {
+            lowers: self.lowers(&tree.base)?,
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            volatile: tree.owner.layout.is_none(),
+        }))
+    }
+
+    /// Unmounted for good (not lazily: a process still inside the tree
+    /// would keep this overlay alive beside the caller's), and mounted
+    /// again with the same layers and options.
+    fn lend(&self, tree: &WorkTree) -> Result<Lent<'_>> {
+        let Some(layers) = self.layers(tree)? else {
+            unreachable!("an overlay tree always has layers")
+        };
+        if !mount::is_mounted(&tree.path)
+            .map_err(DriverError::io("read", crate::mountinfo::PATH))?
+        {
+            return Err(DriverError::io("lend the work tree", tree.path.clone())(
+                io::Error::other("its overlay is not mounted"),
+            ));
+        }
+        let mark = self.trees.dir_of(&tree.name).join(LENT);
+        let current = serde_json::to_vec(&Process::current()).expect("a process serializes");
+        fs::write(&mark, current).map_err(DriverError::io("write", &mark))?;
+        if let Err(e) = nix::mount::umount2(&tree.path, nix::mount::MntFlags::empty()) {
+            let _ = fs::remove_file(&mark);
+            return Err(DriverError::io("unmount", tree.path.clone())(e.into()));
+        }
+        let cleared = clear_volatile(&layers.work);
+        let path = tree.path.clone();
+        let restore = move || {
+            clear_volatile(&layers.work)?;
+            Overlay {
+                lowers: &layers.lowers,
+                upper: Some((&layers.upper, &layers.work)),
+                volatile: layers.volatile,
+            }
+            .mount(&path)
+            .map_err(DriverError::io("mount overlay at", &path))?;
+            fs::remove_file(&mark).map_err(DriverError::io("remove", &mark))
+        };
+        match cleared {
+            Ok(()) => Ok(Lent::new(restore)),
+            Err(e) => {
+                let _ = restore();
+                Err(e)
+            }
+        }
+    }
+
     fn work_trees(&self) -> Result<Vec<WorkTree>> {
         let trees = self.trees.list(|dir| dir.join("root"))?;
         let mounts = crate::mountinfo::mount_points()
@@ -445,6 +500,39 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     };
     overlay.mount(&dirs[3])?;
     mount::unmount(&dirs[3])
+}
+
+/// The file in a work tree's dir naming the process its mount is lent to
+/// (see `lend`): while that process lives, another genoci must not take
+/// the unmounted tree for a kept checkout after a reboot and mount it
+/// again beside the lender's own mount of its layers.
+const LENT: &str = "lent";
+
+/// Whether the tree in `dir` is lent to a process that still runs.
+fn lent_to_a_live_process(dir: &Path) -> bool {
+    fs::read(dir.join(LENT))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Process>(&bytes).ok())
+        .is_some_and(|p| p.is_alive())
+}
+
+/// Where a `volatile` overlay marks its work dir (`WORKDIR/work/incompat/
+/// volatile/`, holding a file `dirty`): the kernel refuses to mount the
+/// layers again while it is there, since after a crash the upper dir may
+/// have lost writes.
+const VOLATILE_MARK: &str = "work/incompat/volatile";
+
+/// Remove the volatile mark after the overlay that left it was unmounted
+/// in order: then every write reached the upper dir's page cache, where
+/// the next mount reads it, so the upper dir is intact (the kernel's
+/// overlayfs documentation allows this). A genoci killed with the overlay
+/// mounted never comes here: its tree is discarded, mark and all.
+fn clear_volatile(work: &Path) -> Result<()> {
+    let mark = work.join(VOLATILE_MARK);
+    match fs::remove_dir_all(&mark) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::io("remove", mark)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Unmount what a work tree's dir may have mounted: the tree and its base.

@@ -37,35 +37,7 @@ const FIXED: [(&str, &str); 4] = [
 impl Overlay<'_> {
     /// Mount at `target`.
     pub fn mount(&self, target: &Path) -> io::Result<()> {
-        // SAFETY: fsopen takes a NUL-terminated name and flags; the fd it
-        // returns is owned here.
-        let fs = unsafe {
-            owned(libc::syscall(
-                libc::SYS_fsopen,
-                c"overlay".as_ptr(),
-                libc::FSOPEN_CLOEXEC,
-            ))
-        }?;
-        let configured = self.configure(&fs);
-        let created = configured.and_then(|()| set(&fs, libc::FSCONFIG_CMD_CREATE, None, None));
-        if let Err(e) = created {
-            return Err(with_log(&fs, e));
-        }
-        let attrs = if self.upper.is_none() {
-            libc::MOUNT_ATTR_RDONLY
-        } else {
-            0
-        };
-        // SAFETY: fsmount takes the context fd, flags and mount attributes.
-        let mnt = unsafe {
-            owned(libc::syscall(
-                libc::SYS_fsmount,
-                fs.as_raw_fd(),
-                libc::FSMOUNT_CLOEXEC,
-                attrs,
-            ))
-        }
-        .map_err(|e| with_log(&fs, e))?;
+        let mnt = self.detached(0)?;
         let target_c = cstring(target)?;
         // SAFETY: moves the detached mount `mnt` onto the NUL-terminated path.
         let r = unsafe {
@@ -82,6 +54,43 @@ impl Overlay<'_> {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The overlay as a mount attached nowhere yet, with the mount
+    /// attributes `attrs` (`MOUNT_ATTR_*`, e.g. `nodev`) besides `rdonly`
+    /// for an overlay without an upper dir. The layers need to be
+    /// reachable only while this runs: the overlay keeps mounts of its own
+    /// of them.
+    pub fn detached(&self, attrs: u64) -> io::Result<OwnedFd> {
+        // SAFETY: fsopen takes a NUL-terminated name and flags; the fd it
+        // returns is owned here.
+        let fs = unsafe {
+            owned(libc::syscall(
+                libc::SYS_fsopen,
+                c"overlay".as_ptr(),
+                libc::FSOPEN_CLOEXEC,
+            ))
+        }?;
+        let configured = self.configure(&fs);
+        let created = configured.and_then(|()| set(&fs, libc::FSCONFIG_CMD_CREATE, None, None));
+        if let Err(e) = created {
+            return Err(with_log(&fs, e));
+        }
+        let read_only = if self.upper.is_none() {
+            libc::MOUNT_ATTR_RDONLY
+        } else {
+            0
+        };
+        // SAFETY: fsmount takes the context fd, flags and mount attributes.
+        unsafe {
+            owned(libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                libc::FSMOUNT_CLOEXEC,
+                read_only | attrs,
+            ))
+        }
+        .map_err(|e| with_log(&fs, e))
     }
 
     fn configure(&self, fs: &OwnedFd) -> io::Result<()> {

@@ -394,3 +394,113 @@ fn a_builds_tree_is_volatile_and_a_kept_checkout_is_not() {
         "{options}"
     );
 }
+
+#[test]
+fn a_lent_tree_is_down_while_lent_and_mounted_again_after() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    populate(&tree.path);
+    driver.checkin(tree, &chain(1)).unwrap();
+    let tree = driver.checkout(&chain(1), "build").unwrap();
+    write(&tree.path, "before", "b");
+    let layers = driver.layers(&tree).unwrap().unwrap();
+    assert!(layers.volatile, "a build's tree is volatile");
+    assert_eq!(layers.lowers, driver.lowers(&chain(1)).unwrap());
+    let mark = layers.work.join(VOLATILE_MARK);
+    assert!(mark.exists(), "the kernel marks a volatile work dir");
+
+    let lent = driver.lend(&tree).unwrap();
+    assert!(!mount::is_mounted(&tree.path).unwrap());
+    assert_eq!(fs::read_dir(&tree.path).unwrap().count(), 0);
+    assert!(!mark.exists(), "cleared after the orderly unmount");
+    // What another mount of the layers writes meanwhile is the tree's.
+    Overlay {
+        lowers: &layers.lowers,
+        upper: Some((&layers.upper, &layers.work)),
+        volatile: true,
+    }
+    .mount(&tree.path)
+    .unwrap();
+    write(&tree.path, "during", "d");
+    mount::unmount(&tree.path).unwrap();
+    lent.restore().unwrap();
+    assert!(mount::is_mounted(&tree.path).unwrap());
+    assert!(
+        tree.path.join("usr/bin/tool").exists(),
+        "the base shows again"
+    );
+    let changes = driver.changes(&tree).unwrap();
+    for name in ["before", "during"] {
+        assert!(changes.contains(&Change::Write(name.into())), "{changes:?}");
+    }
+
+    // Dropped without a restore (a failed step): mounted again all the same.
+    drop(driver.lend(&tree).unwrap());
+    assert!(tree.path.join("during").exists());
+    driver.discard(tree).unwrap();
+    assert!(store.mounts().is_empty(), "{:?}", store.mounts());
+}
+
+#[test]
+fn a_busy_tree_is_not_lent() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "busy").unwrap();
+    let open = fs::File::create(tree.path.join("open")).unwrap();
+    let err = driver.lend(&tree).err().expect("a busy tree is not lent");
+    assert!(err.is_busy(), "{}", crate::error_chain(&err));
+    assert!(mount::is_mounted(&tree.path).unwrap(), "still mounted");
+    drop(open);
+    driver.lend(&tree).unwrap().restore().unwrap();
+    driver.discard(tree).unwrap();
+}
+
+#[test]
+fn a_lent_checkout_is_not_mounted_again_by_another_listing() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver
+        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
+        .unwrap();
+    write(&tree.path, "edited", "by hand");
+    let lent = driver.lend(&tree).unwrap();
+    // Another genoci lists the trees meanwhile: the tree is lent to a
+    // live process, not left unmounted by a reboot.
+    let other = OverlayDriver::open(store.dir.path()).unwrap();
+    other.work_trees().unwrap();
+    assert!(
+        !mount::is_mounted(&tree.path).unwrap(),
+        "mounted beside the lender"
+    );
+    lent.restore().unwrap();
+    assert!(mount::is_mounted(&tree.path).unwrap());
+    assert!(tree.path.join("edited").exists());
+    // A lender killed before it restored the tree: the next listing
+    // mounts it again.
+    let lent = driver.lend(&tree).unwrap();
+    let dead = worktree::Process {
+        pid: u32::MAX,
+        start: 0,
+    };
+    let mark = driver.trees.dir_of(&tree.name).join(LENT);
+    fs::write(&mark, serde_json::to_vec(&dead).unwrap()).unwrap();
+    std::mem::forget(lent);
+    other.work_trees().unwrap();
+    assert!(mount::is_mounted(&tree.path).unwrap());
+    assert!(tree.path.join("edited").exists());
+    driver.discard(tree).unwrap();
+}
