@@ -19,11 +19,15 @@
 //! comparison against a read-only mount of the base, so copied-up but equal
 //! entries drop out and the list equals the other drivers'.
 //!
-//! A file with several names in the base loses that link when one name is
-//! written or moved (overlay copies up one name), where plain and btrfs
-//! write through every name. A renamed base directory is an upper dir with
-//! a redirect to its old path; mounts of later layers follow it.
+//! A file with several names in the base stays one file when one name is
+//! written, moved or linked: the mount keeps an index of such copy-ups
+//! (see [`mount`]), so during the step every name shows the change, and a
+//! checkin first copies up the names the step did not touch (see
+//! [`links`]), so the snapshot holds them as one inode, as plain and btrfs
+//! do. A renamed base directory is an upper dir with a redirect to its old
+//! path; mounts of later layers follow it.
 
+mod links;
 mod mount;
 mod upper;
 
@@ -343,8 +347,14 @@ impl SnapshotDriver for OverlayDriver {
 
     fn checkin(&self, tree: WorkTree, id: &ChainId) -> Result<()> {
         let dir = self.trees.dir_of(&tree.name);
-        unmount_tree_dir(&dir)?;
         let dest = self.snapshot_dir(id);
+        if !dest.exists()
+            && mount::is_mounted(&tree.path)
+                .map_err(DriverError::io("read", crate::mountinfo::PATH))?
+        {
+            links::complete(&dir.join("upper"), &dir.join("work"), &tree.path)?;
+        }
+        unmount_tree_dir(&dir)?;
         if dest.exists() {
             return self.remove_work(&tree.name);
         }
@@ -438,13 +448,27 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     for d in &dirs {
         fs::create_dir_all(d)?;
     }
+    let (a, b) = (dirs[0].join("a"), dirs[0].join("b"));
+    fs::write(&a, "lower")?;
+    fs::hard_link(&a, &b)?;
     let overlay = Overlay {
         lowers: &[dirs[0].clone()],
         upper: Some((&dirs[1], &dirs[2])),
         volatile: false,
     };
     overlay.mount(&dirs[3])?;
-    mount::unmount(&dirs[3])
+    let through_b =
+        fs::write(dirs[3].join("a"), "upper").and_then(|()| fs::read(dirs[3].join("b")));
+    mount::unmount(&dirs[3])?;
+    // Without the index (a filesystem that gives no file handles, where the
+    // kernel quietly turns it off) layers would differ from plain's.
+    if through_b? != b"upper" {
+        return Err(io::Error::other(
+            "writing one name of a linked lower file leaves the other (no overlay index: \
+             does the filesystem give file handles?)",
+        ));
+    }
+    Ok(())
 }
 
 /// Unmount what a work tree's dir may have mounted: the tree and its base.

@@ -188,6 +188,35 @@ fn a_tree_left_mounted_is_discarded_with_its_mounts() {
     assert!(again.work_trees().unwrap().is_empty());
 }
 
+/// A checked-in tree's overlay lives on while a file in it is open (its
+/// unmount is lazy), and the kernel refuses its upper dir, now a snapshot,
+/// as a lower dir of an indexed mount meanwhile: a checkout on it waits a
+/// moment for the file to be closed, and names the likely cause when not.
+#[test]
+fn a_checkout_waits_for_a_checked_in_tree_still_in_use() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "held").unwrap();
+    write(&tree.path, "f", "x");
+    let held = fs::File::open(tree.path.join("f")).unwrap();
+    driver.checkin(tree, &chain(1)).unwrap();
+    let err = driver.checkout(&chain(1), "busy").unwrap_err();
+    let message = crate::error_chain(&err);
+    assert!(message.contains("still inside a tree"), "{message}");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+    });
+    let tree = driver.checkout(&chain(1), "after").unwrap();
+    release.join().unwrap();
+    assert_eq!(fs::read_to_string(tree.path.join("f")).unwrap(), "x");
+    driver.discard(tree).unwrap();
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+}
+
 #[test]
 fn the_probe_mounts_and_leaves_nothing() {
     if !can_run() {
@@ -315,6 +344,15 @@ fn renamed_dirs_keep_their_links() {
     }
     let store = TestStore::new();
     contract::renamed_dirs_keep_their_links(&store.driver());
+}
+
+#[test]
+fn lower_links_stay_linked() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::lower_links_stay_linked(&store.driver());
 }
 
 /// The mount options of the mount at `path`.
