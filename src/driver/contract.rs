@@ -253,16 +253,20 @@ fn populate_linked(t: &Path) {
     link("tr/1", "tr/2");
     write(t, "l/old", "linked again");
     link("l/old", "l/kept");
-    same_dir_times(t);
+    same_times(t, true);
 }
 
-/// Every directory below `t` gets one fixed mtime: whether a step's change
-/// of one falls in a new clock tick must not make drivers differ.
-fn same_dir_times(t: &Path) {
+/// Every directory below `t` (and every file, with `files`) gets one fixed
+/// mtime, so that two stores' trees compare equal, and whether a step's
+/// change of a directory falls in a new clock tick does not matter.
+fn same_times(t: &Path, files: bool) {
     for entry in fs::read_dir(t).unwrap() {
         let path = entry.unwrap().path();
-        if fs::symlink_metadata(&path).unwrap().is_dir() {
-            same_dir_times(&path);
+        let is_dir = fs::symlink_metadata(&path).unwrap().is_dir();
+        if is_dir {
+            same_times(&path, files);
+        }
+        if is_dir || files {
             filetime::set_file_mtime(&path, FileTime::from_unix_time(900_000_000, 0)).unwrap();
         }
     }
@@ -296,7 +300,7 @@ fn change_linked(t: &Path) {
     for name in ["w/one", "x/first", "r2/in/f", "s/b/g", "tr/1"] {
         filetime::set_file_mtime(t.join(name), FileTime::from_unix_time(1_000_000_000, 0)).unwrap();
     }
-    same_dir_times(t);
+    same_times(t, false);
 }
 
 /// The groups of names that must stay one inode, with the content of each.
@@ -320,7 +324,7 @@ const LINKED: [(&[&str], &str); 8] = [
 pub fn lower_links_stay_linked(driver: &dyn SnapshotDriver) {
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = plain::PlainDriver::open(plain_dir.path()).unwrap();
-    let mut changes = Vec::new();
+    let (mut changes, mut tops) = (Vec::new(), Vec::new());
     for d in [driver, &plain as &dyn SnapshotDriver] {
         let tree = d.checkout(&ChainId::empty(), "base").unwrap();
         populate_linked(&tree.path);
@@ -335,8 +339,17 @@ pub fn lower_links_stay_linked(driver: &dyn SnapshotDriver) {
         d.checkin(tree, &chain(2)).unwrap();
         let top = d.snapshot_path(&chain(2)).unwrap();
         assert_linked(&top, &format!("{} snapshot", d.name()));
+        tops.push(top);
     }
     assert_eq!(changes[0], changes[1], "{} and plain", driver.name());
+    // Nothing else differs either: the names a checkin copied up kept
+    // their times, and so did their directories.
+    assert_eq!(
+        diff::full_compare(&tops[1], &tops[0]),
+        vec![],
+        "{}",
+        driver.name()
+    );
 }
 
 fn assert_linked(root: &Path, what: &str) {

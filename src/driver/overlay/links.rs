@@ -35,6 +35,7 @@ pub fn complete(upper: &Path, work: &Path, tree: &Path) -> Result<usize> {
     if !indexed {
         return Ok(0);
     }
+    let started = std::time::Instant::now();
     let mut copied = 0;
     for names in diff::link_groups(tree)? {
         let (present, missing): (Vec<_>, Vec<_>) =
@@ -48,7 +49,12 @@ pub fn complete(upper: &Path, work: &Path, tree: &Path) -> Result<usize> {
             copied += 1;
         }
     }
-    tracing::debug!(tree = %tree.display(), names = copied, "linked names copied up");
+    tracing::debug!(
+        tree = %tree.display(),
+        names = copied,
+        ms = started.elapsed().as_millis(),
+        "linked names copied up"
+    );
     Ok(copied)
 }
 
