@@ -58,16 +58,24 @@ impl Overlay<'_> {
     /// one was open (the child holds it until it execs), for ever when a
     /// shell sits in it. So a busy mount is tried again for a second.
     pub fn mount(&self, target: &Path) -> io::Result<()> {
+        let mark = self.volatile_mark();
+        let marked_before = mark.as_ref().is_some_and(|m| m.exists());
         let mut tries = 0;
         loop {
             match self.mount_once(target) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
                     tries += 1;
-                    self.forget_volatile_mark()?;
+                    // The kernel marks the work dir of a `volatile` mount
+                    // before it checks the lower dirs, and refuses an upper
+                    // dir so marked (it may have lost writes): a mark this
+                    // failed mount made, with nothing written, goes.
+                    if let Some(mark) = mark.as_ref().filter(|_| !marked_before) {
+                        remove_if_there(mark)?;
+                    }
                     std::thread::sleep(BUSY_WAIT);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let why = "a lower dir is still the upper dir of a mounted overlay: \
+                    let why = "one of its dirs is the upper dir of another overlay still mounted: \
                                is a process still inside a tree that was checked in?";
                     return Err(io::Error::new(e.kind(), format!("{e} ({why})")));
                 }
@@ -76,17 +84,10 @@ impl Overlay<'_> {
         }
     }
 
-    /// The kernel marks the work dir of a `volatile` mount before it checks
-    /// the lower dirs, and refuses to mount an upper dir so marked again
-    /// (it may have lost writes). A mount that failed wrote nothing.
-    fn forget_volatile_mark(&self) -> io::Result<()> {
-        let Some((_, work)) = self.upper.filter(|_| self.volatile) else {
-            return Ok(());
-        };
-        match std::fs::remove_dir_all(work.join("work/incompat/volatile")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+    /// Where a `volatile` mount of this overlay marks its work dir.
+    fn volatile_mark(&self) -> Option<PathBuf> {
+        let (_, work) = self.upper.filter(|_| self.volatile)?;
+        Some(work.join("work/incompat/volatile"))
     }
 
     fn mount_once(&self, target: &Path) -> io::Result<()> {
@@ -168,6 +169,13 @@ impl Overlay<'_> {
 pub fn unmount(target: &Path) -> io::Result<()> {
     nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)?;
     Ok(())
+}
+
+fn remove_if_there(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Whether something is mounted exactly at `path`.

@@ -217,6 +217,32 @@ fn a_checkout_waits_for_a_checked_in_tree_still_in_use() {
     assert_eq!(store.mounts(), Vec::<PathBuf>::new());
 }
 
+/// A mount refused because its upper dir is another live mount's leaves
+/// that mount's `volatile` mark alone (only a mark the refused mount made
+/// itself is taken away before it is tried again).
+#[test]
+fn a_busy_upper_keeps_the_volatile_mark_of_its_mount() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let dirs = ["lower", "upper", "work", "one", "two"].map(|d| store.dir.path().join(d));
+    for d in &dirs {
+        fs::create_dir_all(d).unwrap();
+    }
+    let overlay = mount::Overlay {
+        lowers: &[dirs[0].clone()],
+        upper: Some((&dirs[1], &dirs[2])),
+        volatile: true,
+    };
+    overlay.mount(&dirs[3]).unwrap();
+    let mark = dirs[2].join("work/incompat/volatile");
+    assert!(mark.is_dir(), "the kernel's mark is where genoci looks");
+    let err = overlay.mount(&dirs[4]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+    assert!(mark.is_dir(), "the live mount's mark stays");
+}
+
 #[test]
 fn the_probe_mounts_and_leaves_nothing() {
     if !can_run() {
