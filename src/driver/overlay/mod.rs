@@ -21,9 +21,9 @@
 //!
 //! A file with several names in the base stays one file when one name is
 //! written, moved or linked: the mount keeps an index of such copy-ups
-//! (see [`mount`]), so during the step every name shows the change, and a
+//! (see `mount.rs`), so during the step every name shows the change, and a
 //! checkin first copies up the names the step did not touch (see
-//! [`links`]), so the snapshot holds them as one inode, as plain and btrfs
+//! `links.rs`), so the snapshot holds them as one inode, as plain and btrfs
 //! do. A renamed base directory is an upper dir with a redirect to its old
 //! path; mounts of later layers follow it.
 
