@@ -370,6 +370,9 @@ appended:
     echo more >> /f1
     echo first > /a && echo second > /b
     chmod 600 /p3
+    # The step itself sees one file under both names.
+    grep -q more /f2 && grep -q second /a
+    [ "$(stat -c %i:%h:%a /p1)" = "$(stat -c %i:%h:%a /p3)" ]
 "#,
         );
         crate::stores::build_reproducibly(env, &["build", "spec.yaml"]);
