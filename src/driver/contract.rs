@@ -229,3 +229,151 @@ pub fn equal_checkins_race(driver: &dyn SnapshotDriver, threads: usize, rounds: 
         assert!(driver.work_trees().unwrap().is_empty());
     }
 }
+
+/// A base whose files have several names each, some in other directories.
+fn populate_linked(t: &Path) {
+    let link = |from: &str, to: &str| {
+        fs::create_dir_all(t.join(to).parent().unwrap()).unwrap();
+        fs::hard_link(t.join(from), t.join(to)).unwrap();
+    };
+    write(t, "w/one", "written through one name");
+    link("w/one", "w/two");
+    write(t, "c/m1", "mode changed");
+    link("c/m1", "c/m2");
+    write(t, "x/first", "written twice");
+    link("x/first", "x/second");
+    write(t, "r/in/f", "below a renamed dir");
+    link("r/in/f", "top-f");
+    write(t, "s/a/deep/f", "across dirs");
+    link("s/a/deep/f", "s/b/g");
+    link("s/a/deep/f", "h");
+    write(t, "m/p1", "one name moved");
+    link("m/p1", "m/p2");
+    write(t, "tr/1", "truncated");
+    link("tr/1", "tr/2");
+    write(t, "l/old", "linked again");
+    link("l/old", "l/kept");
+    same_times(t, true);
+}
+
+/// Every directory below `t` (and every file, with `files`) gets one fixed
+/// mtime, so that two stores' trees compare equal, and whether a step's
+/// change of a directory falls in a new clock tick does not matter.
+fn same_times(t: &Path, files: bool) {
+    for entry in fs::read_dir(t).unwrap() {
+        let path = entry.unwrap().path();
+        let is_dir = fs::symlink_metadata(&path).unwrap().is_dir();
+        if is_dir {
+            same_times(&path, files);
+        }
+        if is_dir || files {
+            filetime::set_file_mtime(&path, FileTime::from_unix_time(900_000_000, 0)).unwrap();
+        }
+    }
+}
+
+/// A step that reaches each file of [`populate_linked`] through one name.
+fn change_linked(t: &Path) {
+    use std::io::Write;
+    fs::write(t.join("w/one"), "new content").unwrap();
+    fs::set_permissions(t.join("c/m1"), fs::Permissions::from_mode(0o600)).unwrap();
+    nix::unistd::chown(&t.join("c/m1"), Some(1000.into()), Some(1000.into())).unwrap();
+    // Two names of one file written one after the other: the last wins.
+    fs::write(t.join("x/first"), "first write").unwrap();
+    fs::write(t.join("x/second"), "second write").unwrap();
+    fs::rename(t.join("r"), t.join("r2")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(t.join("r2/in/f"))
+        .unwrap();
+    f.write_all(b", then appended").unwrap();
+    fs::write(t.join("s/b/g"), "changed in s/b").unwrap();
+    fs::rename(t.join("m/p1"), t.join("m/p3")).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(t.join("tr/2"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    fs::hard_link(t.join("l/old"), t.join("l/new")).unwrap();
+    // The same times on every store, so that the trees compare equal.
+    for name in ["w/one", "x/first", "r2/in/f", "s/b/g", "tr/1"] {
+        filetime::set_file_mtime(t.join(name), FileTime::from_unix_time(1_000_000_000, 0)).unwrap();
+    }
+    same_times(t, false);
+}
+
+/// The groups of names that must stay one inode, with the content of each.
+const LINKED: [(&[&str], &str); 8] = [
+    (&["w/one", "w/two"], "new content"),
+    (&["c/m1", "c/m2"], "mode changed"),
+    (&["x/first", "x/second"], "second write"),
+    (&["r2/in/f", "top-f"], "below a renamed dir, then appended"),
+    (&["s/a/deep/f", "s/b/g", "h"], "changed in s/b"),
+    (&["m/p3", "m/p2"], "one name moved"),
+    (&["tr/1", "tr/2"], ""),
+    (&["l/old", "l/kept", "l/new"], "linked again"),
+];
+
+/// Files with several names in the base, each reached through one name by
+/// a step (written, chmod and chown, written through two names in turn,
+/// below a renamed dir, across dirs, moved, truncated, linked anew): the
+/// step sees every name change, the snapshot holds each file as one inode
+/// under all its names with the new content and owner, and the changes
+/// (so the layer) are the plain driver's for the same step.
+pub fn lower_links_stay_linked(driver: &dyn SnapshotDriver) {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = plain::PlainDriver::open(plain_dir.path()).unwrap();
+    let (mut changes, mut tops) = (Vec::new(), Vec::new());
+    for d in [driver, &plain as &dyn SnapshotDriver] {
+        let tree = d.checkout(&ChainId::empty(), "base").unwrap();
+        populate_linked(&tree.path);
+        d.checkin(tree, &chain(1)).unwrap();
+        let tree = d.checkout(&chain(1), "step").unwrap();
+        change_linked(&tree.path);
+        assert_linked(&tree.path, &format!("{} work tree", d.name()));
+        let base = d.snapshot_path(&chain(1)).unwrap();
+        let got = d.changes(&tree).unwrap();
+        assert_eq!(got, diff::full_compare(&base, &tree.path), "{}", d.name());
+        changes.push(got);
+        d.checkin(tree, &chain(2)).unwrap();
+        let top = d.snapshot_path(&chain(2)).unwrap();
+        assert_linked(&top, &format!("{} snapshot", d.name()));
+        tops.push(top);
+    }
+    assert_eq!(changes[0], changes[1], "{} and plain", driver.name());
+    // Nothing else differs either: the names a checkin copied up kept
+    // their times, and so did their directories.
+    assert_eq!(
+        diff::full_compare(&tops[1], &tops[0]),
+        vec![],
+        "{}",
+        driver.name()
+    );
+}
+
+fn assert_linked(root: &Path, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    for (names, content) in LINKED {
+        let meta: Vec<_> = names
+            .iter()
+            .map(|n| fs::symlink_metadata(root.join(n)).unwrap())
+            .collect();
+        for (name, m) in names.iter().zip(&meta) {
+            let ctx = format!("{what}: {name} of {names:?}");
+            assert_eq!(m.ino(), meta[0].ino(), "{ctx}: one inode");
+            assert_eq!(m.nlink(), names.len() as u64, "{ctx}: link count");
+            assert_eq!(
+                fs::read_to_string(root.join(name)).unwrap(),
+                content,
+                "{ctx}"
+            );
+        }
+    }
+    let m1 = fs::metadata(root.join("c/m2")).unwrap();
+    assert_eq!(
+        (m1.mode() & 0o7777, m1.uid()),
+        (0o600, 1000),
+        "{what}: c/m2"
+    );
+}

@@ -211,6 +211,12 @@ impl LinkNames {
     }
 }
 
+/// The names of each multiply-linked non-directory of the tree at `root`
+/// (one walk of the whole tree).
+pub fn link_groups(root: &Path) -> Result<Vec<Vec<PathBuf>>> {
+    Ok(LinkNames::of(root)?.names.into_values().collect())
+}
+
 /// The names in directory `dir`, sorted; none when it is absent or not a
 /// directory.
 pub(super) fn list(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {

@@ -260,7 +260,9 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ChainId>> {
 ///   it to write the layer and then must `checkin` or `discard` it.
 /// - [`checkin`](Self::checkin) consumes the tree and freezes it as snapshot
 ///   `id`; if `id` already exists the tree is discarded instead (same content
-///   by construction of ChainIDs).
+///   by construction of ChainIDs). The snapshot is the tree as the build saw
+///   it, hard links included: a file written through one of its names is
+///   one inode under all of them (overlay copies up the untouched names).
 /// - [`discard`](Self::discard) consumes the tree and deletes it.
 /// - Every work tree has an [`Owner`], recorded with it when it is checked
 ///   out and reported by [`work_trees`](Self::work_trees): a running process

@@ -3,7 +3,8 @@
 //! times, xattrs and ACLs) applied by `run` steps and host hooks, on every
 //! driver; each image, read back by genoci's own reader in a fresh store
 //! (the after-build check of `Env::genoci`) and by `umoci unpack`, must be
-//! the tree that built it.
+//! the tree that built it; and every driver must give the same images,
+//! writes to files with several names in a lower layer included.
 //!
 //! Every other target runs its steps with `network: none`, in a user
 //! namespace.
@@ -16,7 +17,10 @@ use std::fmt::Write as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-use crate::fidelity::{assert_same_tree, unpack_tags};
+use std::collections::BTreeMap;
+
+use crate::fidelity::{assert_same_tree, describe_tree, unpack_tags};
+use crate::stores::build_reproducibly;
 use crate::util::Env;
 
 const CASES: u32 = 12;
@@ -215,14 +219,23 @@ fn spec(case: u32, targets: &[Vec<Op>]) -> String {
     s
 }
 
+/// Each tag of a case (not the dated ones) with its image's tree, as
+/// [`describe_tree`] gives it. Not the digests: whether a directory whose
+/// raw mtime is the one it replaced (a swap within one clock tick) counts
+/// as changed varies from run to run, though every image is the same.
+type Trees = BTreeMap<String, BTreeMap<String, String>>;
+
 /// Build one case on `env`'s store in a layout of its own, then compare
 /// each tag's snapshot with what umoci unpacks from its layers. (The
 /// comparison with genoci's own reader runs after the build, in `genoci`.)
-fn check_case(env: &Env, case: u32, targets: &[Vec<Op>]) {
+/// Returns the tags' trees.
+fn check_case(env: &Env, case: u32, targets: &[Vec<Op>]) -> Trees {
     let spec_name = format!("spec-{case}.yaml");
     env.write(&spec_name, &spec(case, targets));
     let layout = format!("./oci-{case}");
-    env.ok(&["--layout", &layout, "build", &spec_name]);
+    build_reproducibly(env, &["--layout", &layout, "build", &spec_name]);
+    let epoch = crate::stores::EPOCH.parse().ok();
+    let mut trees = Trees::new();
     let snapshots = unpack_tags(env, &["--layout", &layout]).expect("unpack");
     for (tag, snapshot) in &snapshots {
         if tag.contains("-20") {
@@ -238,12 +251,14 @@ fn check_case(env: &Env, case: u32, targets: &[Vec<Op>]) {
         assert_same_tree(
             snapshot,
             &bundle.join("rootfs"),
-            None,
+            epoch,
             &format!("{tag} through umoci"),
         );
+        trees.insert(tag.clone(), describe_tree(&bundle.join("rootfs"), epoch));
         std::fs::remove_dir_all(&bundle).unwrap();
     }
     std::fs::remove_dir_all(env.path().join(&layout)).unwrap();
+    trees
 }
 
 fn cases() -> u32 {
@@ -253,7 +268,8 @@ fn cases() -> u32 {
         .unwrap_or(CASES)
 }
 
-fn run_on(env: &Env, driver: &str) {
+/// Run the cases on `env`'s store; the trees of each case's tags.
+fn run_on(env: &Env, driver: &str) -> Vec<Trees> {
     env.busybox("busybox.tar.gz");
     env.write(
         "bb.yaml",
@@ -270,6 +286,7 @@ fn run_on(env: &Env, driver: &str) {
     );
     let strategy = prop::collection::vec(prop::collection::vec(op(), 1..12), TARGETS);
     let case = std::cell::Cell::new(0u32);
+    let trees = std::cell::RefCell::new(Vec::new());
     let ops = std::cell::Cell::new(0usize);
     let started = std::time::Instant::now();
     let result = runner.run(&strategy, |targets| {
@@ -278,8 +295,8 @@ fn run_on(env: &Env, driver: &str) {
         let case = case.get();
         // Each case builds on `bb` in a layout of its own.
         let layout = format!("./oci-{case}");
-        env.ok(&["--layout", &layout, "build", "bb.yaml"]);
-        check_case(env, case, &targets);
+        build_reproducibly(env, &["--layout", &layout, "build", "bb.yaml"]);
+        trees.borrow_mut().push(check_case(env, case, &targets));
         Ok(())
     });
     eprintln!(
@@ -292,16 +309,57 @@ fn run_on(env: &Env, driver: &str) {
     if let Err(e) = result {
         panic!("{driver}: {e}");
     }
+    trees.into_inner()
 }
 
 #[test]
 fn random_changes_give_images_equal_to_the_trees_that_built_them() {
     crate::util::require_root!();
     crate::util::require_tool!("umoci");
+    let mut first: Option<(crate::stores::Driver, Vec<Trees>)> = None;
     for driver in crate::stores::DRIVERS {
         if let Some(store) = crate::stores::Store::new(driver) {
-            run_on(&store, &format!("{driver:?}"));
+            let trees = run_on(&store, &format!("{driver:?}"));
             store.finish();
+            match &first {
+                None => first = Some((driver, trees)),
+                Some((other, expected)) => assert_same_images(&trees, expected, driver, *other),
+            }
+        }
+    }
+}
+
+/// The images of each case are the same trees on `driver` as on `other`.
+fn assert_same_images(
+    trees: &[Trees],
+    expected: &[Trees],
+    driver: crate::stores::Driver,
+    other: crate::stores::Driver,
+) {
+    assert_eq!(
+        trees.len(),
+        expected.len(),
+        "{driver:?} and {other:?}: cases run"
+    );
+    for (case, (got, want)) in trees.iter().zip(expected).enumerate() {
+        for (tag, tree) in got {
+            let diffs: Vec<String> = tree
+                .iter()
+                .filter(|(path, d)| want[tag].get(*path) != Some(*d))
+                .map(|(path, d)| format!("  {path}: {d} / {:?}", want[tag].get(path)))
+                .chain(
+                    want[tag]
+                        .keys()
+                        .filter(|p| !tree.contains_key(*p))
+                        .map(|p| format!("  {p}: absent on {driver:?}")),
+                )
+                .collect();
+            assert!(
+                diffs.is_empty(),
+                "case {}, {tag}: {driver:?} / {other:?} differ:\n{}",
+                case + 1,
+                diffs.join("\n")
+            );
         }
     }
 }

@@ -111,6 +111,15 @@ fn renamed_dirs_keep_their_links() {
 }
 
 #[test]
+fn lower_links_stay_linked() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::lower_links_stay_linked(&store.driver());
+}
+
+#[test]
 fn changes_equal_a_full_comparison() {
     if !can_run() {
         return;

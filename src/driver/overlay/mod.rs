@@ -19,11 +19,15 @@
 //! comparison against a read-only mount of the base, so copied-up but equal
 //! entries drop out and the list equals the other drivers'.
 //!
-//! A file with several names in the base loses that link when one name is
-//! written or moved (overlay copies up one name), where plain and btrfs
-//! write through every name. A renamed base directory is an upper dir with
-//! a redirect to its old path; mounts of later layers follow it.
+//! A file with several names in the base stays one file when one name is
+//! written, moved or linked: the mount keeps an index of such copy-ups
+//! (see `mount.rs`), so during the step every name shows the change, and a
+//! checkin first copies up the names the step did not touch (see
+//! `links.rs`), so the snapshot holds them as one inode, as plain and btrfs
+//! do. A renamed base directory is an upper dir with a redirect to its old
+//! path; mounts of later layers follow it.
 
+mod links;
 pub mod mount;
 mod upper;
 
@@ -343,8 +347,14 @@ impl SnapshotDriver for OverlayDriver {
 
     fn checkin(&self, tree: WorkTree, id: &ChainId) -> Result<()> {
         let dir = self.trees.dir_of(&tree.name);
-        unmount_tree_dir(&dir)?;
         let dest = self.snapshot_dir(id);
+        if !dest.exists()
+            && mount::is_mounted(&tree.path)
+                .map_err(DriverError::io("read", crate::mountinfo::PATH))?
+        {
+            links::complete(&dir.join("upper"), &dir.join("work"), &tree.path)?;
+        }
+        unmount_tree_dir(&dir)?;
         if dest.exists() {
             return self.remove_work(&tree.name);
         }
@@ -493,13 +503,27 @@ fn probe_in(probe: &Path) -> io::Result<()> {
     for d in &dirs {
         fs::create_dir_all(d)?;
     }
+    let (a, b) = (dirs[0].join("a"), dirs[0].join("b"));
+    fs::write(&a, "lower")?;
+    fs::hard_link(&a, &b)?;
     let overlay = Overlay {
         lowers: &[dirs[0].clone()],
         upper: Some((&dirs[1], &dirs[2])),
         volatile: false,
     };
     overlay.mount(&dirs[3])?;
-    mount::unmount(&dirs[3])
+    let through_b =
+        fs::write(dirs[3].join("a"), "upper").and_then(|()| fs::read(dirs[3].join("b")));
+    mount::unmount(&dirs[3])?;
+    // Without the index (a filesystem that gives no file handles, where the
+    // kernel quietly turns it off) layers would differ from plain's.
+    if through_b? != b"upper" {
+        return Err(io::Error::other(
+            "writing one name of a linked lower file leaves the other (no overlay index: \
+             does the filesystem give file handles?)",
+        ));
+    }
+    Ok(())
 }
 
 /// The file in a work tree's dir naming the process its mount is lent to
@@ -516,19 +540,13 @@ fn lent_to_a_live_process(dir: &Path) -> bool {
         .is_some_and(|p| p.is_alive())
 }
 
-/// Where a `volatile` overlay marks its work dir (`WORKDIR/work/incompat/
-/// volatile/`, holding a file `dirty`): the kernel refuses to mount the
-/// layers again while it is there, since after a crash the upper dir may
-/// have lost writes.
-const VOLATILE_MARK: &str = "work/incompat/volatile";
-
 /// Remove the volatile mark after the overlay that left it was unmounted
 /// in order: then every write reached the upper dir's page cache, where
 /// the next mount reads it, so the upper dir is intact (the kernel's
 /// overlayfs documentation allows this). A genoci killed with the overlay
 /// mounted never comes here: its tree is discarded, mark and all.
 fn clear_volatile(work: &Path) -> Result<()> {
-    let mark = work.join(VOLATILE_MARK);
+    let mark = work.join(mount::VOLATILE_MARK);
     match fs::remove_dir_all(&mark) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DriverError::io("remove", mark)(e)),
         _ => Ok(()),

@@ -25,18 +25,78 @@ pub struct Overlay<'a> {
 /// Options fixed for every genoci overlay. A directory of a lower layer can
 /// be renamed (the upper dir records where it came from, and every later
 /// mount of the layers follows that record); no metadata-only copy-ups, so
-/// a committed upper dir holds whole files; no index, so an upper dir can
-/// become a lower one of any later mount.
-const FIXED: [(&str, &str); 4] = [
-    ("redirect_dir", "on"),
-    ("metacopy", "off"),
-    ("index", "off"),
-    ("xino", "off"),
-];
+/// a committed upper dir holds whole files.
+const FIXED: [(&str, &str); 3] = [("redirect_dir", "on"), ("metacopy", "off"), ("xino", "off")];
+
+/// Options fixed for every genoci overlay with an upper dir (a read-only
+/// mount has no index; the kernel would log that it ignores the option).
+///
+/// `index=on` keeps hard links across copy-up, as a store of whole trees
+/// does: copying up one name of a lower file with several puts the copy in
+/// the work dir's `index/` (named by the lower file's handle), and every
+/// other name of it then resolves to that copy, so writing one name writes
+/// them all. The kernel checks at mount that the upper root's
+/// `trusted.overlay.origin` names the top lower dir (the first mount sets
+/// it; genoci mounts an upper again only on the same lowers), and refuses
+/// a lower dir that is still the upper dir of a live mount (EBUSY). An
+/// upper dir is a lower dir of later mounts like any other: the index
+/// lives in the work dir, which a checkin drops. `nfs_export` (which would
+/// index every copy-up, directories too) stays off.
+const FIXED_WRITABLE: [(&str, &str); 2] = [("index", "on"), ("nfs_export", "off")];
+
+/// Where a `volatile` overlay marks its work dir (`WORKDIR/work/incompat/
+/// volatile/`, holding a file `dirty`): the kernel refuses to mount the
+/// layers again while it is there, since after a crash the upper dir may
+/// have lost writes.
+pub const VOLATILE_MARK: &str = "work/incompat/volatile";
+
+/// How long a mount refused as busy is tried again.
+const BUSY_TRIES: u32 = 50;
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Overlay<'_> {
     /// Mount at `target`.
+    ///
+    /// An upper dir is in use as long as its overlay lives, and the kernel
+    /// refuses it as a lower dir of an indexed mount meanwhile (EBUSY). A
+    /// checked-in tree's overlay outlives its lazy unmount while anything
+    /// holds a file in it: for a moment when another thread forked while
+    /// one was open (the child holds it until it execs), for ever when a
+    /// shell sits in it. So a busy mount is tried again for a second.
     pub fn mount(&self, target: &Path) -> io::Result<()> {
+        let mark = self.volatile_mark();
+        let marked_before = mark.as_ref().is_some_and(|m| m.exists());
+        let mut tries = 0;
+        loop {
+            match self.mount_once(target) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
+                    tries += 1;
+                    // The kernel marks the work dir of a `volatile` mount
+                    // before it checks the lower dirs, and refuses an upper
+                    // dir so marked (it may have lost writes): a mark this
+                    // failed mount made, with nothing written, goes.
+                    if let Some(mark) = mark.as_ref().filter(|_| !marked_before) {
+                        remove_if_there(mark)?;
+                    }
+                    std::thread::sleep(BUSY_WAIT);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let why = "one of its dirs is the upper dir of another overlay still mounted: \
+                               is a process still inside a tree that was checked in?";
+                    return Err(io::Error::new(e.kind(), format!("{e} ({why})")));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Where a `volatile` mount of this overlay marks its work dir.
+    fn volatile_mark(&self) -> Option<PathBuf> {
+        let (_, work) = self.upper.filter(|_| self.volatile)?;
+        Some(work.join(VOLATILE_MARK))
+    }
+
+    fn mount_once(&self, target: &Path) -> io::Result<()> {
         let mnt = self.detached(0)?;
         let target_c = cstring(target)?;
         // SAFETY: moves the detached mount `mnt` onto the NUL-terminated path.
@@ -101,7 +161,8 @@ impl Overlay<'_> {
             set_string(fs, "upperdir", upper.as_os_str().as_bytes())?;
             set_string(fs, "workdir", work.as_os_str().as_bytes())?;
         }
-        for (key, value) in FIXED {
+        let writable = self.upper.map_or(&[][..], |_| &FIXED_WRITABLE[..]);
+        for (key, value) in FIXED.iter().chain(writable) {
             set_string(fs, key, value.as_bytes())?;
         }
         if self.volatile && self.upper.is_some() {
@@ -117,10 +178,19 @@ impl Overlay<'_> {
 }
 
 /// Detach the mount at `target` (lazily: a shell still inside it keeps it
-/// alive until it leaves, but it is gone from the mount table at once).
+/// alive until it leaves, but it is gone from the mount table at once; and
+/// an unmount that waits for the mount to be unused costs an RCU grace
+/// period, milliseconds per tree).
 pub fn unmount(target: &Path) -> io::Result<()> {
     nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)?;
     Ok(())
+}
+
+fn remove_if_there(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Whether something is mounted exactly at `path`.

@@ -188,6 +188,61 @@ fn a_tree_left_mounted_is_discarded_with_its_mounts() {
     assert!(again.work_trees().unwrap().is_empty());
 }
 
+/// A checked-in tree's overlay lives on while a file in it is open (its
+/// unmount is lazy), and the kernel refuses its upper dir, now a snapshot,
+/// as a lower dir of an indexed mount meanwhile: a checkout on it waits a
+/// moment for the file to be closed, and names the likely cause when not.
+#[test]
+fn a_checkout_waits_for_a_checked_in_tree_still_in_use() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "held").unwrap();
+    write(&tree.path, "f", "x");
+    let held = fs::File::open(tree.path.join("f")).unwrap();
+    driver.checkin(tree, &chain(1)).unwrap();
+    let err = driver.checkout(&chain(1), "busy").unwrap_err();
+    let message = crate::error_chain(&err);
+    assert!(message.contains("still inside a tree"), "{message}");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+    });
+    let tree = driver.checkout(&chain(1), "after").unwrap();
+    release.join().unwrap();
+    assert_eq!(fs::read_to_string(tree.path.join("f")).unwrap(), "x");
+    driver.discard(tree).unwrap();
+    assert_eq!(store.mounts(), Vec::<PathBuf>::new());
+}
+
+/// A mount refused because its upper dir is another live mount's leaves
+/// that mount's `volatile` mark alone (only a mark the refused mount made
+/// itself is taken away before it is tried again).
+#[test]
+fn a_busy_upper_keeps_the_volatile_mark_of_its_mount() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let dirs = ["lower", "upper", "work", "one", "two"].map(|d| store.dir.path().join(d));
+    for d in &dirs {
+        fs::create_dir_all(d).unwrap();
+    }
+    let overlay = mount::Overlay {
+        lowers: &[dirs[0].clone()],
+        upper: Some((&dirs[1], &dirs[2])),
+        volatile: true,
+    };
+    overlay.mount(&dirs[3]).unwrap();
+    let mark = dirs[2].join(mount::VOLATILE_MARK);
+    assert!(mark.is_dir(), "the kernel's mark is where genoci looks");
+    let err = overlay.mount(&dirs[4]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+    assert!(mark.is_dir(), "the live mount's mark stays");
+}
+
 #[test]
 fn the_probe_mounts_and_leaves_nothing() {
     if !can_run() {
@@ -236,6 +291,39 @@ fn a_checkout_whose_mount_is_gone_is_mounted_again() {
         again.changes(&trees[0]).unwrap(),
         vec![Change::Write("edited".into())]
     );
+}
+
+/// A kept checkout mounted again (after a reboot) on the same lower dirs
+/// finds its overlay index in its work dir: a file written through one
+/// name before still shows the change through the others, and the
+/// checkin links them all in the snapshot.
+#[test]
+fn a_checkout_mounted_again_keeps_its_links() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    let driver = store.driver();
+    let tree = driver.checkout(&ChainId::empty(), "base").unwrap();
+    write(&tree.path, "a/one", "old");
+    fs::create_dir(tree.path.join("b")).unwrap();
+    fs::hard_link(tree.path.join("a/one"), tree.path.join("b/two")).unwrap();
+    driver.checkin(tree, &chain(1)).unwrap();
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    let tree = driver.checkout_as(&chain(1), "checkout-x", &kept).unwrap();
+    fs::write(tree.path.join("a/one"), "new").unwrap();
+    mount::unmount(&tree.path).unwrap();
+    let again = OverlayDriver::open(store.dir.path()).unwrap();
+    let tree = again.work_trees().unwrap().remove(0);
+    assert_eq!(fs::read_to_string(tree.path.join("b/two")).unwrap(), "new");
+    again.checkin(tree, &chain(2)).unwrap();
+    let top = again.snapshot_path(&chain(2)).unwrap();
+    let ino = |p: &str| fs::metadata(top.join(p)).unwrap().ino();
+    assert_eq!(ino("a/one"), ino("b/two"));
+    assert_eq!(fs::read_to_string(top.join("b/two")).unwrap(), "new");
 }
 
 #[test]
@@ -315,6 +403,15 @@ fn renamed_dirs_keep_their_links() {
     }
     let store = TestStore::new();
     contract::renamed_dirs_keep_their_links(&store.driver());
+}
+
+#[test]
+fn lower_links_stay_linked() {
+    if !can_run() {
+        return;
+    }
+    let store = TestStore::new();
+    contract::lower_links_stay_linked(&store.driver());
 }
 
 /// The mount options of the mount at `path`.
@@ -410,7 +507,7 @@ fn a_lent_tree_is_down_while_lent_and_mounted_again_after() {
     let layers = driver.layers(&tree).unwrap().unwrap();
     assert!(layers.volatile, "a build's tree is volatile");
     assert_eq!(layers.lowers, driver.lowers(&chain(1)).unwrap());
-    let mark = layers.work.join(VOLATILE_MARK);
+    let mark = layers.work.join(mount::VOLATILE_MARK);
     assert!(mark.exists(), "the kernel marks a volatile work dir");
 
     let lent = driver.lend(&tree).unwrap();

@@ -382,6 +382,16 @@ mod tests {
     }
 
     #[test]
+    fn lower_links_stay_linked() {
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_support::skip("needs root (owners)");
+            return;
+        }
+        let (_t, d) = store();
+        crate::driver::contract::lower_links_stay_linked(&d);
+    }
+
+    #[test]
     fn changes_equal_a_full_comparison() {
         if !nix::unistd::geteuid().is_root() {
             crate::test_support::skip("needs root (device nodes, owners)");
