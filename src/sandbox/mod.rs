@@ -22,6 +22,7 @@ pub mod mknod;
 pub mod output;
 pub mod scratch;
 pub mod seccomp;
+pub mod slirp;
 pub mod user;
 pub mod userns;
 
@@ -165,7 +166,20 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         });
     }
 
-    let prepared = Prepared::new(&root, opts.network).map_err(|source| SandboxError::Prepare {
+    let userns = user_namespace_for(opts, &root);
+    // The step's own network, connected to the host's (see `slirp`).
+    let slirp = userns && opts.network == Network::Host;
+    let resolv_conf = match opts.network {
+        Network::Host => fs::read("/etc/resolv.conf").ok().map(|host| {
+            if slirp {
+                slirp::resolv_conf(&String::from_utf8_lossy(&host)).into_bytes()
+            } else {
+                host
+            }
+        }),
+        Network::None => None,
+    };
+    let prepared = Prepared::new(&root, resolv_conf).map_err(|source| SandboxError::Prepare {
         command: command.clone(),
         source,
     })?;
@@ -180,13 +194,16 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         etc_binds: prepared.binds.clone(),
         console: console_for(&opts.output),
         parent: std::process::id() as i32,
-        userns: user_namespace_for(opts, &root),
+        userns,
         probe: false,
+        slirp,
+        probe_network: false,
     };
     tracing::debug!(
         root = %root.display(),
         command = %command,
         user_namespace = request.userns,
+        network = if slirp { "slirp4netns" } else if request.isolate_network { "none" } else { "host" },
         "sandbox run"
     );
     let result = spawn_and_wait(&request, &opts.output, &command);
@@ -202,13 +219,41 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
 }
 
 /// Whether the command runs in a user namespace (see [`userns`]): when it
-/// is confined and has a network namespace of its own. `network: host` is
-/// the host's network namespace, which belongs to the host's user
-/// namespace: from another one, NET_RAW (ping) and ports below 1024 would
-/// stop working there, so such a step keeps host ids (docker likewise
-/// refuses `--network=host` with a remapped user namespace).
+/// is confined and the kernel allows. With `network: host` it also needs a
+/// network of its own connected to the host's (see [`slirp`]): the host's
+/// network namespace belongs to the host's user namespace, where NET_RAW
+/// (ping) and ports below 1024 would not work from another one. Without
+/// it, such a step keeps host ids in the host's network namespace, as
+/// before, rather than lose ping and low ports (docker likewise refuses
+/// `--network=host` with a remapped user namespace).
 fn user_namespace_for(opts: &RunOptions, root: &Path) -> bool {
-    !opts.privileged && opts.network == Network::None && user_namespaces_work(root)
+    !opts.privileged
+        && user_namespaces_work(root)
+        && (opts.network == Network::None || own_network_works(root))
+}
+
+/// Whether a step can have a network namespace connected to the host's by
+/// slirp4netns; found out once per process (a probe in the helper), with
+/// the reason logged where it cannot.
+fn own_network_works(root: &Path) -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let mut request = probe_request(root);
+        request.probe_network = true;
+        match run_probe(&request, "network probe") {
+            Ok(()) => {
+                tracing::debug!("run steps with network: host get a network of their own (slirp4netns)");
+                true
+            }
+            Err(reason) => {
+                tracing::debug!(
+                    %reason,
+                    "no network of their own for run steps with network: host: they keep host ids in the host's network"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// Whether user namespaces and idmapped mounts work for trees on `root`'s
@@ -242,7 +287,14 @@ fn user_namespaces_work(root: &Path) -> bool {
 }
 
 fn probe_user_namespace(root: &Path) -> Result<(), String> {
-    let request = Request {
+    let mut request = probe_request(root);
+    request.probe = true;
+    run_probe(&request, "user namespace probe")
+}
+
+/// A request that only probes (the caller says for what).
+fn probe_request(root: &Path) -> Request {
+    Request {
         root: root.to_path_buf(),
         argv: vec![],
         env: vec![],
@@ -254,10 +306,15 @@ fn probe_user_namespace(root: &Path) -> Result<(), String> {
         console: None,
         parent: std::process::id() as i32,
         userns: true,
-        probe: true,
-    };
+        probe: false,
+        slirp: false,
+        probe_network: false,
+    }
+}
+
+fn run_probe(request: &Request, what: &str) -> Result<(), String> {
     let output = Output::Prefixed("probe".into());
-    match spawn_and_wait(&request, &output, "user namespace probe") {
+    match spawn_and_wait(request, &output, what) {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(describe_status(status)),
         Err(e) => Err(crate::error_chain(&e)),
@@ -305,7 +362,9 @@ fn hosts_file() -> String {
 }
 
 impl Prepared {
-    fn new(root: &Path, network: Network) -> Result<Self, ScratchError> {
+    /// `resolv_conf`: what the command sees as `/etc/resolv.conf`, if
+    /// anything is bound there.
+    fn new(root: &Path, resolv_conf: Option<Vec<u8>>) -> Result<Self, ScratchError> {
         let mut prepared = Prepared {
             root: Scratch::new(root)?,
             etc: None,
@@ -314,7 +373,7 @@ impl Prepared {
             binds: Vec::new(),
             resolv_conf: None,
         };
-        match prepared.fill(root, network) {
+        match prepared.fill(root, resolv_conf) {
             Ok(()) => Ok(prepared),
             Err(e) => {
                 // What was created so far goes; the first error is the story.
@@ -324,7 +383,7 @@ impl Prepared {
         }
     }
 
-    fn fill(&mut self, root: &Path, network: Network) -> Result<(), ScratchError> {
+    fn fill(&mut self, root: &Path, resolv_conf: Option<Vec<u8>>) -> Result<(), ScratchError> {
         for name in ["proc", "dev"] {
             let path = root.join(name);
             match fs::symlink_metadata(&path) {
@@ -350,11 +409,9 @@ impl Prepared {
             }
         }
         self.bind_etc_file(root, "hosts", hosts_file().as_bytes())?;
-        if network == Network::Host {
-            if let Ok(host) = fs::read("/etc/resolv.conf") {
-                if self.bind_etc_file(root, "resolv.conf", &host)? {
-                    self.resolv_conf = Some(host);
-                }
+        if let Some(content) = resolv_conf {
+            if self.bind_etc_file(root, "resolv.conf", &content)? {
+                self.resolv_conf = Some(content);
             }
         }
         Ok(())
