@@ -1,9 +1,10 @@
 //! A `run` step is confined as a docker container is: it cannot reach the
 //! host kernel or the host network, yet legitimate steps still work.
 //!
-//! Most probes run under both networks: `network: host` keeps host ids,
-//! `network: none` runs in a user namespace on an idmapped tree, and both
-//! must confine alike and build the same layers.
+//! Most probes run under both networks: both run in a user namespace on an
+//! idmapped tree (`network: host` with a network namespace of its own
+//! connected to the host's by slirp4netns, see `network.rs`), and both
+//! must confine alike and build the same layers as an unconfined step.
 //!
 //! Every escape probe is harmless should it unexpectedly succeed: sysctls
 //! get their current value written back, a route added is deleted at once,
@@ -18,7 +19,7 @@ use std::process::{Command, Output};
 use crate::stores::{Btrfs, Overlay};
 use crate::util::{require_root, run_ok, stderr, Env};
 
-/// The networks a step can have; `none` means a user namespace.
+/// The networks a step can have.
 const NETWORKS: [&str; 2] = ["host", "none"];
 
 /// Shell functions the probes share. `refused WANT CMD...` runs CMD and
@@ -155,13 +156,19 @@ rm /tmp/err
 }
 
 #[test]
-fn a_step_cannot_change_the_host_s_routes() {
+fn a_step_cannot_change_the_host_s_routes_or_interfaces() {
     require_root!();
-    // 192.0.2.0/24 is TEST-NET-1: no host uses it; deleted at once if added.
+    // 198.51.100.0/24 is TEST-NET-2: no host uses it; a route or an
+    // interface is deleted at once if made.
     each_network(
-        r#"if ip route add 192.0.2.0/24 dev lo 2>/tmp/err; then
-  ip route del 192.0.2.0/24 dev lo
+        r#"if ip route add 198.51.100.0/24 dev lo 2>/tmp/err; then
+  ip route del 198.51.100.0/24 dev lo
   echo "NOT REFUSED: route add"; exit 1
+fi
+grep -q "not permitted" /tmp/err
+if ip link add genoci-probe0 type dummy 2>/tmp/err; then
+  ip link del genoci-probe0
+  echo "NOT REFUSED: link add"; exit 1
 fi
 grep -q "not permitted" /tmp/err
 rm /tmp/err
@@ -342,7 +349,7 @@ fn userns_on(driver: &str) -> bool {
 }
 
 #[test]
-fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
+fn run_steps_run_in_a_user_namespace_whose_root_is_not_host_root() {
     require_root!();
     each_driver(|env, driver| {
         for network in NETWORKS {
@@ -350,13 +357,13 @@ fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
             spec(env, IDS, &format!("  network: {network}\n"));
             let out = env.genoci(&["-v", "build", "spec.yaml"]);
             assert!(out.status.success(), "{case}: {}", output(&out));
-            let userns = network == "none" && userns_on(driver);
+            let userns = userns_on(driver);
             let err = stderr(&out);
             assert!(
                 err.contains(&format!("user_namespace={userns}")),
                 "{case}: {err}"
             );
-            if network == "none" && !userns {
+            if !userns {
                 assert!(
                     err.contains("no user namespace for run steps")
                         && err.contains("idmap the mount: Invalid argument"),
@@ -539,6 +546,10 @@ fn useradd_and_file_capabilities_work_on_debian() {
             "users-{network}:\n  base: debian\n  network: {network}\n  run:\n{steps}"
         ));
     }
+    // The same steps with host ids in the host's network, unconfined.
+    spec.push_str(&format!(
+        "users-privileged:\n  base: debian\n  privileged: true\n  run:\n{steps}"
+    ));
     env.write("spec.yaml", &spec);
     let out = env
         .cmd(&["build", "spec.yaml"])
@@ -569,7 +580,8 @@ fn useradd_and_file_capabilities_work_on_debian() {
     }
     // In the user namespace or not, the same bytes.
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
-    assert_eq!(layers("users-host"), layers("users-none"));
+    assert_eq!(layers("users-host"), layers("users-privileged"));
+    assert_eq!(layers("users-none"), layers("users-privileged"));
 }
 
 fn xattr(path: &Path, name: &str) -> Vec<u8> {
@@ -625,7 +637,8 @@ fn confinement_does_not_change_the_layer() {
     let env = Env::new();
     env.busybox("bb.tar.gz");
     let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && mknod -m 600 /srv/sda b 8 0 && ln -s f /srv/a/l\n";
-    // `isolated` runs in a user namespace, its nodes made by the supervisor.
+    // `confined` and `isolated` run in a user namespace, their nodes made by
+    // the supervisor; `free` with host ids.
     env.write(
         "spec.yaml",
         &format!(
