@@ -176,16 +176,29 @@ fn a_step_reaches_a_tcp_server_on_the_host() {
 #[test]
 fn the_host_s_loopback_is_not_reachable_from_a_step() {
     require_root!();
-    // A service that trusts 127.0.0.1 on the host.
+    // A service that trusts 127.0.0.1 on the host: it notes each
+    // connection and closes it.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut connections = 0;
+        while !stopped.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok(_) => connections += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        connections
+    });
     let env = Env::new();
     spec(
         &env,
         &run_step(&format!(
             r#"for a in 127.0.0.1 10.0.2.2; do
-  if nc -w 3 $a {port} </dev/null 2>/tmp/err; then echo "REACHED $a"; exit 1; fi
+  if timeout 10 nc -w 3 $a {port} </dev/null 2>/tmp/err; then echo "REACHED $a"; exit 1; fi
   cat /tmp/err >> /refused
 done
 rm /tmp/err
@@ -193,11 +206,13 @@ rm /tmp/err
         )),
     );
     let out = env.genoci(&["build", "spec.yaml"]);
-    assert!(out.status.success(), "{}", output(&out));
-    assert!(
-        listener.accept().is_err(),
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        server.join().unwrap(),
+        0,
         "a step connected to the host's loopback"
     );
+    assert!(out.status.success(), "{}", output(&out));
     let refused = read(&env.unpack("probe"), "refused");
     assert!(
         refused.contains("Connection refused") && refused.contains("Network is unreachable"),
@@ -382,6 +397,16 @@ fn slirps_of(env: &Env) -> Vec<u32> {
     found
 }
 
+/// A build killed (SIGKILL) when the test ends, should it fail first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Wait until `probe` holds, at most `limit`.
 fn wait_until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -417,17 +442,17 @@ fn slirp4netns_ends_with_the_step_and_with_genoci() {
     // genoci killed (SIGKILL) in the middle of a step.
     let env = Env::new();
     spec(&env, &run_step("sleep 120\n"));
-    let mut child = env.cmd(&["build", "spec.yaml"]).spawn().unwrap();
+    let mut build = KillOnDrop(env.cmd(&["build", "spec.yaml"]).spawn().unwrap());
     wait_until(
         Duration::from_secs(60),
         "slirp4netns runs for the step",
         || {
-            assert!(child.try_wait().unwrap().is_none(), "the build ended");
+            assert!(build.0.try_wait().unwrap().is_none(), "the build ended");
             !slirps_of(&env).is_empty()
         },
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    build.0.kill().unwrap();
+    build.0.wait().unwrap();
     wait_until(
         Duration::from_secs(10),
         "slirp4netns ends with genoci",
