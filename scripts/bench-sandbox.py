@@ -21,15 +21,17 @@ for d in ("proc", "dev"):
     os.makedirs(os.path.join(tree, d), exist_ok=True)
 
 
-def request(network_none, userns):
+def request(network_none, userns, slirp=False):
     r = dict(root=tree, argv=["/bin/sh", "-c", SCRIPT], env=[], workdir="/",
              isolate_network=network_none, confined=True, user=None, etc_binds=[],
-             console=None, parent=os.getpid(), userns=userns, probe=False)
+             console=None, parent=os.getpid(), userns=userns, probe=False,
+             slirp=slirp, probe_network=False)
     return json.dumps(r).encode().hex()
 
 
 cases = {
-    "network host (host ids)": request(False, False),
+    "network host, host ids (the fallback)": request(False, False),
+    "network host, user namespace + slirp4netns": request(False, True, True),
     "network none, host ids": request(True, False),
     "network none, user namespace": request(True, True),
 }
