@@ -1,9 +1,10 @@
 //! Running a command inside a tree: new mount, PID, UTS and IPC namespaces
-//! (and network, when asked), pivot_root into the tree, a fresh `/proc`, a
-//! minimal `/dev`. Nothing the sandbox mounts or creates for itself is left
-//! in the tree afterwards: the mounts live and die with the sandbox's mount
-//! namespace, and the mount points it had to create are removed (see
-//! [`scratch`]).
+//! (and network: with only a loopback for `network: none`, connected to the
+//! host's by [`slirp`] for `network: host` in a user namespace),
+//! pivot_root into the tree, a fresh `/proc`, a minimal `/dev`. Nothing
+//! the sandbox mounts or creates for itself is left in the tree afterwards:
+//! the mounts live and die with the sandbox's mount namespace, and the
+//! mount points it had to create are removed (see [`scratch`]).
 //!
 //! Unless a target is `privileged`, the command is confined as a default
 //! docker container is: docker's default capabilities ([`caps`]), `/proc`
@@ -38,8 +39,9 @@ use helper::{EtcBind, Failure, Request, REPORT_FD};
 use output::Prefixer;
 use scratch::{Scratch, ScratchError};
 
-/// The network a step sees: the host's (and its `/etc/resolv.conf`), or a
-/// namespace of its own with only a loopback device.
+/// The network a step sees: the host's (and its `/etc/resolv.conf`;
+/// through a namespace of its own and slirp4netns in a user namespace, see
+/// [`slirp`]), or a namespace of its own with only a loopback device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
     #[default]
@@ -169,19 +171,11 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
     let userns = user_namespace_for(opts, &root);
     // The step's own network, connected to the host's (see `slirp`).
     let slirp = userns && opts.network == Network::Host;
-    let resolv_conf = match opts.network {
-        Network::Host => fs::read("/etc/resolv.conf").ok().map(|host| {
-            if slirp {
-                slirp::resolv_conf(&String::from_utf8_lossy(&host)).into_bytes()
-            } else {
-                host
-            }
-        }),
-        Network::None => None,
-    };
-    let prepared = Prepared::new(&root, resolv_conf).map_err(|source| SandboxError::Prepare {
-        command: command.clone(),
-        source,
+    let prepared = Prepared::new(&root, resolv_conf(opts.network, slirp)).map_err(|source| {
+        SandboxError::Prepare {
+            command: command.clone(),
+            source,
+        }
     })?;
     let request = Request {
         root: root.clone(),
@@ -218,14 +212,29 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
     }
 }
 
+/// What the command sees as `/etc/resolv.conf`: the host's with the
+/// host's network (as slirp4netns's side sees it with `slirp`), nothing of
+/// the host's with none.
+fn resolv_conf(network: Network, slirp: bool) -> Option<Vec<u8>> {
+    if network == Network::None {
+        return None;
+    }
+    let host = fs::read("/etc/resolv.conf").ok()?;
+    Some(if slirp {
+        slirp::resolv_conf(&String::from_utf8_lossy(&host)).into_bytes()
+    } else {
+        host
+    })
+}
+
 /// Whether the command runs in a user namespace (see [`userns`]): when it
 /// is confined and the kernel allows. With `network: host` it also needs a
 /// network of its own connected to the host's (see [`slirp`]): the host's
 /// network namespace belongs to the host's user namespace, where NET_RAW
 /// (ping) and ports below 1024 would not work from another one. Without
-/// it, such a step keeps host ids in the host's network namespace, as
-/// before, rather than lose ping and low ports (docker likewise refuses
-/// `--network=host` with a remapped user namespace).
+/// it, such a step keeps host ids in the host's network namespace rather
+/// than lose ping and low ports (docker likewise refuses `--network=host`
+/// with a remapped user namespace).
 fn user_namespace_for(opts: &RunOptions, root: &Path) -> bool {
     !opts.privileged
         && user_namespaces_work(root)
@@ -274,7 +283,7 @@ fn user_namespaces_work(root: &Path) -> bool {
         match &works {
             Ok(()) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),
-                "run steps with network: none get a user namespace"
+                "confined run steps get a user namespace"
             ),
             Err(reason) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),

@@ -340,7 +340,7 @@ echo b > /as-1000 && chown 1000:1000 /as-1000
 mkdir -p /srv/app && chown 1000:1001 /srv/app
 "#;
 
-/// Whether steps with `network: none` get a user namespace on `driver`'s
+/// Whether confined steps get a user namespace on `driver`'s
 /// work trees: an overlay mount takes no idmapped mount (the kernel answers
 /// EINVAL; overlayfs idmaps its layers only), so overlay work trees fall
 /// back to confinement with host ids.
