@@ -197,10 +197,10 @@ impl Slirp {
 
     /// The end of what slirp4netns said, on one line.
     fn log_tail(&mut self) -> String {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let _ = self.log.rewind();
-        let _ = (&self.log).take(1 << 20).read_to_string(&mut text);
-        let text = text.trim().replace('\n', "; ");
+        let _ = (&self.log).take(1 << 20).read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes).trim().replace('\n', "; ");
         let start = text.len().saturating_sub(LOG_TAIL);
         let start = (start..=text.len())
             .find(|&i| text.is_char_boundary(i))

@@ -397,6 +397,23 @@ fn slirps_of(env: &Env) -> Vec<u32> {
     found
 }
 
+/// Whether slirp4netns `pid` serves a step: its parent (the helper) has
+/// another child, the step's PID 1.
+fn serves_a_step(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(parent) = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1))
+    else {
+        return false;
+    };
+    fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .is_ok_and(|c| c.split_whitespace().count() >= 2)
+}
+
 /// A build killed (SIGKILL) when the test ends, should it fail first.
 struct KillOnDrop(std::process::Child);
 
@@ -417,7 +434,7 @@ fn wait_until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
 }
 
 #[test]
-fn slirp4netns_ends_with_the_step_and_with_genoci() {
+fn slirp4netns_is_confined_and_ends_with_the_step_and_with_genoci() {
     require_root!();
     // A step that ends well and one that fails.
     let env = Env::new();
@@ -443,14 +460,32 @@ fn slirp4netns_ends_with_the_step_and_with_genoci() {
     let env = Env::new();
     spec(&env, &run_step("sleep 120\n"));
     let mut build = KillOnDrop(env.cmd(&["build", "spec.yaml"]).spawn().unwrap());
+    // genoci's probe runs a slirp4netns of its own first: the step's is
+    // the one whose parent, the helper, has started the step's PID 1 too,
+    // which it does once slirp4netns is ready.
+    let mut serving = None;
     wait_until(
         Duration::from_secs(60),
-        "slirp4netns runs for the step",
+        "slirp4netns serves the step",
         || {
             assert!(build.0.try_wait().unwrap().is_none(), "the build ended");
-            !slirps_of(&env).is_empty()
+            serving = slirps_of(&env).into_iter().find(|&pid| serves_a_step(pid));
+            serving.is_some()
         },
     );
+    let pid = serving.unwrap();
+    // It runs in a sandbox of its own: NET_BIND_SERVICE only, a seccomp
+    // filter, a mount namespace of its own.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in [
+        "CapEff:\t0000000000000400",
+        "CapBnd:\t0000000000000400",
+        "Seccomp:\t2",
+    ] {
+        assert!(status.contains(line), "{line} not in {status}");
+    }
+    let mnt = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(mnt(&pid.to_string()), mnt("self"));
     build.0.kill().unwrap();
     build.0.wait().unwrap();
     wait_until(
