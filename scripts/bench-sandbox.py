@@ -27,10 +27,11 @@ for d in ("proc", "dev"):
     os.makedirs(os.path.join(tree, d), exist_ok=True)
 
 
-def request(network_none, userns, root=tree, layers=None):
+def request(network_none, userns, root=tree, layers=None, slirp=False):
     r = dict(root=root, argv=["/bin/sh", "-c", SCRIPT], env=[], workdir="/",
              isolate_network=network_none, confined=True, user=None, etc_binds=[],
-             console=None, parent=os.getpid(), userns=userns, probe=False)
+             console=None, parent=os.getpid(), userns=userns, probe=False,
+             slirp=slirp, probe_network=False)
     if layers:
         r["layers"] = layers
     return json.dumps(r).encode().hex()
@@ -61,7 +62,7 @@ class Chain:
     def mount(self):
         # Relative paths keep a 150-layer option string within a page.
         rel = lambda p: os.path.relpath(p, self.dir)
-        opts = "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=off,index=off,xino=off,volatile" % (
+        opts = "lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=off,xino=off,index=on,nfs_export=off,volatile" % (
             ":".join(rel(p) for p in self.lowers), rel(self.upper), rel(self.work))
         os.chdir(self.dir)
         shutil.rmtree(os.path.join(self.work, "work/incompat/volatile"), ignore_errors=True)
@@ -77,7 +78,8 @@ class Chain:
 
 chains = {depth: Chain(depth) for depth in (1, 10, 150)}
 cases = {
-    "network host (host ids)": (request(False, False), None),
+    "network host, host ids (the fallback)": (request(False, False), None),
+    "network host, user namespace + slirp4netns": (request(False, True, slirp=True), None),
     "network none, host ids": (request(True, False), None),
     "network none, user namespace": (request(True, True), None),
 }

@@ -7,6 +7,8 @@ packages=(
   libclang-dev libbtrfsutil-dev btrfs-progs pkg-config
   # build: the seccomp filter of run steps (libseccomp crate)
   libseccomp-dev
+  # run: the network of network: host steps in their user namespace
+  slirp4netns
   # tests: losetup, findmnt, mount
   mount util-linux
   # tests: xattrs and ACLs set on trees (setfattr, setfacl)

@@ -30,7 +30,7 @@ use nix::unistd::{self, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 use std::os::unix::net::UnixStream;
 
-use super::{caps, confine, mknod, seccomp, user, userns};
+use super::{caps, confine, mknod, seccomp, slirp, user, userns};
 use crate::driver::Layers;
 
 /// The helper's descriptor for failure reports (set up by genoci).
@@ -74,6 +74,15 @@ pub struct Request {
     /// [`userns::idmapped_overlay`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Layers>,
+    /// With `userns` and the host's network: a network namespace of its
+    /// own in the user namespace, connected to the host's network by
+    /// slirp4netns (see `slirp`).
+    #[serde(default)]
+    pub slirp: bool,
+    /// Only find out whether `slirp` can work: exit 0 if so, else report
+    /// why (see [`slirp::probe`]).
+    #[serde(default)]
+    pub probe_network: bool,
 }
 
 impl Request {
@@ -176,9 +185,15 @@ pub fn main(request: &Request) -> ! {
         userns::probe(&request.root, request.layers.as_ref()).or_fail(|| "user namespace".into());
         std::process::exit(0);
     }
+    if request.probe_network {
+        slirp::probe().or_fail(|| "network namespace".into());
+        std::process::exit(0);
+    }
     let userns = request
         .userns
         .then(|| userns::create().or_fail(|| "create the user namespace".into()));
+    // Before the PID namespace below: its first child would be slirp4netns.
+    let mut slirp = join_host_network(request, userns.as_ref());
     // With a user namespace, the network and IPC namespaces are made once
     // inside it (see `enter_userns`), so that they belong to it.
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS;
@@ -230,6 +245,9 @@ pub fn main(request: &Request) -> ! {
                 supervise(listener_r, status_r.as_fd(), proc.as_fd());
             }
             let init_status = wait_for(child);
+            if let Some(slirp) = &mut slirp {
+                slirp.stop();
+            }
             let mut buf = [0u8; 4];
             let mut status_r = File::from(status_r);
             match status_r.read_exact(&mut buf) {
@@ -239,6 +257,20 @@ pub fn main(request: &Request) -> ! {
             }
         }
     }
+}
+
+/// For a step with the host's network in a user namespace: from here on,
+/// this process and every process it starts are in a network namespace of
+/// the user namespace's own, connected to the host's by slirp4netns, which
+/// runs until [`slirp::Slirp::stop`] or this process's end.
+fn join_host_network(request: &Request, userns: Option<&OwnedFd>) -> Option<slirp::Slirp> {
+    if !request.slirp {
+        return None;
+    }
+    let Some(userns) = userns else {
+        setup_failed("slirp4netns", "the step has no user namespace")
+    };
+    Some(slirp::join(userns.as_fd()).or_fail(|| "connect the step's network to the host's".into()))
 }
 
 /// Answer the command's device `mknod`s until PID 1 is done (its status

@@ -1,9 +1,10 @@
 //! Running a command inside a tree: new mount, PID, UTS and IPC namespaces
-//! (and network, when asked), pivot_root into the tree, a fresh `/proc`, a
-//! minimal `/dev`. Nothing the sandbox mounts or creates for itself is left
-//! in the tree afterwards: the mounts live and die with the sandbox's mount
-//! namespace, and the mount points it had to create are removed (see
-//! [`scratch`]).
+//! (and network: with only a loopback for `network: none`, connected to the
+//! host's by [`slirp`] for `network: host` in a user namespace),
+//! pivot_root into the tree, a fresh `/proc`, a minimal `/dev`. Nothing
+//! the sandbox mounts or creates for itself is left in the tree afterwards:
+//! the mounts live and die with the sandbox's mount namespace, and the
+//! mount points it had to create are removed (see [`scratch`]).
 //!
 //! Unless a target is `privileged`, the command is confined as a default
 //! docker container is: docker's default capabilities ([`caps`]), `/proc`
@@ -22,6 +23,7 @@ pub mod mknod;
 pub mod output;
 pub mod scratch;
 pub mod seccomp;
+pub mod slirp;
 pub mod user;
 pub mod userns;
 
@@ -38,8 +40,9 @@ use helper::{EtcBind, Failure, Request, REPORT_FD};
 use output::Prefixer;
 use scratch::{Scratch, ScratchError};
 
-/// The network a step sees: the host's (and its `/etc/resolv.conf`), or a
-/// namespace of its own with only a loopback device.
+/// The network a step sees: the host's (and its `/etc/resolv.conf`;
+/// through a namespace of its own and slirp4netns in a user namespace, see
+/// [`slirp`]), or a namespace of its own with only a loopback device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
     #[default]
@@ -189,25 +192,39 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         });
     }
 
-    let prepared = Prepared::new(&root, opts.network).map_err(|source| SandboxError::Prepare {
-        command: command.clone(),
-        source,
-    })?;
+    // Whether the step gets a user namespace is known before the tree is
+    // prepared, since its network (and so its resolv.conf) follows from it.
+    let planned = plan_user_namespace(opts, &root);
+    // The step's own network, connected to the host's (see `slirp`).
+    let slirp = planned.is_some() && opts.network == Network::Host;
+    let mut prepared =
+        Prepared::new(&root, resolv_conf(opts.network, slirp)).map_err(|source| {
+            SandboxError::Prepare {
+                command: command.clone(),
+                source,
+            }
+        })?;
     // The driver's mount of the tree is lent only now, once the mount
     // points and files above are in it, and mounted again before they go.
-    let (userns, lent) = match user_namespace_for(opts, &root) {
+    let lent = lend_for_user_namespace(planned).map_err(|source| SandboxError::Lend {
+        command: command.clone(),
+        source,
+    });
+    let (userns, lent) = match lent {
         Ok(found) => found,
-        Err(source) => {
-            let error = SandboxError::Lend { command, source };
-            return Err(match prepared.remove(&root) {
-                Ok(()) => error,
-                Err(cleanup) => SandboxError::AndCleanup {
-                    error: Box::new(error),
-                    cleanup,
-                },
-            });
-        }
+        Err(error) => return Err(cleaned_up(error, prepared, &root)),
     };
+    // A busy tree keeps host ids, and so the host's network.
+    let slirp = slirp && userns;
+    if opts.network == Network::Host && !slirp {
+        if let Err(source) = prepared.give_resolv_conf(resolv_conf(opts.network, false)) {
+            let error = SandboxError::Prepare {
+                command: command.clone(),
+                source,
+            };
+            return Err(cleaned_up(error, prepared, &root));
+        }
+    }
     let request = Request {
         root: root.clone(),
         argv: opts.argv.clone(),
@@ -222,12 +239,15 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         userns,
         probe: false,
         layers: lent.as_ref().map(|(layers, _)| layers.clone()),
+        slirp,
+        probe_network: false,
     };
     tracing::debug!(
         root = %root.display(),
         command = %command,
         user_namespace = request.userns,
         own_overlay = request.layers.is_some(),
+        network = if slirp { "slirp4netns" } else if request.isolate_network { "none" } else { "host" },
         "sandbox run"
     );
     let result = spawn_and_wait(&request, &opts.output, &command);
@@ -253,59 +273,114 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
     }
 }
 
-/// Whether the command runs in a user namespace (see [`userns`]): when it
-/// is confined and has a network namespace of its own. `network: host` is
-/// the host's network namespace, which belongs to the host's user
-/// namespace: from another one, NET_RAW (ping) and ports below 1024 would
-/// stop working there, so such a step keeps host ids (docker likewise
-/// refuses `--network=host` with a remapped user namespace).
-///
-/// With it, the layers of an overlay work tree and the driver's mount of
-/// the tree lent for the step (see [`tree_for_userns`]).
-fn user_namespace_for<'t>(
-    opts: &RunOptions<'t>,
-    root: &Path,
-) -> Result<WithUserns<'t>, DriverError> {
-    let wanted = !opts.privileged && opts.network == Network::None;
-    if !wanted {
-        return Ok((false, None));
+/// What the command sees as `/etc/resolv.conf`: the host's with the
+/// host's network (as slirp4netns's side sees it with `slirp`), nothing of
+/// the host's with none.
+fn resolv_conf(network: Network, slirp: bool) -> Option<Vec<u8>> {
+    if network == Network::None {
+        return None;
     }
-    tree_for_userns(opts.tree, root)
+    let host = fs::read("/etc/resolv.conf").ok()?;
+    Some(if slirp {
+        slirp::resolv_conf(&String::from_utf8_lossy(&host)).into_bytes()
+    } else {
+        host
+    })
+}
+
+/// Whether the command runs in a user namespace (see [`userns`]): when it
+/// Whether the command runs in a user namespace (see [`userns`]), and
+/// how: when it is confined and the kernel allows. With `network: host` it
+/// also needs a network of its own connected to the host's (see [`slirp`]):
+/// the host's network namespace belongs to the host's user namespace, where
+/// NET_RAW (ping) and ports below 1024 would not work from another one.
+/// Without it, such a step keeps host ids in the host's network namespace
+/// rather than lose ping and low ports (docker likewise refuses
+/// `--network=host` with a remapped user namespace).
+fn plan_user_namespace<'t>(opts: &RunOptions<'t>, root: &Path) -> Option<Planned<'t>> {
+    let wanted = !opts.privileged && (opts.network == Network::None || own_network_works(root));
+    if !wanted {
+        return None;
+    }
+    let layers = match opts.tree.map(|t| t.layers()).transpose() {
+        Ok(layers) => layers.flatten(),
+        Err(e) => {
+            let tree = opts.tree;
+            tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(&e));
+            return None;
+        }
+    };
+    match (opts.tree, layers) {
+        (Some(tree), Some(layers)) => {
+            user_namespaces_work(root, Some(&layers)).then_some(Planned::OwnOverlay(tree, layers))
+        }
+        _ => user_namespaces_work(root, None).then_some(Planned::InTree),
+    }
+}
+
+/// How a step gets its user namespace: in its tree as it is (idmapped),
+/// or, for an overlay work tree (an overlay mount takes no idmap), on an
+/// overlay of its own over the tree's layers while the driver lends it.
+enum Planned<'t> {
+    InTree,
+    OwnOverlay(TreeOf<'t>, Layers),
 }
 
 /// Whether a step runs in a user namespace, and the overlay layers it
 /// mounts itself with the tree lent for it.
 type WithUserns<'t> = (bool, Option<(Layers, Lent<'t>)>);
 
-/// Whether a step in `root` can run in a user namespace, and for an
-/// overlay work tree (`tree`), its layers with the tree lent: an overlay
-/// mount takes no idmap, so the sandbox mounts the layers itself. A tree
-/// whose mount is busy (a process inside it, a hook's mount in it) keeps
-/// host ids, said with the reason; any other failure to lend it is an
-/// error, as the tree may be unmounted then.
-fn tree_for_userns<'t>(
-    tree: Option<TreeOf<'t>>,
-    root: &Path,
-) -> Result<WithUserns<'t>, DriverError> {
-    let no_userns = |e: &DriverError| {
-        tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(e));
-        Ok((false, None))
-    };
-    let layers = match tree.map(|t| t.layers()).transpose() {
-        Ok(layers) => layers.flatten(),
-        Err(e) => return no_userns(&e),
-    };
-    let (Some(tree), Some(layers)) = (tree, layers) else {
-        return Ok((user_namespaces_work(root, None), None));
-    };
-    if !user_namespaces_work(root, Some(&layers)) {
-        return Ok((false, None));
+/// Lend the tree as `planned`. A tree whose mount is busy (a process inside
+/// it, a hook's mount in it) keeps host ids, said with the reason; any
+/// other failure to lend it is an error, as the tree may be unmounted then.
+fn lend_for_user_namespace(planned: Option<Planned<'_>>) -> Result<WithUserns<'_>, DriverError> {
+    match planned {
+        None => Ok((false, None)),
+        Some(Planned::InTree) => Ok((true, None)),
+        Some(Planned::OwnOverlay(tree, layers)) => match tree.lend() {
+            Ok(lent) => Ok((true, Some((layers, lent)))),
+            Err(e) if e.is_busy() => {
+                tracing::warn!(tree = ?tree, "no user namespace for this step: {}", crate::error_chain(&e));
+                Ok((false, None))
+            }
+            Err(e) => Err(e),
+        },
     }
-    match tree.lend() {
-        Ok(lent) => Ok((true, Some((layers, lent)))),
-        Err(e) if e.is_busy() => no_userns(&e),
-        Err(e) => Err(e),
+}
+
+/// `error`, after taking away what genoci added to the tree for the run.
+fn cleaned_up(error: SandboxError, prepared: Prepared, root: &Path) -> SandboxError {
+    match prepared.remove(root) {
+        Ok(()) => error,
+        Err(cleanup) => SandboxError::AndCleanup {
+            error: Box::new(error),
+            cleanup,
+        },
     }
+}
+
+/// Whether a step can have a network namespace connected to the host's by
+/// slirp4netns; found out once per process (a probe in the helper), with
+/// the reason logged where it cannot.
+fn own_network_works(root: &Path) -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let mut request = probe_request(root);
+        request.probe_network = true;
+        match run_probe(&request, "network probe") {
+            Ok(()) => {
+                tracing::debug!("run steps with network: host get a network of their own (slirp4netns)");
+                true
+            }
+            Err(reason) => {
+                tracing::debug!(
+                    %reason,
+                    "no network of their own for run steps with network: host: they keep host ids in the host's network"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// Whether user namespaces and idmapped mounts work for trees on `root`'s
@@ -336,7 +411,7 @@ fn user_namespaces_work(root: &Path, layers: Option<&Layers>) -> bool {
         match &works {
             Ok(()) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),
-                "run steps with network: none get a user namespace on {what} there"
+                "confined run steps get a user namespace on {what} there"
             ),
             Err(reason) => tracing::debug!(
                 fs_type = format_args!("{fs_type:#x}"),
@@ -375,7 +450,15 @@ fn probe_overlay(layers: &Layers) -> Result<(), String> {
 }
 
 fn probe_user_namespace(root: &Path, layers: Option<Layers>) -> Result<(), String> {
-    let request = Request {
+    let mut request = probe_request(root);
+    request.probe = true;
+    request.layers = layers;
+    run_probe(&request, "user namespace probe")
+}
+
+/// A request that only probes (the caller says for what).
+fn probe_request(root: &Path) -> Request {
+    Request {
         root: root.to_path_buf(),
         argv: vec![],
         env: vec![],
@@ -387,11 +470,16 @@ fn probe_user_namespace(root: &Path, layers: Option<Layers>) -> Result<(), Strin
         console: None,
         parent: std::process::id() as i32,
         userns: true,
-        probe: true,
-        layers,
-    };
+        probe: false,
+        layers: None,
+        slirp: false,
+        probe_network: false,
+    }
+}
+
+fn run_probe(request: &Request, what: &str) -> Result<(), String> {
     let output = Output::Prefixed("probe".into());
-    match spawn_and_wait(&request, &output, "user namespace probe") {
+    match spawn_and_wait(request, &output, what) {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(describe_status(status)),
         Err(e) => Err(crate::error_chain(&e)),
@@ -439,7 +527,9 @@ fn hosts_file() -> String {
 }
 
 impl Prepared {
-    fn new(root: &Path, network: Network) -> Result<Self, ScratchError> {
+    /// `resolv_conf`: what the command sees as `/etc/resolv.conf`, if
+    /// anything is bound there.
+    fn new(root: &Path, resolv_conf: Option<Vec<u8>>) -> Result<Self, ScratchError> {
         let mut prepared = Prepared {
             root: Scratch::new(root)?,
             etc: None,
@@ -448,7 +538,7 @@ impl Prepared {
             binds: Vec::new(),
             resolv_conf: None,
         };
-        match prepared.fill(root, network) {
+        match prepared.fill(root, resolv_conf) {
             Ok(()) => Ok(prepared),
             Err(e) => {
                 // What was created so far goes; the first error is the story.
@@ -458,7 +548,7 @@ impl Prepared {
         }
     }
 
-    fn fill(&mut self, root: &Path, network: Network) -> Result<(), ScratchError> {
+    fn fill(&mut self, root: &Path, resolv_conf: Option<Vec<u8>>) -> Result<(), ScratchError> {
         for name in ["proc", "dev"] {
             let path = root.join(name);
             match fs::symlink_metadata(&path) {
@@ -484,11 +574,9 @@ impl Prepared {
             }
         }
         self.bind_etc_file(root, "hosts", hosts_file().as_bytes())?;
-        if network == Network::Host {
-            if let Ok(host) = fs::read("/etc/resolv.conf") {
-                if self.bind_etc_file(root, "resolv.conf", &host)? {
-                    self.resolv_conf = Some(host);
-                }
+        if let Some(content) = resolv_conf {
+            if self.bind_etc_file(root, "resolv.conf", &content)? {
+                self.resolv_conf = Some(content);
             }
         }
         Ok(())
@@ -575,6 +663,22 @@ impl Prepared {
             source,
         })?;
         Ok(path)
+    }
+
+    /// Give the command `content` as its `/etc/resolv.conf` instead of what
+    /// [`new`](Self::new) bound there: its network turned out otherwise.
+    fn give_resolv_conf(&mut self, content: Option<Vec<u8>>) -> Result<(), ScratchError> {
+        let bound = self.binds.iter().find(|b| b.name == "resolv.conf");
+        let (Some(content), Some(bind)) = (content, bound) else {
+            return Ok(());
+        };
+        fs::write(&bind.host, &content).map_err(|source| ScratchError {
+            action: "write",
+            path: bind.host.clone(),
+            source,
+        })?;
+        self.resolv_conf = Some(content);
+        Ok(())
     }
 
     /// What the command wrote as `/etc/resolv.conf`, if it changed it.

@@ -1,9 +1,10 @@
 //! A `run` step is confined as a docker container is: it cannot reach the
 //! host kernel or the host network, yet legitimate steps still work.
 //!
-//! Most probes run under both networks: `network: host` keeps host ids,
-//! `network: none` runs in a user namespace on an idmapped tree, and both
-//! must confine alike and build the same layers.
+//! Most probes run under both networks: both run in a user namespace on an
+//! idmapped tree (`network: host` with a network namespace of its own
+//! connected to the host's by slirp4netns, see `network.rs`), and both
+//! must confine alike and build the same layers as an unconfined step.
 //!
 //! Every escape probe is harmless should it unexpectedly succeed: sysctls
 //! get their current value written back, a route added is deleted at once,
@@ -18,7 +19,7 @@ use std::process::{Command, Output};
 use crate::stores::{Driver, Store, DRIVERS};
 use crate::util::{require_root, run_ok, stderr, Env};
 
-/// The networks a step can have; `none` means a user namespace.
+/// The networks a step can have.
 const NETWORKS: [&str; 2] = ["host", "none"];
 
 /// Shell functions the probes share. `refused WANT CMD...` runs CMD and
@@ -166,13 +167,19 @@ rm /tmp/err
 }
 
 #[test]
-fn a_step_cannot_change_the_host_s_routes() {
+fn a_step_cannot_change_the_host_s_routes_or_interfaces() {
     require_root!();
-    // 192.0.2.0/24 is TEST-NET-1: no host uses it; deleted at once if added.
+    // 198.51.100.0/24 is TEST-NET-2: no host uses it; a route or an
+    // interface is deleted at once if made.
     each_network(
-        r#"if ip route add 192.0.2.0/24 dev lo 2>/tmp/err; then
-  ip route del 192.0.2.0/24 dev lo
+        r#"if ip route add 198.51.100.0/24 dev lo 2>/tmp/err; then
+  ip route del 198.51.100.0/24 dev lo
   echo "NOT REFUSED: route add"; exit 1
+fi
+grep -q "not permitted" /tmp/err
+if ip link add genoci-probe0 type dummy 2>/tmp/err; then
+  ip link del genoci-probe0
+  echo "NOT REFUSED: link add"; exit 1
 fi
 grep -q "not permitted" /tmp/err
 rm /tmp/err
@@ -345,7 +352,7 @@ mkdir -p /srv/app && chown 1000:1001 /srv/app
 "#;
 
 #[test]
-fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
+fn run_steps_run_in_a_user_namespace_whose_root_is_not_host_root() {
     require_root!();
     each_driver(|env, driver| {
         for network in NETWORKS {
@@ -353,29 +360,20 @@ fn network_none_runs_in_a_user_namespace_whose_root_is_not_host_root() {
             spec(env, IDS, &format!("  network: {network}\n"));
             let out = env.genoci(&["-v", "build", "spec.yaml"]);
             assert!(out.status.success(), "{case}: {}", output(&out));
-            // Every driver: an overlay work tree gets an overlay of its
-            // own over idmapped layers.
-            let userns = network == "none";
+            // Every driver and network; an overlay work tree gets an overlay
+            // of its own over idmapped layers.
             let err = stderr(&out);
-            assert!(
-                err.contains(&format!("user_namespace={userns}")),
-                "{case}: {err}"
-            );
+            assert!(err.contains("user_namespace=true"), "{case}: {err}");
             assert_eq!(
                 err.contains("own_overlay=true"),
-                userns && driver == "overlay",
+                driver == "overlay",
                 "{case}: {err}"
             );
             let root = env.unpack("probe");
             for map in ["uid_map", "gid_map"] {
                 let seen = first_map(&fs::read_to_string(root.join(map)).unwrap());
-                let want = if userns {
-                    // Root inside is a high, unprivileged host id.
-                    (0, 1_900_000_000, 65536)
-                } else {
-                    (0, 0, 4_294_967_295)
-                };
-                assert_eq!(seen, want, "{case}: {map}");
+                // Root inside is a high, unprivileged host id.
+                assert_eq!(seen, (0, 1_900_000_000, 65536), "{case}: {map}");
             }
             use std::os::unix::fs::MetadataExt;
             let ids = |p: &str| {
@@ -548,6 +546,10 @@ fn debian_steps_on(env: &Env, driver: &str) {
              echo more >> /etc/passwd && touch /usr/share/tiny/hi.txt\n"
         ));
     }
+    // The same steps with host ids in the host's network, unconfined.
+    spec.push_str(&format!(
+        "users-privileged:\n  base: debian\n  privileged: true\n  run:\n{steps}"
+    ));
     env.write("spec.yaml", &spec);
     let out = env
         .cmd(&["-v", "build", "spec.yaml"])
@@ -595,7 +597,8 @@ fn debian_steps_on(env: &Env, driver: &str) {
     }
     // In the user namespace or not, the same bytes.
     let layers = |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
-    assert_eq!(layers("users-host"), layers("users-none"), "{driver}");
+    assert_eq!(layers("users-host"), layers("users-privileged"), "{driver}");
+    assert_eq!(layers("users-none"), layers("users-privileged"), "{driver}");
     assert_eq!(layers("touched-host"), layers("touched-none"), "{driver}");
 }
 
@@ -735,7 +738,8 @@ fn confinement_does_not_change_the_layer() {
 fn confinement_on(env: &Env, driver: &str) {
     env.busybox("bb.tar.gz");
     let steps = "    - mkdir -p /srv/a && echo hi > /srv/a/f && chown 1000:1000 /srv/a/f\n    - mknod /srv/null c 1 3 && mknod -m 600 /srv/sda b 8 0 && ln -s f /srv/a/l\n";
-    // `isolated` runs in a user namespace, its nodes made by the supervisor.
+    // `confined` and `isolated` run in a user namespace, their nodes made by
+    // the supervisor; `free` with host ids.
     env.write(
         "spec.yaml",
         &format!(

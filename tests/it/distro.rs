@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::network::interfaces;
 use crate::util::{fixture, mounts_under, require_root, require_tool, run_ok, stderr, Env};
 
 /// Lazily unmounts whatever is still mounted under a test dir, so a failed
@@ -31,17 +32,21 @@ impl Drop for MountGuard {
     }
 }
 
-/// A one-thread HTTP/1.0 server on 127.0.0.1 serving fixed paths; any other
+/// A one-thread HTTP/1.0 server on a host address serving fixed paths; any other
 /// path is a 404. Stopped and joined on drop.
 struct HttpServer {
+    ip: Ipv4Addr,
     port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
+    /// Serving on an address of the host's that `network: host` steps reach
+    /// (not a loopback one: a step's loopback is its own).
     fn start(files: HashMap<String, Vec<u8>>) -> HttpServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ip = crate::network::host_address().unwrap_or(Ipv4Addr::LOCALHOST);
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -56,6 +61,7 @@ impl HttpServer {
             }
         });
         HttpServer {
+            ip,
             port,
             stop,
             thread: Some(thread),
@@ -85,7 +91,7 @@ impl HttpServer {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.ip, self.port)
     }
 }
 
@@ -93,7 +99,7 @@ impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect((self.ip, self.port));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -266,7 +272,8 @@ apt:
     - apt-get update -qq -o Acquire::Languages=none && apt-get install -y -qq --no-install-recommends hello && rm -rf /var/lib/apt/lists/*
     - hello > /hello.out
     - cat /etc/resolv.conf > /resolv.seen
-    - bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT; printf "GET /ping HTTP/1.0\r\n\r\n" >&3; cat <&3 > /ping.out'
+    - bash -c 'exec 3<>/dev/tcp/HOST/PORT; printf "GET /ping HTTP/1.0\r\n\r\n" >&3; cat <&3 > /ping.out'
+    - cat /proc/net/dev > /netdev.seen
 hooks:
   base: debian
   pre:
@@ -283,7 +290,7 @@ offline:
   network: none
   run: |
     cat /proc/net/dev > /netdev.seen
-    if bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT' 2>/dev/null; then exit 1; fi
+    if bash -c 'exec 3<>/dev/tcp/HOST/PORT' 2>/dev/null; then exit 1; fi
     touch /offline.ok
 "##;
 
@@ -310,7 +317,8 @@ fn packages_apt_hooks_and_network_on_debian() {
     env.write("hostdir/precious", "host file\n");
     let spec = DEBIAN_SPEC
         .replace("URL", &server.url(""))
-        .replace("PORT", &server.port.to_string());
+        .replace("PORT", &server.port.to_string())
+        .replace("HOST", &server.ip.to_string());
     env.write("debian.yaml", &spec);
 
     env.ok(&["build", "debian.yaml"]);
@@ -351,15 +359,28 @@ fn packages_apt_hooks_and_network_on_debian() {
         assert!(read(root.join("var/lib/dpkg/status")).contains("Package: urldeb"));
     });
 
-    // apt-get over the host's network, with the host's resolv.conf seen but
-    // not kept.
+    // apt-get over the host's network (through the step's own network
+    // namespace), with the host's resolv.conf seen (a loopback nameserver
+    // replaced by slirp4netns's forwarder) but not kept.
     let layer = top_layer_entries(&env, "apt");
     assert_no_genoci_traces("apt", &layer);
     assert!(layer.contains(&"usr/bin/hello".to_string()), "{layer:?}");
     check_unpacked(&env, "apt", |root| {
         assert_eq!(read(root.join("hello.out")), "Hello, world!\n");
         assert!(read(root.join("var/lib/dpkg/status")).contains("Package: hello"));
-        assert_eq!(read(root.join("resolv.seen")), host_resolv);
+        let seen = read(root.join("resolv.seen"));
+        for line in host_resolv.lines() {
+            let server = line.strip_prefix("nameserver ").map(str::trim);
+            match server.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                Some(ip) if ip.is_loopback() => {
+                    assert!(!seen.contains(line), "{seen}");
+                    assert!(seen.contains("nameserver 10.0.2.3\n"), "{seen}");
+                }
+                Some(_) => assert!(seen.contains(line), "{line} not in {seen}"),
+                None => {}
+            }
+        }
+        assert_eq!(interfaces(&read(root.join("netdev.seen"))), ["lo", "tap0"]);
         assert_eq!(read(root.join("etc/resolv.conf")), "# the tree's own\n");
         assert!(read(root.join("ping.out")).ends_with("\r\n\r\npong\n"));
     });
@@ -386,14 +407,7 @@ fn packages_apt_hooks_and_network_on_debian() {
     // network: none has only a loopback and cannot reach the host.
     check_unpacked(&env, "offline", |root| {
         assert!(root.join("offline.ok").exists());
-        let netdev = read(root.join("netdev.seen"));
-        let interfaces: Vec<&str> = netdev
-            .lines()
-            .skip(2)
-            .filter_map(|l| l.split(':').next())
-            .map(str::trim)
-            .collect();
-        assert_eq!(interfaces, ["lo"], "{netdev}");
+        assert_eq!(interfaces(&read(root.join("netdev.seen"))), ["lo"]);
     });
 
     // chroot on a tag: a throwaway tree, nothing tagged.

@@ -24,6 +24,7 @@ mod identical;
 mod interop;
 mod lpack;
 mod names;
+mod network;
 mod oci;
 mod overlay;
 mod platform;
