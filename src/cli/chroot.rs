@@ -78,7 +78,10 @@ pub fn run(g: &GlobalArgs, args: &ChrootArgs) -> anyhow::Result<()> {
         output: Output::Inherit,
         privileged: false,
         user: None,
-        tree: Some(crate::driver::TreeOf {
+        // A kept checkout stays mounted where its user sees and edits it
+        // (and may stand in it), so it is not lent to the command's own
+        // overlay: on the overlay driver its chroot keeps host ids.
+        tree: throwaway.then_some(crate::driver::TreeOf {
             driver,
             tree: &tree,
         }),

@@ -246,8 +246,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         root = %root.display(),
         command = %command,
         user_namespace = request.userns,
-        own_overlay = request.layers.is_some(),
         network = if slirp { "slirp4netns" } else if request.isolate_network { "none" } else { "host" },
+        own_overlay = request.layers.is_some(),
         "sandbox run"
     );
     let result = spawn_and_wait(&request, &opts.output, &command);

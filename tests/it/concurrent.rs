@@ -10,27 +10,17 @@ use std::time::{Duration, Instant};
 
 use crate::oci;
 use crate::stores::{
-    assert_layout_valid, driver_tests, tree_dir, work_entries, Btrfs, Driver, Overlay, Store,
+    assert_layout_valid, driver_tests, tree_dir, work_entries, Btrfs, Overlay, Store,
 };
 use crate::util::{stderr, wait_within, Env};
 
 /// What these tests do with a store beyond [`Store`]'s own.
 trait Concurrent {
-    fn build_tree(&self, pid: u32, target: &str) -> PathBuf;
     fn spawn(&self, args: &[&str]) -> Child;
     fn assert_no_work_trees(&self);
 }
 
 impl Concurrent for Store {
-    /// The root of the tree in which process `pid` builds `target`.
-    fn build_tree(&self, pid: u32, target: &str) -> PathBuf {
-        let tree = tree_dir(&self.root(), &format!("build-{pid}-{target}"));
-        match self.driver() {
-            Driver::Overlay => tree.join("root"),
-            _ => tree,
-        }
-    }
-
     /// A genoci run in the background, its output kept.
     fn spawn(&self, args: &[&str]) -> Child {
         spawn_in(self, args)
@@ -287,8 +277,8 @@ fn start_slow_build(store: &Store) -> Child {
          slow:\n  base: fast\n  run: |\n    touch /started\n    sleep 4\n    touch /finished\n",
     );
     let mut build = store.spawn(&["build", "slow.yaml"]);
-    let started = store.build_tree(build.id(), "slow").join("started");
-    crate::util::wait_for_marker(&mut build, &started, Duration::from_secs(60));
+    let tree = tree_dir(&store.root(), &format!("build-{}-slow", build.id()));
+    crate::util::wait_for_marker(&mut build, &tree, "started", Duration::from_secs(60));
     build
 }
 

@@ -8,7 +8,7 @@
 //! characters was refused to leave room for the dated tag.
 
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::stores::{
     assert_layout_valid, driver_tests, tree_dir, unpack_snapshots, work_entries, Store,
@@ -145,16 +145,7 @@ fn a_killed_build_of_an_odd_name_blocks_nothing(store: &Store) {
     );
     let mut child = store.cmd(&["build", "slow.yaml"]).spawn().unwrap();
     let tree = tree_dir(&store.root(), &format!("build-{}-{name}", child.id()));
-    // The overlay driver mounts the tree at `root` inside its dir.
-    let started = [tree.join("started"), tree.join("root/started")];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.iter().any(|s| s.exists()) {
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("the run step never started in {}", tree.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_for_marker(&mut child, &tree, "started", Duration::from_secs(30));
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
     child.wait().unwrap();

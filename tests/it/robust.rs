@@ -30,24 +30,7 @@ fn prepare(env: &Env, network: &str) {
 fn start_slow_build(env: &Env, store_root: &Path) -> Child {
     let mut child = env.cmd(&["build", "slow.yaml"]).spawn().expect("spawn");
     let tree = tree_dir(store_root, &format!("build-{}-slow", child.id()));
-    // The overlay driver mounts the tree at `root` inside its work dir;
-    // lent to a step's own overlay, the tree shows only in its upper dir.
-    let started = [
-        tree.join("started"),
-        tree.join("root/started"),
-        tree.join("upper/started"),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !started.iter().any(|s| s.exists()) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the run step never started");
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the build ended before its run step: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_for_marker(&mut child, &tree, "started", Duration::from_secs(30));
     child
 }
 

@@ -371,8 +371,7 @@ slow:
         &env.path().join(".genoci"),
         &format!("build-{}-slow", child.id()),
     );
-    let marker = tree.join("started");
-    crate::util::wait_for_marker(&mut child, &marker, Duration::from_secs(30));
+    crate::util::wait_for_marker(&mut child, &tree, "started", Duration::from_secs(30));
     child
 }
 

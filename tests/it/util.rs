@@ -233,18 +233,38 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Wait until `marker` exists (a run step's sign that it started), at most
-/// `limit`; fail if `child` ends first or the time runs out.
-pub fn wait_for_marker(child: &mut std::process::Child, marker: &Path, limit: std::time::Duration) {
+/// Where a file `name` a run step writes at `/` shows from the host while
+/// the step runs, in the work tree dir `tree` (see `stores::tree_dir`): the
+/// tree itself (plain, btrfs), the overlay driver's mount at `root`, or,
+/// while the overlay tree is lent to the step's own overlay (the user
+/// namespace), its upper dir.
+pub fn step_file_places(tree: &Path, name: &str) -> [PathBuf; 3] {
+    [
+        tree.join(name),
+        tree.join("root").join(name),
+        tree.join("upper").join(name),
+    ]
+}
+
+/// Wait until the run step of `child` in the work tree dir `tree` wrote
+/// `/name` (see [`step_file_places`]), at most `limit`; fail if the build
+/// ends first.
+pub fn wait_for_marker(
+    child: &mut std::process::Child,
+    tree: &Path,
+    name: &str,
+    limit: std::time::Duration,
+) {
+    let places = step_file_places(tree, name);
     let deadline = std::time::Instant::now() + limit;
-    while !marker.exists() {
+    while !places.iter().any(|p| p.exists()) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the build ended before its run step: {status}");
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run step never started"
-        );
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run step never started in {}", tree.display());
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -56,47 +56,7 @@ const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Overlay<'_> {
     /// Mount at `target`.
-    ///
-    /// An upper dir is in use as long as its overlay lives, and the kernel
-    /// refuses it as a lower dir of an indexed mount meanwhile (EBUSY). A
-    /// checked-in tree's overlay outlives its lazy unmount while anything
-    /// holds a file in it: for a moment when another thread forked while
-    /// one was open (the child holds it until it execs), for ever when a
-    /// shell sits in it. So a busy mount is tried again for a second.
     pub fn mount(&self, target: &Path) -> io::Result<()> {
-        let mark = self.volatile_mark();
-        let marked_before = mark.as_ref().is_some_and(|m| m.exists());
-        let mut tries = 0;
-        loop {
-            match self.mount_once(target) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
-                    tries += 1;
-                    // The kernel marks the work dir of a `volatile` mount
-                    // before it checks the lower dirs, and refuses an upper
-                    // dir so marked (it may have lost writes): a mark this
-                    // failed mount made, with nothing written, goes.
-                    if let Some(mark) = mark.as_ref().filter(|_| !marked_before) {
-                        remove_if_there(mark)?;
-                    }
-                    std::thread::sleep(BUSY_WAIT);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let why = "one of its dirs is the upper dir of another overlay still mounted: \
-                               is a process still inside a tree that was checked in?";
-                    return Err(io::Error::new(e.kind(), format!("{e} ({why})")));
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Where a `volatile` mount of this overlay marks its work dir.
-    fn volatile_mark(&self) -> Option<PathBuf> {
-        let (_, work) = self.upper.filter(|_| self.volatile)?;
-        Some(work.join(VOLATILE_MARK))
-    }
-
-    fn mount_once(&self, target: &Path) -> io::Result<()> {
         let mnt = self.detached(0)?;
         let target_c = cstring(target)?;
         // SAFETY: moves the detached mount `mnt` onto the NUL-terminated path.
@@ -121,7 +81,48 @@ impl Overlay<'_> {
     /// for an overlay without an upper dir. The layers need to be
     /// reachable only while this runs: the overlay keeps mounts of its own
     /// of them.
+    ///
+    /// An upper dir is in use as long as its overlay lives, and the kernel
+    /// refuses it as a lower dir of an indexed mount meanwhile (EBUSY). A
+    /// checked-in tree's overlay outlives its lazy unmount while anything
+    /// holds it: for a moment when another thread forked while a file in it
+    /// was open (the child holds it until it execs) or another genoci's
+    /// sandbox copied the mount table, for ever when a shell sits in it.
+    /// So a busy overlay is tried again for a second.
     pub fn detached(&self, attrs: u64) -> io::Result<OwnedFd> {
+        let mark = self.volatile_mark();
+        let marked_before = mark.as_ref().is_some_and(|m| m.exists());
+        let mut tries = 0;
+        loop {
+            match self.create(attrs) {
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy && tries < BUSY_TRIES => {
+                    tries += 1;
+                    // The kernel marks the work dir of a `volatile` mount
+                    // before it checks the lower dirs, and refuses an upper
+                    // dir so marked (it may have lost writes): a mark this
+                    // failed mount made, with nothing written, goes.
+                    if let Some(mark) = mark.as_ref().filter(|_| !marked_before) {
+                        remove_if_there(mark)?;
+                    }
+                    std::thread::sleep(BUSY_WAIT);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                    let why = "one of its dirs is the upper dir of another overlay still mounted: \
+                               is a process still inside a tree that was checked in?";
+                    return Err(io::Error::new(e.kind(), format!("{e} ({why})")));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Where a `volatile` mount of this overlay marks its work dir.
+    fn volatile_mark(&self) -> Option<PathBuf> {
+        let (_, work) = self.upper.filter(|_| self.volatile)?;
+        Some(work.join(VOLATILE_MARK))
+    }
+
+    fn create(&self, attrs: u64) -> io::Result<OwnedFd> {
         // SAFETY: fsopen takes a NUL-terminated name and flags; the fd it
         // returns is owned here.
         let fs = unsafe {
