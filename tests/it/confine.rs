@@ -551,13 +551,7 @@ fn debian_steps_on(env: &Env, driver: &str) {
         "users-privileged:\n  base: debian\n  privileged: true\n  run:\n{steps}"
     ));
     env.write("spec.yaml", &spec);
-    let out = env
-        .cmd(&["-v", "build", "spec.yaml"])
-        .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{driver}: {}", output(&out));
-    assert_in_user_namespace(&stderr(&out), driver);
+    build_in_user_namespace(env, driver);
     for network in NETWORKS {
         let case = format!("{driver}, network: {network}");
         let root = env.unpack(&format!("users-{network}"));
@@ -602,9 +596,17 @@ fn debian_steps_on(env: &Env, driver: &str) {
     assert_eq!(layers("touched-host"), layers("touched-none"), "{driver}");
 }
 
-/// The `-v` log of a build says that its `network: none` step ran in a
-/// user namespace, on overlay over an overlay of its own.
-fn assert_in_user_namespace(log: &str, driver: &str) {
+/// Build `spec.yaml` under `SOURCE_DATE_EPOCH` (so layers compare), and
+/// check that its steps ran in a user namespace.
+fn build_in_user_namespace(env: &Env, driver: &str) {
+    let out = env
+        .cmd(&["-v", "build", "spec.yaml"])
+        .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{driver}: {}", output(&out));
+    // On overlay, over an overlay of its own.
+    let log = stderr(&out);
     assert!(log.contains("user_namespace=true"), "{driver}: {log}");
     let own = log.contains("own_overlay=true");
     assert_eq!(own, driver == "overlay", "{driver}: {log}");
@@ -647,13 +649,7 @@ fn links_renames_whiteouts_and_opaque_dirs_read_back_alike_in_the_user_namespace
             ));
         }
         env.write("spec.yaml", &spec);
-        let out = env
-            .cmd(&["-v", "build", "spec.yaml"])
-            .env("SOURCE_DATE_EPOCH", crate::stores::EPOCH)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{driver}: {}", output(&out));
-        assert_in_user_namespace(&stderr(&out), driver);
+        build_in_user_namespace(env, driver);
         let layers =
             |tag: &str| crate::oci::config(&env.layout(), tag)["rootfs"]["diff_ids"].clone();
         assert_eq!(layers("changed-host"), layers("changed-none"), "{driver}");

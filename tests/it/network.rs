@@ -44,6 +44,11 @@ fn read(root: &Path, file: &str) -> String {
     fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
+/// The words of `text` (an id map's numbers).
+fn words(text: &str) -> Vec<&str> {
+    text.split_whitespace().collect()
+}
+
 /// The interface names in a copy of `/proc/net/dev`.
 pub(crate) fn interfaces(netdev: &str) -> Vec<String> {
     netdev
@@ -102,11 +107,7 @@ fn a_host_network_step_has_a_network_of_its_own_in_its_user_namespace() {
         "{err}"
     );
     let root = env.unpack("probe");
-    let map: Vec<String> = read(&root, "uid_map")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(map, ["0", "1900000000", "65536"]);
+    assert_eq!(words(&read(&root, "uid_map")), ["0", "1900000000", "65536"]);
     // Its own interfaces, none of the host's.
     assert_eq!(interfaces(&read(&root, "netdev")), ["lo", "tap0"]);
     let host = interfaces(&fs::read_to_string("/proc/net/dev").unwrap());
@@ -521,11 +522,7 @@ fn without_slirp4netns_host_network_steps_keep_host_ids_and_say_why() {
         "{err}"
     );
     let root = env.unpack("probe");
-    let map: Vec<String> = read(&root, "uid_map")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(map, ["0", "0", "4294967295"]);
+    assert_eq!(words(&read(&root, "uid_map")), ["0", "0", "4294967295"]);
     // The host's network namespace: its interfaces.
     let seen: HashSet<String> = interfaces(&read(&root, "netdev")).into_iter().collect();
     let host: HashSet<String> = interfaces(&fs::read_to_string("/proc/net/dev").unwrap())
@@ -569,11 +566,11 @@ fn install_and_chroot_run_in_the_user_namespace_with_their_own_network() {
     );
     env.ok(&["build", "spec.yaml"]);
     let root = env.unpack("probe");
-    let map: Vec<String> = read(&root, "var/lib/where.uid_map")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(map, ["0", "1900000000", "65536"], "install");
+    assert_eq!(
+        words(&read(&root, "var/lib/where.uid_map")),
+        ["0", "1900000000", "65536"],
+        "install"
+    );
     assert_eq!(
         interfaces(&read(&root, "var/lib/where.netdev")),
         ["lo", "tap0"],

@@ -266,13 +266,7 @@ fn a_checkout_whose_mount_is_gone_is_mounted_again() {
     }
     let store = TestStore::new();
     let driver = store.driver();
-    let kept = Owner {
-        layout: Some("/project/oci".into()),
-        ..Owner::default()
-    };
-    let tree = driver
-        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
-        .unwrap();
+    let tree = kept_checkout(&driver, &ChainId::empty());
     write(&tree.path, "edited", "by hand");
     // As after a reboot: the mount is gone, the dirs and record stay.
     mount::unmount(&tree.path).unwrap();
@@ -309,11 +303,7 @@ fn a_checkout_mounted_again_keeps_its_links() {
     fs::create_dir(tree.path.join("b")).unwrap();
     fs::hard_link(tree.path.join("a/one"), tree.path.join("b/two")).unwrap();
     driver.checkin(tree, &chain(1)).unwrap();
-    let kept = Owner {
-        layout: Some("/project/oci".into()),
-        ..Owner::default()
-    };
-    let tree = driver.checkout_as(&chain(1), "checkout-x", &kept).unwrap();
+    let tree = kept_checkout(&driver, &chain(1));
     fs::write(tree.path.join("a/one"), "new").unwrap();
     mount::unmount(&tree.path).unwrap();
     let again = OverlayDriver::open(store.dir.path()).unwrap();
@@ -480,11 +470,7 @@ fn a_builds_tree_is_volatile_and_a_kept_checkout_is_not() {
     );
     // A checkout kept for a layout may be mounted again after a reboot,
     // which the kernel refuses for an upper dir a volatile mount used.
-    let kept = Owner {
-        layout: Some("/project/oci".into()),
-        ..Owner::default()
-    };
-    let tree = driver.checkout_as(&chain(1), "checkout-x", &kept).unwrap();
+    let tree = kept_checkout(&driver, &chain(1));
     let options = mount_options(&tree.path);
     assert!(
         options.contains("upperdir") && !options.contains("volatile"),
@@ -566,13 +552,7 @@ fn a_lent_checkout_is_not_mounted_again_by_another_listing() {
     }
     let store = TestStore::new();
     let driver = store.driver();
-    let kept = Owner {
-        layout: Some("/project/oci".into()),
-        ..Owner::default()
-    };
-    let tree = driver
-        .checkout_as(&ChainId::empty(), "checkout-x", &kept)
-        .unwrap();
+    let tree = kept_checkout(&driver, &ChainId::empty());
     write(&tree.path, "edited", "by hand");
     let lent = driver.lend(&tree).unwrap();
     // Another genoci lists the trees meanwhile: the tree is lent to a
@@ -600,4 +580,13 @@ fn a_lent_checkout_is_not_mounted_again_by_another_listing() {
     assert!(mount::is_mounted(&tree.path).unwrap());
     assert!(tree.path.join("edited").exists());
     driver.discard(tree).unwrap();
+}
+
+/// A checkout kept for a layout (as `genoci checkout` makes) of `base`.
+fn kept_checkout(driver: &OverlayDriver, base: &ChainId) -> WorkTree {
+    let kept = Owner {
+        layout: Some("/project/oci".into()),
+        ..Owner::default()
+    };
+    driver.checkout_as(base, "checkout-x", &kept).unwrap()
 }
