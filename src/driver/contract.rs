@@ -10,6 +10,41 @@ use filetime::FileTime;
 
 use super::*;
 
+/// The contract tests every driver runs, as `#[test]`s of the module it is
+/// called in. `$open` gives `Some((guard, driver))`, or `None` where the
+/// machine cannot run the driver (after saying so); the driver is dropped
+/// before the guard that releases its store. `$rounds`: of the race of
+/// equal checkins.
+macro_rules! contract_tests {
+    ($open:expr, $rounds:expr) => {
+        #[test]
+        fn renamed_dirs_keep_their_links() {
+            let Some((store, driver)) = $open else { return };
+            $crate::driver::contract::renamed_dirs_keep_their_links(&driver);
+            drop((driver, store));
+        }
+
+        #[test]
+        fn lower_links_stay_linked() {
+            if !nix::unistd::geteuid().is_root() {
+                $crate::test_support::skip("needs root (owners)");
+                return;
+            }
+            let Some((store, driver)) = $open else { return };
+            $crate::driver::contract::lower_links_stay_linked(&driver);
+            drop((driver, store));
+        }
+
+        #[test]
+        fn equal_checkins_at_once_all_succeed() {
+            let Some((store, driver)) = $open else { return };
+            $crate::driver::contract::equal_checkins_race(&driver, 16, $rounds);
+            drop((driver, store));
+        }
+    };
+}
+pub(crate) use contract_tests;
+
 /// A ChainID of its own for each `n`.
 pub fn chain(n: u32) -> ChainId {
     ChainId::of(&[format!("sha256:{}", format!("{n:08x}").repeat(8))])

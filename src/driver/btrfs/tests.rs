@@ -93,33 +93,6 @@ fn setup_twice_is_a_no_op() {
 }
 
 #[test]
-fn equal_checkins_at_once_all_succeed() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
-}
-
-#[test]
-fn renamed_dirs_keep_their_links() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    contract::renamed_dirs_keep_their_links(&store.driver());
-}
-
-#[test]
-fn lower_links_stay_linked() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    contract::lower_links_stay_linked(&store.driver());
-}
-
-#[test]
 fn changes_equal_a_full_comparison() {
     if !can_run() {
         return;
@@ -512,3 +485,12 @@ fn tangled_renames_still_equal_a_full_comparison() {
     assert!(expected.contains(&Change::Delete("r/gone".into())));
     driver.discard(tree).unwrap();
 }
+
+contract::contract_tests!(
+    can_run().then(|| {
+        let store = TestStore::new();
+        let driver = store.driver();
+        (store, driver)
+    }),
+    20
+);

@@ -386,24 +386,6 @@ fn renamed_base_dirs_equal_a_full_comparison_and_stay_renamed_below_later_layers
     driver.discard(tree).unwrap();
 }
 
-#[test]
-fn renamed_dirs_keep_their_links() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    contract::renamed_dirs_keep_their_links(&store.driver());
-}
-
-#[test]
-fn lower_links_stay_linked() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    contract::lower_links_stay_linked(&store.driver());
-}
-
 /// The mount options of the mount at `path`.
 fn mount_options(path: &Path) -> String {
     let table = fs::read_to_string(crate::mountinfo::PATH).unwrap();
@@ -413,15 +395,6 @@ fn mount_options(path: &Path) -> String {
         .and_then(|l| l.rsplit(' ').next())
         .unwrap_or_default()
         .to_string()
-}
-
-#[test]
-fn equal_checkins_at_once_all_succeed() {
-    if !can_run() {
-        return;
-    }
-    let store = TestStore::new();
-    crate::driver::contract::equal_checkins_race(&store.driver(), 16, 20);
 }
 
 /// Another process opening the store leaves the staging dir of a checkin
@@ -590,3 +563,12 @@ fn kept_checkout(driver: &OverlayDriver, base: &ChainId) -> WorkTree {
     };
     driver.checkout_as(base, "checkout-x", &kept).unwrap()
 }
+
+contract::contract_tests!(
+    can_run().then(|| {
+        let store = TestStore::new();
+        let driver = store.driver();
+        (store, driver)
+    }),
+    20
+);

@@ -329,6 +329,8 @@ impl Walk<'_> {
 mod tests {
     use super::*;
 
+    crate::driver::contract::contract_tests!(Some(store()), 50);
+
     fn store() -> (tempfile::TempDir, PlainDriver) {
         let t = tempfile::tempdir().unwrap();
         let d = PlainDriver::open(&t.path().join("store")).unwrap();
@@ -373,22 +375,6 @@ mod tests {
         );
         d.discard(tree).unwrap();
         assert!(d.work_trees().unwrap().is_empty());
-    }
-
-    #[test]
-    fn renamed_dirs_keep_their_links() {
-        let (_t, d) = store();
-        crate::driver::contract::renamed_dirs_keep_their_links(&d);
-    }
-
-    #[test]
-    fn lower_links_stay_linked() {
-        if !nix::unistd::geteuid().is_root() {
-            crate::test_support::skip("needs root (owners)");
-            return;
-        }
-        let (_t, d) = store();
-        crate::driver::contract::lower_links_stay_linked(&d);
     }
 
     #[test]
@@ -504,12 +490,6 @@ mod tests {
         assert!(d.work_trees().unwrap().is_empty());
         assert!(!dead.exists());
         assert!(live.exists());
-    }
-
-    #[test]
-    fn equal_checkins_at_once_all_succeed() {
-        let (_t, d) = store();
-        crate::driver::contract::equal_checkins_race(&d, 16, 50);
     }
 
     #[test]
