@@ -107,24 +107,8 @@ fn cpath(p: &Path) -> CString {
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let name = CString::new(name).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(p).as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    genoci::xattr::set(p, name.as_bytes(), value)
+        .unwrap_or_else(|e| panic!("setxattr {}: {e}", p.display()));
 }
 
 fn mknod(p: &Path, major: u32, minor: u32) {

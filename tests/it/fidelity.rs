@@ -143,8 +143,7 @@ pub fn assert_same_tree(store: &Path, layers: &Path, epoch: Option<i64>, what: &
 /// Every entry of a tree (sockets excepted: layers leave them out),
 /// described by what a layer carries of it. The root has no mtime in a layer.
 pub fn describe_tree(root: &Path, epoch: Option<i64>) -> BTreeMap<String, String> {
-    let mut paths = Vec::new();
-    walk(root, Path::new(""), &mut paths);
+    let paths = crate::util::walk(root);
     let mut groups: HashMap<u64, Vec<String>> = HashMap::new();
     for rel in &paths {
         let m = fs::symlink_metadata(root.join(rel)).unwrap();
@@ -216,21 +215,6 @@ pub fn describe_tree(root: &Path, epoch: Option<i64>) -> BTreeMap<String, String
         );
     }
     out
-}
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    let mut names: Vec<_> = fs::read_dir(root.join(rel))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let child = rel.join(name);
-        out.push(child.clone());
-        if fs::symlink_metadata(root.join(&child)).unwrap().is_dir() {
-            walk(root, &child, out);
-        }
-    }
 }
 
 fn hash(path: &Path) -> String {

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +29,7 @@ use genoci::layout::layer::LayerOptions;
 use genoci::layout::Layout;
 
 use crate::fidelity::describe_tree;
+use crate::util::walk;
 
 /// Run `test` on `cases` (times the `GENOCI_PROPTEST_CASES` factor) inputs
 /// from `strategy`, with a fixed seed; print how many ran and how long.
@@ -110,27 +110,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Every path below `root`, relative, parents before children.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    fn go(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let child = rel.join(name);
-            out.push(child.clone());
-            if fs::symlink_metadata(root.join(&child)).unwrap().is_dir() {
-                go(root, &child, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    go(root, Path::new(""), &mut out);
-    out
-}
-
 fn is_root() -> bool {
     crate::util::nix_is_root()
 }
@@ -207,7 +186,7 @@ fn apply_step(root: &Path, s: &Step, times: &mut BTreeMap<String, i64>) -> std::
         Step::Xattr(p, name, value) => {
             let f = full(p);
             if !fs::symlink_metadata(&f)?.file_type().is_symlink() {
-                xattr_set(&f, name, value)?;
+                genoci::xattr::set(&f, name.as_bytes(), value)?;
             }
         }
         Step::Owner(p, id) if is_root() => {
@@ -233,26 +212,6 @@ fn remove(f: &Path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(f).unwrap(),
         Ok(_) => fs::remove_file(f).unwrap(),
         Err(_) => {}
-    }
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: both strings are NUL-terminated; the value is valid for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -282,3 +282,24 @@ pub fn wait_within(child: std::process::Child, limit: std::time::Duration) -> Ou
         panic!("genoci (pid {pid}) did not finish within {limit:?}")
     })
 }
+
+/// Every path below `root`, relative, parents before children.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    fn go(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        let mut names: Vec<_> = fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            let child = rel.join(name);
+            out.push(child.clone());
+            if fs::symlink_metadata(root.join(&child)).unwrap().is_dir() {
+                go(root, &child, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(root, Path::new(""), &mut out);
+    out
+}
