@@ -192,39 +192,12 @@ pub fn run(opts: &RunOptions) -> Result<ExitStatus, SandboxError> {
         });
     }
 
-    // Whether the step gets a user namespace is known before the tree is
-    // prepared, since its network (and so its resolv.conf) follows from it.
-    let planned = plan_user_namespace(opts, &root);
-    // The step's own network, connected to the host's (see `slirp`).
-    let slirp = planned.is_some() && opts.network == Network::Host;
-    let mut prepared =
-        Prepared::new(&root, resolv_conf(opts.network, slirp)).map_err(|source| {
-            SandboxError::Prepare {
-                command: command.clone(),
-                source,
-            }
-        })?;
-    // The driver's mount of the tree is lent only now, once the mount
-    // points and files above are in it, and mounted again before they go.
-    let lent = lend_for_user_namespace(planned).map_err(|source| SandboxError::Lend {
-        command: command.clone(),
-        source,
-    });
-    let (userns, lent) = match lent {
-        Ok(found) => found,
-        Err(error) => return Err(cleaned_up(error, prepared, &root)),
-    };
-    // A busy tree keeps host ids, and so the host's network.
-    let slirp = slirp && userns;
-    if opts.network == Network::Host && !slirp {
-        if let Err(source) = prepared.give_resolv_conf(resolv_conf(opts.network, false)) {
-            let error = SandboxError::Prepare {
-                command: command.clone(),
-                source,
-            };
-            return Err(cleaned_up(error, prepared, &root));
-        }
-    }
+    let Setup {
+        prepared,
+        userns,
+        slirp,
+        lent,
+    } = set_up(opts, &root, &command)?;
     let request = Request {
         root: root.clone(),
         argv: opts.argv.clone(),
@@ -289,6 +262,61 @@ fn resolv_conf(network: Network, slirp: bool) -> Option<Vec<u8>> {
 }
 
 /// Whether the command runs in a user namespace (see [`userns`]): when it
+/// What a run sets up in and around the tree before its helper starts.
+struct Setup<'t> {
+    /// The mount points and files genoci added to the tree.
+    prepared: Prepared,
+    userns: bool,
+    /// A network of the step's own, connected to the host's (see `slirp`).
+    slirp: bool,
+    /// An overlay tree's layers, the tree lent for the step's own overlay.
+    lent: Option<(Layers, Lent<'t>)>,
+}
+
+/// Prepare the tree for the run, decide its user namespace and network,
+/// and lend the tree if the step mounts its layers itself. What was done
+/// is undone on failure.
+fn set_up<'t>(
+    opts: &RunOptions<'t>,
+    root: &Path,
+    command: &str,
+) -> Result<Setup<'t>, SandboxError> {
+    let prepare_error = |source| SandboxError::Prepare {
+        command: command.to_string(),
+        source,
+    };
+    // Whether the step gets a user namespace is known before the tree is
+    // prepared, since its network (and so its resolv.conf) follows from it.
+    let planned = plan_user_namespace(opts, root);
+    let slirp = planned.is_some() && opts.network == Network::Host;
+    let mut prepared =
+        Prepared::new(root, resolv_conf(opts.network, slirp)).map_err(prepare_error)?;
+    // The driver's mount of the tree is lent only now, once the mount
+    // points and files above are in it, and mounted again before they go.
+    let (userns, lent) = match lend_for_user_namespace(planned) {
+        Ok(found) => found,
+        Err(source) => {
+            let error = SandboxError::Lend {
+                command: command.to_string(),
+                source,
+            };
+            return Err(cleaned_up(error, prepared, root));
+        }
+    };
+    // A busy tree keeps host ids, and so the host's network.
+    if slirp && !userns {
+        if let Err(e) = prepared.give_resolv_conf(resolv_conf(opts.network, false)) {
+            return Err(cleaned_up(prepare_error(e), prepared, root));
+        }
+    }
+    Ok(Setup {
+        prepared,
+        userns,
+        slirp: slirp && userns,
+        lent,
+    })
+}
+
 /// Whether the command runs in a user namespace (see [`userns`]), and
 /// how: when it is confined and the kernel allows. With `network: host` it
 /// also needs a network of its own connected to the host's (see [`slirp`]):
